@@ -1,0 +1,53 @@
+"""Write the mouth stills in docs/: closed, half-open and open, on the default avatar and on
+a video avatar (``--video``, e.g. a clip of your own), cropped around the face at full size.
+
+    python docs/make_stills.py [--video PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from rtlipsync.engines.cpu.engine import avatar_rigs
+from rtlipsync.engines.cpu.features import MouthParams
+from rtlipsync.face.avatar import ensure_default_avatar, load_avatar, prepare_avatar
+
+SHAPES = {"closed": MouthParams(0.0), "half": MouthParams(0.45), "open": MouthParams(0.9),
+          "round": MouthParams(0.5, width=-1.0), "spread": MouthParams(0.35, width=1.0)}  # fmt: skip
+
+
+def stills(name: str, frame_index: int, out_dir: Path) -> None:
+    avatar = load_avatar(name)
+    rig = avatar_rigs(avatar).rig(frame_index)
+    assert rig is not None, f"no face in frame {frame_index} of {name}"
+    base = avatar.frames[frame_index]
+    pts = avatar.landmarks[frame_index]
+    x0, y0 = np.maximum(pts.min(axis=0) - 30, 0).astype(int)
+    x1, y1 = (pts.max(axis=0) + 30).astype(int)
+    tiles = []
+    for label, params in SHAPES.items():
+        crop = rig.render(base, params)[y0:y1, x0:x1].copy()
+        cv2.putText(crop, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                    cv2.LINE_AA)  # fmt: skip
+        tiles.append(crop)
+    cv2.imwrite(str(out_dir / f"mouths-{name}.png"), np.hstack(tiles))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--video", type=Path, default=Path("../shared/media/sun.mp4"))
+    args = parser.parse_args()
+    out_dir = Path(__file__).parent
+    ensure_default_avatar()
+    stills("default", 0, out_dir)
+    if args.video.is_file():
+        prepare_avatar(args.video.stem, args.video)
+        stills(args.video.stem, 100, out_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install rtlipsync into ./.venv (or into the virtual environment that is already active).
+# Everything comes from PyPI; no model is downloaded: the face models ship inside mediapipe,
+# the voice inside espeakng-loader, the default face inside matplotlib.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${VIRTUAL_ENV:-}" ]; then
+  if [ ! -x .venv/bin/python ]; then
+    "${PYTHON:-python3}" -m venv .venv
+  fi
+  # shellcheck disable=SC1091
+  . .venv/bin/activate
+fi
+python - <<'PY'
+import sys
+if not (3, 10) <= sys.version_info[:2] <= (3, 12):
+    sys.exit(f"rtlipsync needs Python 3.10-3.12 (mediapipe's wheels), this is {sys.version.split()[0]}")
+PY
+python -m pip install -q --upgrade pip
+python -m pip install -q -e ".[${EXTRAS:-dev}]"
+# mediapipe depends on opencv-contrib-python, the GUI build (it needs libGL); it and
+# opencv-python-headless both write the cv2 package. Reinstall the headless build last so it is
+# the one that wins, whatever order pip chose.
+python -m pip install -q --force-reinstall --no-deps "opencv-python-headless>=4.8,<4.12"
+python -c "import cv2, mediapipe, av, espeakng_loader; print('rtlipsync installed; OpenCV', cv2.__version__)"

@@ -1,0 +1,5 @@
+import sys
+
+from rtlipsync.cli import main
+
+sys.exit(main())

@@ -1,0 +1,148 @@
+"""The ``rtlipsync`` command.
+
+Bad input ends the command with one line on stderr (``error: ...``) and exit status 2; no
+partial output is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rtlipsync import __version__
+from rtlipsync.errors import InputError
+
+log = logging.getLogger("rtlipsync")
+
+
+def _avatar_prepare(args: argparse.Namespace) -> None:
+    from rtlipsync.face.avatar import PrepareOptions, prepare_avatar
+
+    options = PrepareOptions(bbox_shift=args.bbox_shift, extra_margin=args.extra_margin,
+                             max_size=args.max_size)  # fmt: skip
+    m = prepare_avatar(args.name, args.source, options, force=args.force, progress=not args.quiet)
+    missing = len(m["faces_missing"])
+    lo, hi = m["bbox_shift_range"]
+    print(f"avatar {m['name']}: {m['frame_count']} frames at {m['fps']} fps, "
+          f"{m['width']}x{m['height']}, {missing} without a face; "
+          f"bbox_shift range [{lo}, {hi}]")  # fmt: skip
+
+
+def _avatar_list(args: argparse.Namespace) -> None:
+    from rtlipsync.face.avatar import list_avatars
+
+    avatars = list_avatars()
+    if not avatars:
+        print("no avatars yet: rtlipsync avatar prepare NAME IMAGE_OR_VIDEO")
+    for m in avatars:
+        kind = "still" if m.get("still") else f"{m['frame_count']} frames"
+        print(f"{m['name']:<20} {kind:<12} {m['width']}x{m['height']}  {m['source']['path']}")
+
+
+def _render(args: argparse.Namespace) -> None:
+    from rtlipsync.render import render, render_inference_config
+
+    if args.inference_config is not None:
+        if args.audio or args.text:
+            raise InputError("--inference-config names its own audio: drop --audio/--text")
+        results = render_inference_config(args.inference_config, args.output, not args.quiet)
+    else:
+        results = [render(args.avatar, args.output, audio=args.audio, text=args.text,
+                          voice=args.voice, emotion=args.emotion, progress=not args.quiet)]  # fmt: skip
+    for r in results:
+        print(f"wrote {r.path} ({r.frames} frames, {r.video_seconds:.2f} s video, "
+              f"{r.audio_seconds:.2f} s audio)")  # fmt: skip
+
+
+def _eval_sync(args: argparse.Namespace) -> None:
+    from rtlipsync.eval.sync import GOALS, measure_sync
+
+    report = measure_sync(args.video, args.audio, progress=not args.quiet)
+    if args.json:
+        print(json.dumps({**report.as_dict(), "meets": report.verdicts()}))
+        return
+    verdicts = report.verdicts()
+
+    def mark(key: str) -> str:
+        return "" if key not in verdicts else ("  ok" if verdicts[key] else "  below goal")
+
+    print(f"correlation      {report.correlation:6.3f}   (goal >= {GOALS['correlation']}){mark('correlation')}")
+    print(f"lag              {report.lag_ms:+6.0f} ms (goal |lag| <= {GOALS['abs_lag_ms']} ms; + = video late){mark('lag')}")
+    if report.silence_motion is None or report.silence_open is None:
+        print("silence          not measured: no lasting silence (or speech) in the audio")
+    else:
+        print(f"silence motion   {report.silence_motion:6.3f}   (goal <= {GOALS['silence_motion']}){mark('silence_motion')}")
+        print(f"silence opening  {report.silence_open:6.3f}   (goal <= {GOALS['silence_open']}){mark('silence_open')}")
+    print(f"frames           {report.frames} ({report.frames_with_face} with a face, "
+          f"{report.speech_frames} speech, {report.silence_frames} silence)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtlipsync", description="A real-time talking face.")
+    parser.add_argument("--version", action="version", version=f"rtlipsync {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    avatar = sub.add_parser("avatar", help="prepare and list avatars")
+    avatar_sub = avatar.add_subparsers(dest="avatar_command", required=True)
+    prep = avatar_sub.add_parser("prepare", help="prepare an avatar from an image, video or folder")
+    prep.add_argument("name")
+    prep.add_argument("source", type=Path, help="image, video (any fps) or folder of images")
+    prep.add_argument("--engine", choices=["cpu"], default="cpu")
+    prep.add_argument("--bbox-shift", type=int, default=0,
+                      help="MuseTalk v1.0 crop shift in pixels (+ opens the mouth more)")
+    prep.add_argument("--extra-margin", type=int, default=10,
+                      help="MuseTalk v1.5 crop margin below the chin, in pixels")
+    prep.add_argument("--max-size", type=int, default=1280, help="longest side of the frames")
+    prep.add_argument("--force", action="store_true", help="prepare again even if up to date")
+    prep.set_defaults(func=_avatar_prepare)
+    lst = avatar_sub.add_parser("list", help="list prepared avatars")
+    lst.set_defaults(func=_avatar_list)
+
+    ren = sub.add_parser("render", help="render an avatar speaking into an mp4")
+    ren.add_argument("--avatar", default="default", help="avatar name (default: the built-in face)")
+    what = ren.add_mutually_exclusive_group()
+    what.add_argument("--audio", type=Path, help="speech to lip-sync (wav, mp3, m4a, ...)")
+    what.add_argument("--text", help="text to speak with the offline voice")
+    ren.add_argument("--inference-config", type=Path,
+                     help="MuseTalk test.yaml-style tasks (video_path, audio_path, bbox_shift)")
+    ren.add_argument("--voice", help="voice for --text: en-us (default), en-gb, zh, ja, ...")
+    ren.add_argument("--emotion", choices=["neutral", "happy", "concerned"], help="expression")
+    ren.add_argument("-o", "--output", required=True, type=Path,
+                     help="output .mp4 (a folder with --inference-config)")
+    ren.set_defaults(func=_render)
+
+    ev = sub.add_parser("eval", help="measure output quality")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True)
+    sync = ev_sub.add_parser("sync", help="how well the mouth follows the speech")
+    sync.add_argument("video", type=Path)
+    sync.add_argument("--audio", type=Path, help="speech to compare with (default: the video's)")
+    sync.add_argument("--json", action="store_true", help="print one JSON object")
+    sync.set_defaults(func=_eval_sync)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
+    if args.command == "render" and args.inference_config is None and not (args.audio or args.text):
+        print("error: give --audio FILE, --text TEXT or --inference-config FILE", file=sys.stderr)
+        return 2
+    try:
+        args.func(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

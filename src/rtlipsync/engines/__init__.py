@@ -1,0 +1,1 @@
+"""Lip-sync engines behind one protocol (see `rtlipsync.engines.base`)."""

@@ -1,0 +1,151 @@
+"""The CPU lip-sync engine: speech → mouth shapes (`features`) → pixels (`render`)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from rtlipsync.engines.cpu.features import (
+    LOOKAHEAD_FRAMES,
+    WINDOW_OVERHANG,
+    MouthAnalyzer,
+    MouthParams,
+)
+from rtlipsync.engines.cpu.render import FrameRig, IdleLife
+from rtlipsync.face.avatar import Avatar
+from rtlipsync.media.frames import FPS, FRAME_SAMPLES, SAMPLE_RATE, AVFrame, SpeechChunk
+
+_SILENCE = np.zeros(FRAME_SAMPLES, np.int16)
+
+# Each frame's OpenCV work is ~1 ms on small regions: thread fan-out costs more CPU than it
+# saves, and a server runs many sessions side by side anyway.
+cv2.setNumThreads(1)
+
+
+class AvatarRigs:
+    """Per-avatar render state shared by every stream on that avatar.
+
+    Video avatars get their landmarks smoothed over time (face-mesh points jitter by a pixel
+    or two from frame to frame, which would make the drawn mouth shimmer); rigs are built on
+    first use of a frame and kept.
+    """
+
+    def __init__(self, avatar: Avatar) -> None:
+        self.avatar = avatar
+        lms = avatar.landmarks.copy()
+        if len(lms) > 2:
+            valid = ~np.isnan(lms[:, 0, 0])
+            filled = lms.copy()
+            idx = np.arange(len(lms))
+            for k in range(lms.shape[1]):
+                for c in range(2):
+                    filled[:, k, c] = np.interp(idx, idx[valid], lms[valid, k, c])
+            smooth = gaussian_filter1d(filled, sigma=1.2, axis=0, mode="nearest")
+            lms = np.where(valid[:, None, None], smooth, np.nan)
+        self.landmarks = lms
+        self._rigs: dict[int, FrameRig | None] = {}
+
+    def rig(self, index: int) -> FrameRig | None:
+        if index not in self._rigs:
+            points = self.landmarks[index]
+            if np.isnan(points[0, 0]):
+                self._rigs[index] = None
+            else:
+                self._rigs[index] = FrameRig(points, self.avatar.frames[index], self.avatar.still)
+        return self._rigs[index]
+
+
+def avatar_rigs(avatar: Avatar) -> AvatarRigs:
+    rigs = avatar.extras.get("cpu")
+    if rigs is None:
+        rigs = avatar.extras["cpu"] = AvatarRigs(avatar)
+    return rigs
+
+
+class CpuStream:
+    """One session's CPU lip-sync stream (see `rtlipsync.engines.base.EngineStream`)."""
+
+    lookahead = (LOOKAHEAD_FRAMES * FRAME_SAMPLES + WINDOW_OVERHANG) / SAMPLE_RATE
+
+    def __init__(self, avatar: Avatar) -> None:
+        self.avatar = avatar
+        self._rigs = avatar_rigs(avatar)
+        self._life = IdleLife(zlib.crc32(avatar.name.encode())) if avatar.still else None
+        self._analyzer = MouthAnalyzer()
+        self._audio = np.zeros(0, np.int16)  # pushed speech not yet paired with a frame
+        self._index = 0  # frames produced on this stream's timeline
+        self._last = MouthParams()
+        self._ended = False
+
+    @property
+    def pending(self) -> float:
+        return len(self._audio) / SAMPLE_RATE
+
+    def push(self, chunk: SpeechChunk) -> None:
+        if self._ended:  # a new utterance after a finished one starts on a fresh frame grid
+            self._analyzer.reset()
+            self._ended = False
+        self._audio = np.concatenate([self._audio, chunk.pcm])
+        self._analyzer.push(chunk.pcm, chunk.phonemes, chunk.emotion)
+        if chunk.end_of_utterance:
+            pad = (-len(self._audio)) % FRAME_SAMPLES
+            if pad:
+                silence = np.zeros(pad, np.int16)
+                self._audio = np.concatenate([self._audio, silence])
+                self._analyzer.push(silence)
+            self._analyzer.finish()
+            self._ended = True
+
+    def frames(self) -> Iterator[AVFrame]:
+        while self._analyzer.frames_ready() > 0 and len(self._audio) >= FRAME_SAMPLES:
+            params = self._analyzer.take()
+            audio, self._audio = self._audio[:FRAME_SAMPLES], self._audio[FRAME_SAMPLES:]
+            yield self._frame(params, audio, speaking=True)
+
+    def idle(self) -> AVFrame:
+        # Close the mouth over two frames rather than snapping shut.
+        last = self._last
+        params = MouthParams(open=last.open * 0.35 if last.open > 0.05 else 0.0,
+                             width=last.width * 0.35, smile=last.smile * 0.8)  # fmt: skip
+        return self._frame(params, _SILENCE, speaking=False)
+
+    def reset(self) -> None:
+        self._analyzer.reset()
+        self._audio = np.zeros(0, np.int16)
+        self._ended = False
+
+    def _frame(self, params: MouthParams, audio: np.ndarray, speaking: bool) -> AVFrame:
+        avatar = self.avatar
+        loop = avatar.loop
+        frame_index = int(loop[self._index % len(loop)])
+        base = avatar.frames[frame_index]
+        rig = self._rigs.rig(frame_index)
+        if rig is None:
+            image = base.copy()
+        elif self._life is not None:
+            blink, sway = self._life.at(self._index / FPS, params.open if speaking else 0.0)
+            image = rig.render(base, params, blink, sway)
+        else:
+            image = rig.render(base, params)
+        self._last = params
+        frame = AVFrame(image=image, audio=audio, index=self._index, speaking=speaking,
+                        mouth=params.as_dict())  # fmt: skip
+        self._index += 1
+        return frame
+
+
+class CpuEngine:
+    """Mouth shapes from sound and phonemes, drawn with the face's own pixels; no weights."""
+
+    name = "cpu"
+
+    def prepare(self, avatar: Avatar, **options: Any) -> None:
+        """Nothing beyond the avatar's landmarks is needed; rigs are built on first use."""
+
+    def open_stream(self, avatar: Avatar) -> CpuStream:
+        return CpuStream(avatar)

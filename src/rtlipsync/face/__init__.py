@@ -1,0 +1,1 @@
+"""Faces: landmarks, crop boxes, blend masks, and avatars prepared from them."""

@@ -1,0 +1,406 @@
+"""Avatars: a face prepared once (slow) and loaded per session (fast).
+
+An avatar is a folder under ``<data root>/avatars/NAME``::
+
+    manifest.json   format version, source and its hash, options, fps, frame count, size,
+                    engines prepared for, frames without a face, bbox_shift range
+    frames/         the 25 fps frames, 000000.jpg ...
+    landmarks.npy   (N, 478, 2) float32 MediaPipe points in pixels, NaN where no face
+    boxes.npy       (N, 4) int32 MuseTalk crop boxes, -1 where no face
+    masks.npz       feathered lower-face masks (N, 256, 256) and their blend boxes (N, 4)
+    loop.npy        the idle loop: frame indices forward then reversed, so it never jumps
+
+Preparation writes into a temporary folder and renames it into place, so a failed or
+interrupted preparation never leaves a half-made avatar.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from rtlipsync.errors import InputError
+from rtlipsync.face.geometry import bbox_shift_range, blend_box, crop_box, lower_face_mask
+from rtlipsync.face.landmarks import LANDMARK_COUNT, FaceLandmarker, to_68
+from rtlipsync.media.frames import FPS
+from rtlipsync.media.video import (
+    IMAGE_EXTS,
+    VIDEO_EXTS,
+    even_crop,
+    read_image,
+    read_video_frames,
+    video_info,
+)
+from rtlipsync.paths import avatars_dir, data_root
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+DEFAULT_AVATAR = "default"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What changes the prepared result; preparing again with equal options is a no-op."""
+
+    bbox_shift: int = 0  # MuseTalk v1.0's crop knob, in pixels (v1.5 uses 0)
+    extra_margin: int = 10  # MuseTalk v1.5's margin below the chin, in pixels
+    max_size: int = 1280  # longest side; larger sources are scaled down
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"bbox_shift": self.bbox_shift, "extra_margin": self.extra_margin,
+                "max_size": self.max_size}  # fmt: skip
+
+
+@dataclass
+class Avatar:
+    """A prepared avatar, loaded into memory for rendering."""
+
+    name: str
+    path: Path
+    manifest: dict[str, Any]
+    frames: list[np.ndarray]
+    landmarks: np.ndarray  # (N, 478, 2), NaN rows where no face was found
+    boxes: np.ndarray  # (N, 4)
+    loop: np.ndarray  # idle loop order, indices into frames
+    extras: dict[str, Any] = field(default_factory=dict)  # engines cache per-avatar state here
+
+    @property
+    def still(self) -> bool:
+        """True for a single image: the engine then adds blinks and slight head motion."""
+        return bool(self.manifest.get("still"))
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of every frame."""
+        return int(self.manifest["width"]), int(self.manifest["height"])
+
+    def has_face(self, index: int) -> bool:
+        return not np.isnan(self.landmarks[index, 0, 0])
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise InputError(
+            f"invalid avatar name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def avatar_path(name: str) -> Path:
+    return avatars_dir() / check_name(name)
+
+
+def list_avatars() -> list[dict[str, Any]]:
+    """Manifests of every prepared avatar, by name."""
+    found = []
+    for d in sorted(avatars_dir().iterdir()):
+        manifest = d / "manifest.json"
+        if d.is_dir() and not d.name.startswith(".") and manifest.is_file():
+            found.append(json.loads(manifest.read_text()))
+    return found
+
+
+def _hash_source(source: Path) -> str:
+    h = hashlib.sha256()
+    files = [source] if source.is_file() else _image_files(source)
+    for f in files:
+        if source.is_dir():
+            h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _natural_key(p: Path) -> list[Any]:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(
+        (p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()),
+        key=_natural_key,
+    )
+
+
+def _source_kind(source: Path) -> str:
+    if not source.exists():
+        raise InputError(f"source not found: {source}")
+    if source.is_dir():
+        if not _image_files(source):
+            raise InputError(
+                f"folder {source} holds no images ({', '.join(sorted(IMAGE_EXTS))})"
+            )
+        return "images"
+    ext = source.suffix.lower()
+    if ext in IMAGE_EXTS:
+        return "image"
+    if ext in VIDEO_EXTS:
+        return "video"
+    raise InputError(
+        f"unsupported source type {ext or '(no extension)'!r} for {source.name}: give an image "
+        f"({', '.join(sorted(IMAGE_EXTS))}), a video ({', '.join(sorted(VIDEO_EXTS))}) "
+        "or a folder of images"
+    )
+
+
+def _fit(image: np.ndarray, max_size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    if max(h, w) > max_size:
+        scale = max_size / max(h, w)
+        image = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    return even_crop(image)
+
+
+def _source_frames(source: Path, kind: str) -> tuple[Iterator[np.ndarray], int]:
+    if kind == "image":
+        return iter([read_image(source)]), 1
+    if kind == "images":
+        files = _image_files(source)
+        return (read_image(f) for f in files), len(files)
+    duration, _ = video_info(source)
+    return read_video_frames(source, FPS), max(1, round(duration * FPS))
+
+
+def prepare_avatar(
+    name: str,
+    source: str | Path,
+    options: PrepareOptions | None = None,
+    force: bool = False,
+    progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Prepare (or re-use) avatar ``name`` from an image, a video or a folder of images.
+
+    Returns the manifest. Preparing again with the same source bytes and options returns the
+    existing manifest at once. Raises `InputError` for a missing, unreadable or unsupported
+    source, or one in which no frame shows a face.
+    """
+    options = options or PrepareOptions()
+    target = avatar_path(name)
+    source = Path(source).expanduser().resolve()
+    kind = _source_kind(source)
+    digest = _hash_source(source)
+    existing = target / "manifest.json"
+    if existing.is_file() and not force:
+        manifest = json.loads(existing.read_text())
+        if (
+            manifest.get("format_version") == FORMAT_VERSION
+            and manifest.get("source", {}).get("sha256") == digest
+            and manifest.get("options") == options.as_dict()
+        ):
+            log.info("avatar %s is up to date", name)
+            return manifest
+
+    frames_iter, estimate = _source_frames(source, kind)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=avatars_dir()))
+    try:
+        manifest = _prepare_into(
+            tmp, name, source, kind, digest, options, frames_iter, estimate, progress, on_progress
+        )
+        _swap_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _prepare_into(
+    out: Path,
+    name: str,
+    source: Path,
+    kind: str,
+    digest: str,
+    options: PrepareOptions,
+    frames_iter: Iterator[np.ndarray],
+    estimate: int,
+    progress: bool,
+    on_progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    (out / "frames").mkdir()
+    landmarks: list[np.ndarray] = []
+    boxes: list[tuple[int, int, int, int]] = []
+    masks: list[np.ndarray] = []
+    mask_boxes: list[tuple[int, int, int, int]] = []
+    missing: list[int] = []
+    size: tuple[int, int] | None = None
+    nan_points = np.full((LANDMARK_COUNT, 2), np.nan, np.float32)
+    bar = tqdm(total=estimate, desc=f"preparing {name}", unit="frame", disable=not progress)
+    with FaceLandmarker(video=kind != "image") as landmarker:
+        for i, raw in enumerate(frames_iter):
+            frame = _fit(raw, options.max_size)
+            if size is None:
+                size = (frame.shape[1], frame.shape[0])
+            elif (frame.shape[1], frame.shape[0]) != size:
+                raise InputError(
+                    f"frame {i} of {source} is {frame.shape[1]}x{frame.shape[0]}, the first was "
+                    f"{size[0]}x{size[1]}: all images of an avatar must have one size"
+                )
+            cv2.imwrite(str(out / "frames" / f"{i:06d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            points = landmarker.detect(frame)
+            box = None
+            if points is not None:
+                try:
+                    box = crop_box(
+                        to_68(points), frame.shape[0], frame.shape[1],
+                        options.bbox_shift, options.extra_margin,
+                    )  # fmt: skip
+                except ValueError:
+                    box = None
+            if points is None or box is None:
+                missing.append(i)
+                landmarks.append(nan_points)
+                boxes.append((-1, -1, -1, -1))
+                masks.append(np.zeros((256, 256), np.uint8))
+                mask_boxes.append((-1, -1, -1, -1))
+            else:
+                landmarks.append(points)
+                boxes.append(box)
+                masks.append(lower_face_mask(points, box))
+                mask_boxes.append(blend_box(box))
+            bar.update(1)
+            if on_progress is not None:
+                on_progress(i + 1, max(estimate, i + 1))
+    bar.close()
+    count = len(landmarks)
+    if count == 0:
+        raise InputError(f"{source} holds no frames")
+    if len(missing) == count:
+        raise InputError(
+            f"no face found in {source}: use an image or video where one face is clearly "
+            "visible, roughly frontal and at least ~100 pixels wide"
+        )
+    if missing:
+        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+        log.warning(
+            "no face found in %d of %d frames (%s); they are kept and shown unchanged",
+            len(missing), count, shown,
+        )  # fmt: skip
+    lms = np.stack(landmarks).astype(np.float32)
+    np.save(out / "landmarks.npy", lms)
+    np.save(out / "boxes.npy", np.array(boxes, np.int32))
+    np.savez_compressed(out / "masks.npz", masks=np.stack(masks), boxes=np.array(mask_boxes, np.int32))
+    loop = np.concatenate([np.arange(count), np.arange(count)[::-1]]) if count > 1 else np.zeros(1)
+    np.save(out / "loop.npy", loop.astype(np.int32))
+    faces = [to_68(p) for p, b in zip(lms, boxes, strict=True) if b[0] >= 0]
+    assert size is not None
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "name": name,
+        "kind": kind,
+        "source": {"path": str(source), "sha256": digest},
+        "options": options.as_dict(),
+        "fps": FPS,
+        "frame_count": count,
+        "width": size[0],
+        "height": size[1],
+        "still": count == 1,
+        "faces_missing": missing,
+        "bbox_shift_range": list(bbox_shift_range(faces)),
+        "engines": ["cpu"],
+        "landmarks": "mediapipe-face-mesh",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _swap_into_place(tmp: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+_loaded: dict[tuple[str, float], Avatar] = {}
+
+
+def load_avatar(name: str) -> Avatar:
+    """Load a prepared avatar (cached in memory while its manifest is unchanged)."""
+    path = avatar_path(name)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        if name == DEFAULT_AVATAR:
+            ensure_default_avatar()
+        else:
+            known = ", ".join(m["name"] for m in list_avatars()) or "none yet"
+            raise InputError(
+                f"no avatar named {name!r} (prepared: {known}); "
+                f"run: rtlipsync avatar prepare {name} IMAGE_OR_VIDEO"
+            )
+    key = (str(path), manifest_path.stat().st_mtime)
+    if key in _loaded:
+        return _loaded[key]
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise InputError(
+            f"avatar {name!r} was prepared by another version (format "
+            f"{manifest.get('format_version')}); prepare it again with --force"
+        )
+    frames = []
+    for i in range(manifest["frame_count"]):
+        image = cv2.imread(str(path / "frames" / f"{i:06d}.jpg"), cv2.IMREAD_COLOR)
+        if image is None:
+            raise InputError(f"avatar {name!r} is damaged (frame {i}); prepare it again with --force")
+        frames.append(image)
+    avatar = Avatar(
+        name=name,
+        path=path,
+        manifest=manifest,
+        frames=frames,
+        landmarks=np.load(path / "landmarks.npy"),
+        boxes=np.load(path / "boxes.npy"),
+        loop=np.load(path / "loop.npy"),
+    )
+    _loaded.clear()  # keep one generation per process; the server keeps its own references
+    _loaded[key] = avatar
+    return avatar
+
+
+def default_avatar_source() -> Path:
+    """The built-in face: Grace Hopper's public-domain portrait that ships inside matplotlib.
+
+    Cropped to 512x512 around the face and written under the data root, so no download is
+    ever needed.
+    """
+    out = data_root() / "sources" / "default.png"
+    if out.is_file():
+        return out
+    import matplotlib
+
+    portrait = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    image = read_image(portrait)
+    h, w = image.shape[:2]
+    side = min(h, w, 512)
+    x0 = (w - side) // 2
+    square = image[0:side, x0 : x0 + side]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.png")
+    cv2.imwrite(str(tmp), square)
+    os.replace(tmp, out)
+    return out
+
+
+def ensure_default_avatar(progress: bool = False) -> dict[str, Any]:
+    """Prepare the built-in avatar on first use (a second or two, offline)."""
+    return prepare_avatar(DEFAULT_AVATAR, default_avatar_source(), progress=progress)

@@ -1,0 +1,75 @@
+"""Crop boxes and blend masks by MuseTalk's rules, computed from 68-point landmarks.
+
+The CPU engine does not need them, but every avatar carries them so the MuseTalk engine (and
+anything else that works on a face crop) can use an avatar prepared once.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from rtlipsync.face.landmarks import FACE_OVAL
+
+MASK_SIZE = 256  # blend masks are stored at this size, stretched over their blend box
+
+
+def crop_box(
+    lm68: np.ndarray, height: int, width: int, bbox_shift: int = 0, extra_margin: int = 10
+) -> tuple[int, int, int, int]:
+    """MuseTalk's face crop ``(x1, y1, x2, y2)``.
+
+    The crop's vertical midpoint sits on landmark 29 (moved by ``bbox_shift``, v1.0's knob) and
+    its bottom on the chin; v1.5 extends the bottom by ``extra_margin`` after the top is fixed,
+    as its training crops did.
+    """
+    pts = np.asarray(lm68).astype(np.int32)
+    y29 = int(pts[29, 1]) + bbox_shift
+    y2 = int(pts[:, 1].max())
+    y1 = max(0, 2 * y29 - y2)
+    x1 = max(0, int(pts[:, 0].min()))
+    x2 = min(width, int(pts[:, 0].max()))
+    y2 = min(y2 + extra_margin, height)
+    if y2 - y1 < 8 or x2 - x1 < 8:
+        raise ValueError(f"degenerate face crop {(x1, y1, x2, y2)}")
+    return x1, y1, x2, y2
+
+
+def bbox_shift_range(lm68_frames: list[np.ndarray]) -> tuple[int, int]:
+    """The range of ``bbox_shift`` that keeps the crop midline on the nose, as MuseTalk prints it."""
+    if not lm68_frames:
+        return 0, 0
+    stack = np.stack(lm68_frames)
+    down = float(np.mean(stack[:, 30, 1] - stack[:, 29, 1]))
+    up = float(np.mean(stack[:, 29, 1] - stack[:, 28, 1]))
+    return -round(down), round(up)
+
+
+def blend_box(box: tuple[int, int, int, int], expand: float = 1.5) -> tuple[int, int, int, int]:
+    """The square around a crop box that a blend mask covers (may extend outside the frame)."""
+    x1, y1, x2, y2 = box
+    xc, yc = (x1 + x2) // 2, (y1 + y2) // 2
+    s = int(max(x2 - x1, y2 - y1) // 2 * expand)
+    return xc - s, yc - s, xc + s, yc + s
+
+
+def lower_face_mask(points: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """A feathered mask of the lower face, ``MASK_SIZE`` square over `blend_box` of ``box``.
+
+    This is the landmark-polygon stand-in for MuseTalk's face-parsing mask: the face oval,
+    limited to the crop box and to the half below the box's centre line, then blurred so the
+    pasted face has no edge.
+    """
+    bx1, by1, bx2, by2 = blend_box(box)
+    side = bx2 - bx1
+    mask = np.zeros((side, side), np.uint8)
+    oval = np.round(points[FACE_OVAL] - (bx1, by1)).astype(np.int32)
+    cv2.fillPoly(mask, [oval], 255, lineType=cv2.LINE_AA)
+    x1, y1, x2, y2 = box
+    keep = np.zeros_like(mask)
+    keep[max(0, y1 - by1) : max(0, y2 - by1), max(0, x1 - bx1) : max(0, x2 - bx1)] = 1
+    mask *= keep
+    mask[: side // 2] = 0
+    k = int((0.1 * side) // 2 * 2) + 1
+    mask = cv2.GaussianBlur(mask, (k, k), 0)
+    return cv2.resize(mask, (MASK_SIZE, MASK_SIZE), interpolation=cv2.INTER_AREA)

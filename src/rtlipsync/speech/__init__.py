@@ -1,0 +1,1 @@
+"""Brains and speech providers: TTS now; VAD, ASR, LLM and realtime plug in beside it."""
