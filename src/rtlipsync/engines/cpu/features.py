@@ -8,8 +8,9 @@ The mouth is described per 40 ms frame by three numbers:
 
 From audio alone (any language) the opening follows voiced loudness above an adaptive noise
 floor, so silence and noise keep the lips closed; the jaw follows a first-formant estimate and
-the lip spread a second-formant estimate; nasal murmur (m, n) closes the lips. When the TTS
-gives exact phoneme timings, the shapes come from a viseme table instead (lips shut on m/b/p,
+the lip spread a second-formant estimate; the quiet of a closure (m, b, p) shuts the lips. (A
+nasal-murmur detector was tried and dropped: low-pitched voices fooled it.) When the TTS gives
+exact phoneme timings, the shapes come from a viseme table instead (lips shut on m/b/p,
 rounded on o/u, spread on i/e, open on a), scaled by the audio's loudness.
 
 Analysis runs on fixed 10 ms hops addressed by absolute sample index, so a stream fed in 20 ms
@@ -35,10 +36,8 @@ LOOKAHEAD_FRAMES = len(SMOOTH) // 2
 
 _FREQS = np.fft.rfftfreq(WIN, 1.0 / SAMPLE_RATE)
 _BAND = {
-    "low": (_FREQS >= 80) & (_FREQS < 400),
     "f1": (_FREQS >= 250) & (_FREQS < 1000),
     "f2": (_FREQS >= 1000) & (_FREQS < 2800),
-    "speech": (_FREQS >= 80) & (_FREQS < 4000),
 }
 _WINDOW = np.hanning(WIN).astype(np.float32)
 
@@ -61,7 +60,7 @@ def _smoothstep(x: np.ndarray | float, lo: float, hi: float) -> np.ndarray:
 def hop_features(frames: np.ndarray) -> np.ndarray:
     """Per-hop features for windows ``frames`` (n, WIN) of float audio.
 
-    Columns: level dB, voicing (0..1), F1 centroid Hz, F2 share (0..1), low-band share (0..1).
+    Columns: level dB, voicing (0..1), F1 centroid Hz, F2 share (0..1).
     """
     x = frames - frames.mean(axis=1, keepdims=True)
     energy = np.mean(x * x, axis=1)
@@ -77,8 +76,7 @@ def hop_features(frames: np.ndarray) -> np.ndarray:
     e_f1 = f1_spec.sum(axis=1)
     e_f2 = spec[:, _BAND["f2"]].sum(axis=1)
     f2_share = e_f2 / (e_f1 + e_f2 + 1e-12)
-    low_share = spec[:, _BAND["low"]].sum(axis=1) / (spec[:, _BAND["speech"]].sum(axis=1) + 1e-12)
-    return np.stack([db, voicing, f1, f2_share, low_share], axis=1)
+    return np.stack([db, voicing, f1, f2_share], axis=1)
 
 
 class LevelTracker:
@@ -110,17 +108,17 @@ class LevelTracker:
 
 def audio_params(hops: np.ndarray, loudness: np.ndarray) -> np.ndarray:
     """Mouth (open, width) for one frame from its hops' features and loudness."""
-    db, voicing, f1, f2_share, low_share = hops.T
+    db, voicing, f1, f2_share = hops.T
     weight = 10 ** (db / 10)
     weight = weight / (weight.sum() + 1e-12)
     voiced = float((_smoothstep(voicing, 0.3, 0.6) * weight).sum())
     loud = float(loudness.mean())
     f1m = float((f1 * weight).sum())
     f2m = float((f2_share * weight).sum())
-    lowm = float((low_share * weight).sum())
-    jaw = 0.45 + 0.55 * float(_smoothstep(f1m, 380.0, 720.0))
-    nasal = 1.0 - 0.85 * float(_smoothstep(lowm, 0.75, 0.92))
-    openness = loud**0.8 * voiced * jaw * nasal
+    # The jaw drops further on open vowels (high first formant), but only a little: formant
+    # estimates from a 32 ms window are noisy, and loudness is the cue that never lies.
+    jaw = 0.8 + 0.2 * float(_smoothstep(f1m, 380.0, 720.0))
+    openness = loud**1.2 * voiced * jaw
     width = float(np.clip((f2m - 0.30) / 0.25, -1.0, 1.0)) * min(1.0, 2.0 * voiced)
     return np.array([openness, width])
 
