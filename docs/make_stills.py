@@ -16,8 +16,13 @@ from rtlipsync.engines.cpu.engine import avatar_rigs
 from rtlipsync.engines.cpu.features import MouthParams
 from rtlipsync.face.avatar import ensure_default_avatar, load_avatar, prepare_avatar
 
-SHAPES = {"closed": MouthParams(0.0), "half": MouthParams(0.45), "open": MouthParams(0.9),
-          "round": MouthParams(0.5, width=-1.0), "spread": MouthParams(0.35, width=1.0)}  # fmt: skip
+SHAPES = {
+    "closed": MouthParams(0.0),
+    "half": MouthParams(0.45),
+    "open": MouthParams(0.9),
+    "round": MouthParams(0.5, width=-1.0),
+    "spread": MouthParams(0.35, width=1.0),
+}
 
 
 def stills(name: str, frame_index: int, out_dir: Path) -> None:
@@ -31,8 +36,9 @@ def stills(name: str, frame_index: int, out_dir: Path) -> None:
     tiles = []
     for label, params in SHAPES.items():
         crop = rig.render(base, params)[y0:y1, x0:x1].copy()
-        cv2.putText(crop, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
-                    cv2.LINE_AA)  # fmt: skip
+        cv2.putText(
+            crop, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
+        )
         tiles.append(crop)
     cv2.imwrite(str(out_dir / f"mouths-{name}.png"), np.hstack(tiles))
 

@@ -23,7 +23,9 @@ def media(name: str) -> Path:
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int, channels: int = 1) -> Path:
-    pcm = samples if samples.dtype == np.int16 else (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    pcm = (
+        samples if samples.dtype == np.int16 else (np.clip(samples, -1, 1) * 32767).astype(np.int16)
+    )
     with wave.open(str(path), "wb") as w:
         w.setnchannels(channels)
         w.setsampwidth(2)

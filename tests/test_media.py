@@ -7,8 +7,8 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from conftest import write_wav
 
+from conftest import write_wav
 from rtlipsync.errors import InputError
 from rtlipsync.media.audio import load_audio
 from rtlipsync.media.frames import FRAME_SAMPLES, PACKET_SAMPLES, Phoneme, SpeechChunk, chunk_speech
@@ -16,7 +16,7 @@ from rtlipsync.media.video import Mp4Writer, read_video_frames
 
 
 def numbered_video(path: Path, fps: int, count: int, size: int = 64) -> Path:
-    """A video whose frame i shows i in binary (8 black/white bands), so frames can be told apart."""
+    """A video whose frame i shows i in binary (8 black/white bands), to tell frames apart."""
     with av.open(str(path), "w") as c:
         s = c.add_stream("libx264", rate=fps)
         s.width = s.height = size
@@ -68,7 +68,9 @@ def test_load_audio_refuses_empty(tmp_path: Path) -> None:
         load_audio(path)
 
 
-@pytest.mark.parametrize(("fps", "count", "expected"), [(25, 25, 25), (50, 50, 25), (10, 10, 25), (30, 30, 25)])
+@pytest.mark.parametrize(
+    ("fps", "count", "expected"), [(25, 25, 25), (50, 50, 25), (10, 10, 25), (30, 30, 25)]
+)
 def test_video_is_normalised_to_25_fps(tmp_path: Path, fps: int, count: int, expected: int) -> None:
     path = numbered_video(tmp_path / f"v{fps}.mp4", fps, count)
     frames = list(read_video_frames(path))

@@ -21,14 +21,17 @@ log = logging.getLogger("rtlipsync")
 def _avatar_prepare(args: argparse.Namespace) -> None:
     from rtlipsync.face.avatar import PrepareOptions, prepare_avatar
 
-    options = PrepareOptions(bbox_shift=args.bbox_shift, extra_margin=args.extra_margin,
-                             max_size=args.max_size)  # fmt: skip
+    options = PrepareOptions(
+        bbox_shift=args.bbox_shift, extra_margin=args.extra_margin, max_size=args.max_size
+    )
     m = prepare_avatar(args.name, args.source, options, force=args.force, progress=not args.quiet)
     missing = len(m["faces_missing"])
     lo, hi = m["bbox_shift_range"]
-    print(f"avatar {m['name']}: {m['frame_count']} frames at {m['fps']} fps, "
-          f"{m['width']}x{m['height']}, {missing} without a face; "
-          f"bbox_shift range [{lo}, {hi}]")  # fmt: skip
+    print(
+        f"avatar {m['name']}: {m['frame_count']} frames at {m['fps']} fps, "
+        f"{m['width']}x{m['height']}, {missing} without a face; "
+        f"bbox_shift range [{lo}, {hi}]"
+    )
 
 
 def _avatar_list(args: argparse.Namespace) -> None:
@@ -50,11 +53,22 @@ def _render(args: argparse.Namespace) -> None:
             raise InputError("--inference-config names its own audio: drop --audio/--text")
         results = render_inference_config(args.inference_config, args.output, not args.quiet)
     else:
-        results = [render(args.avatar, args.output, audio=args.audio, text=args.text,
-                          voice=args.voice, emotion=args.emotion, progress=not args.quiet)]  # fmt: skip
+        results = [
+            render(
+                args.avatar,
+                args.output,
+                audio=args.audio,
+                text=args.text,
+                voice=args.voice,
+                emotion=args.emotion,
+                progress=not args.quiet,
+            )
+        ]
     for r in results:
-        print(f"wrote {r.path} ({r.frames} frames, {r.video_seconds:.2f} s video, "
-              f"{r.audio_seconds:.2f} s audio)")  # fmt: skip
+        print(
+            f"wrote {r.path} ({r.frames} frames, {r.video_seconds:.2f} s video, "
+            f"{r.audio_seconds:.2f} s audio)"
+        )
 
 
 def _eval_sync(args: argparse.Namespace) -> None:
@@ -66,18 +80,26 @@ def _eval_sync(args: argparse.Namespace) -> None:
         return
     verdicts = report.verdicts()
 
-    def mark(key: str) -> str:
-        return "" if key not in verdicts else ("  ok" if verdicts[key] else "  below goal")
+    def line(label: str, value: str, goal: str, key: str) -> None:
+        verdict = "" if key not in verdicts else ("ok" if verdicts[key] else "below goal")
+        print(f"{label:<16} {value:<9} ({goal})  {verdict}")
 
-    print(f"correlation      {report.correlation:6.3f}   (goal >= {GOALS['correlation']}){mark('correlation')}")
-    print(f"lag              {report.lag_ms:+6.0f} ms (goal |lag| <= {GOALS['abs_lag_ms']} ms; + = video late){mark('lag')}")
+    line(
+        "correlation", f"{report.correlation:.3f}", f"goal >= {GOALS['correlation']}", "correlation"
+    )
+    lag_goal = f"goal |lag| <= {GOALS['abs_lag_ms']} ms; + = video late"
+    line("lag", f"{report.lag_ms:+.0f} ms", lag_goal, "lag")
     if report.silence_motion is None or report.silence_open is None:
         print("silence          not measured: no lasting silence (or speech) in the audio")
     else:
-        print(f"silence motion   {report.silence_motion:6.3f}   (goal <= {GOALS['silence_motion']}){mark('silence_motion')}")
-        print(f"silence opening  {report.silence_open:6.3f}   (goal <= {GOALS['silence_open']}){mark('silence_open')}")
-    print(f"frames           {report.frames} ({report.frames_with_face} with a face, "
-          f"{report.speech_frames} speech, {report.silence_frames} silence)")  # fmt: skip
+        motion_goal = f"goal <= {GOALS['silence_motion']}"
+        line("silence motion", f"{report.silence_motion:.3f}", motion_goal, "silence_motion")
+        open_goal = f"goal <= {GOALS['silence_open']}"
+        line("silence opening", f"{report.silence_open:.3f}", open_goal, "silence_open")
+    print(
+        f"frames           {report.frames} ({report.frames_with_face} with a face, "
+        f"{report.speech_frames} speech, {report.silence_frames} silence)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,10 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("name")
     prep.add_argument("source", type=Path, help="image, video (any fps) or folder of images")
     prep.add_argument("--engine", choices=["cpu"], default="cpu")
-    prep.add_argument("--bbox-shift", type=int, default=0,
-                      help="MuseTalk v1.0 crop shift in pixels (+ opens the mouth more)")
-    prep.add_argument("--extra-margin", type=int, default=10,
-                      help="MuseTalk v1.5 crop margin below the chin, in pixels")
+    prep.add_argument(
+        "--bbox-shift",
+        type=int,
+        default=0,
+        help="MuseTalk v1.0 crop shift in pixels (+ opens the mouth more)",
+    )
+    prep.add_argument(
+        "--extra-margin",
+        type=int,
+        default=10,
+        help="MuseTalk v1.5 crop margin below the chin, in pixels",
+    )
     prep.add_argument("--max-size", type=int, default=1280, help="longest side of the frames")
     prep.add_argument("--force", action="store_true", help="prepare again even if up to date")
     prep.set_defaults(func=_avatar_prepare)
@@ -108,12 +138,20 @@ def build_parser() -> argparse.ArgumentParser:
     what = ren.add_mutually_exclusive_group()
     what.add_argument("--audio", type=Path, help="speech to lip-sync (wav, mp3, m4a, ...)")
     what.add_argument("--text", help="text to speak with the offline voice")
-    ren.add_argument("--inference-config", type=Path,
-                     help="MuseTalk test.yaml-style tasks (video_path, audio_path, bbox_shift)")
+    ren.add_argument(
+        "--inference-config",
+        type=Path,
+        help="MuseTalk test.yaml-style tasks (video_path, audio_path, bbox_shift)",
+    )
     ren.add_argument("--voice", help="voice for --text: en-us (default), en-gb, zh, ja, ...")
     ren.add_argument("--emotion", choices=["neutral", "happy", "concerned"], help="expression")
-    ren.add_argument("-o", "--output", required=True, type=Path,
-                     help="output .mp4 (a folder with --inference-config)")
+    ren.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        type=Path,
+        help="output .mp4 (a folder with --inference-config)",
+    )
     ren.set_defaults(func=_render)
 
     ev = sub.add_parser("eval", help="measure output quality")
@@ -128,8 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)  # fmt: skip
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     if args.command == "render" and args.inference_config is None and not (args.audio or args.text):
         print("error: give --audio FILE, --text TEXT or --inference-config FILE", file=sys.stderr)
         return 2

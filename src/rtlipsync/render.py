@@ -88,7 +88,9 @@ def render(
     if (audio is None) == (text is None):
         raise InputError("give exactly one of --audio FILE or --text TEXT")
     out = check_output(output)
-    speech = _speech_from_audio(audio) if audio is not None else _speech_from_text(text or "", voice)
+    speech = (
+        _speech_from_audio(audio) if audio is not None else _speech_from_text(text or "", voice)
+    )
     av = load_avatar(avatar)
     stream = CpuEngine().open_stream(av)
     width, height = av.size
@@ -130,7 +132,9 @@ def load_inference_config(path: str | Path) -> list[dict[str, Any]]:
     elif isinstance(data, list):
         items = [(f"task_{i}", t) for i, t in enumerate(data)]
     else:
-        raise InputError(f"inference config {path} must hold tasks (task_0: {{video_path, audio_path}})")
+        raise InputError(
+            f"inference config {path} must hold tasks (task_0: {{video_path, audio_path}})"
+        )
     tasks = []
     for name, task in items:
         if not isinstance(task, dict) or "video_path" not in task or "audio_path" not in task:
@@ -152,7 +156,9 @@ def load_inference_config(path: str | Path) -> list[dict[str, Any]]:
     return tasks
 
 
-def render_inference_config(config: str | Path, output_dir: str | Path, progress: bool = True) -> list[RenderResult]:
+def render_inference_config(
+    config: str | Path, output_dir: str | Path, progress: bool = True
+) -> list[RenderResult]:
     """Render every task of a seed inference config into ``output_dir`` (one mp4 per task)."""
     tasks = load_inference_config(config)
     out_dir = Path(output_dir).expanduser()
@@ -163,7 +169,9 @@ def render_inference_config(config: str | Path, output_dir: str | Path, progress
     for task in tasks:
         video, audio = task["video_path"], task["audio_path"]
         name = _safe_name(video.stem if video.is_file() else video.name)
-        prepare_avatar(name, video, PrepareOptions(bbox_shift=task["bbox_shift"]), progress=progress)
+        prepare_avatar(
+            name, video, PrepareOptions(bbox_shift=task["bbox_shift"]), progress=progress
+        )
         out = out_dir / f"{_safe_name(video.stem)}_{_safe_name(audio.stem)}.mp4"
         results.append(render(name, out, audio=audio, progress=progress))
     return results

@@ -78,8 +78,13 @@ def mouth_track(video: str | Path, progress: bool = False) -> np.ndarray:
     values = []
     with FaceLandmarker(video=True) as lm:
         frames = read_video_frames(video, FPS)
-        for frame in tqdm(frames, total=round(duration * FPS), desc="measuring", unit="frame",
-                          disable=not progress):  # fmt: skip
+        for frame in tqdm(
+            frames,
+            total=round(duration * FPS),
+            desc="measuring",
+            unit="frame",
+            disable=not progress,
+        ):
             points = lm.detect(frame)
             values.append(np.nan if points is None else mouth_opening(points))
     return np.array(values, dtype=np.float64)
@@ -131,7 +136,9 @@ def measure(opening: np.ndarray, samples: np.ndarray, rate: int = SAMPLE_RATE) -
     )
 
 
-def measure_sync(video: str | Path, audio: str | Path | None = None, progress: bool = False) -> SyncReport:
+def measure_sync(
+    video: str | Path, audio: str | Path | None = None, progress: bool = False
+) -> SyncReport:
     """Measure a video file against its own audio track, or against ``audio``."""
     samples, rate = load_audio(audio if audio is not None else video, SAMPLE_RATE)
     return measure(mouth_track(video, progress), samples, rate)

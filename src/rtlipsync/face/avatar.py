@@ -63,8 +63,11 @@ class PrepareOptions:
     max_size: int = 1280  # longest side; larger sources are scaled down
 
     def as_dict(self) -> dict[str, Any]:
-        return {"bbox_shift": self.bbox_shift, "extra_margin": self.extra_margin,
-                "max_size": self.max_size}  # fmt: skip
+        return {
+            "bbox_shift": self.bbox_shift,
+            "extra_margin": self.extra_margin,
+            "max_size": self.max_size,
+        }
 
 
 @dataclass
@@ -145,9 +148,7 @@ def _source_kind(source: Path) -> str:
         raise InputError(f"source not found: {source}")
     if source.is_dir():
         if not _image_files(source):
-            raise InputError(
-                f"folder {source} holds no images ({', '.join(sorted(IMAGE_EXTS))})"
-            )
+            raise InputError(f"folder {source} holds no images ({', '.join(sorted(IMAGE_EXTS))})")
         return "images"
     ext = source.suffix.lower()
     if ext in IMAGE_EXTS:
@@ -165,7 +166,9 @@ def _fit(image: np.ndarray, max_size: int) -> np.ndarray:
     h, w = image.shape[:2]
     if max(h, w) > max_size:
         scale = max_size / max(h, w)
-        image = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        image = cv2.resize(
+            image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA
+        )
     return even_crop(image)
 
 
@@ -259,9 +262,12 @@ def _prepare_into(
             if points is not None:
                 try:
                     box = crop_box(
-                        to_68(points), frame.shape[0], frame.shape[1],
-                        options.bbox_shift, options.extra_margin,
-                    )  # fmt: skip
+                        to_68(points),
+                        frame.shape[0],
+                        frame.shape[1],
+                        options.bbox_shift,
+                        options.extra_margin,
+                    )
                 except ValueError:
                     box = None
             if points is None or box is None:
@@ -291,12 +297,16 @@ def _prepare_into(
         shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
         log.warning(
             "no face found in %d of %d frames (%s); they are kept and shown unchanged",
-            len(missing), count, shown,
-        )  # fmt: skip
+            len(missing),
+            count,
+            shown,
+        )
     lms = np.stack(landmarks).astype(np.float32)
     np.save(out / "landmarks.npy", lms)
     np.save(out / "boxes.npy", np.array(boxes, np.int32))
-    np.savez_compressed(out / "masks.npz", masks=np.stack(masks), boxes=np.array(mask_boxes, np.int32))
+    np.savez_compressed(
+        out / "masks.npz", masks=np.stack(masks), boxes=np.array(mask_boxes, np.int32)
+    )
     loop = np.concatenate([np.arange(count), np.arange(count)[::-1]]) if count > 1 else np.zeros(1)
     np.save(out / "loop.npy", loop.astype(np.int32))
     faces = [to_68(p) for p, b in zip(lms, boxes, strict=True) if b[0] >= 0]
@@ -361,7 +371,9 @@ def load_avatar(name: str) -> Avatar:
     for i in range(manifest["frame_count"]):
         image = cv2.imread(str(path / "frames" / f"{i:06d}.jpg"), cv2.IMREAD_COLOR)
         if image is None:
-            raise InputError(f"avatar {name!r} is damaged (frame {i}); prepare it again with --force")
+            raise InputError(
+                f"avatar {name!r} is damaged (frame {i}); prepare it again with --force"
+            )
         frames.append(image)
     avatar = Avatar(
         name=name,

@@ -36,7 +36,7 @@ def crop_box(
 
 
 def bbox_shift_range(lm68_frames: list[np.ndarray]) -> tuple[int, int]:
-    """The range of ``bbox_shift`` that keeps the crop midline on the nose, as MuseTalk prints it."""
+    """The ``bbox_shift`` range that keeps the crop midline on the nose (MuseTalk prints it)."""
     if not lm68_frames:
         return 0, 0
     stack = np.stack(lm68_frames)

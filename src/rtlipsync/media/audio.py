@@ -38,7 +38,9 @@ def load_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.nda
     try:
         with av.open(str(path)) as container:
             if not container.streams.audio:
-                raise InputError(f"{path} has no audio track: give a WAV, MP3, M4A, OGG or FLAC file")
+                raise InputError(
+                    f"{path} has no audio track: give a WAV, MP3, M4A, OGG or FLAC file"
+                )
             stream = container.streams.audio[0]
             rate = stream.codec_context.sample_rate or stream.rate
             # Planar float with the source's channels; we average them to mono ourselves
@@ -53,7 +55,9 @@ def load_audio(path: str | Path, sample_rate: int | None = None) -> tuple[np.nda
     except InputError:
         raise
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"cannot read audio from {path}: {exc}; is it a valid audio file?") from exc
+        raise InputError(
+            f"cannot read audio from {path}: {exc}; is it a valid audio file?"
+        ) from exc
     samples = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
     if len(samples) == 0:
         raise InputError(f"audio file {path} is empty: it holds no samples")

@@ -49,7 +49,8 @@ class SpeechChunk:
         pcm = np.asarray(self.pcm)
         if pcm.ndim != 1 or pcm.dtype != np.int16:
             raise ValueError(
-                f"SpeechChunk.pcm must be 1-D int16 at {SAMPLE_RATE} Hz, got {pcm.dtype} {pcm.shape}"
+                f"SpeechChunk.pcm must be 1-D int16 at {SAMPLE_RATE} Hz, "
+                f"got {pcm.dtype} {pcm.shape}"
             )
         self.pcm = pcm
 

@@ -125,7 +125,9 @@ class Mp4Writer:
             raise InputError(f"output must be an .mp4 file, got {self.path.name}")
         if not self.path.parent.is_dir():
             raise InputError(f"output folder does not exist: {self.path.parent}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".mp4", dir=self.path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.path.stem}.", suffix=".mp4", dir=self.path.parent
+        )
         os.close(fd)
         self._tmp = Path(tmp)
         self._container = av.open(tmp, mode="w")
@@ -172,8 +174,9 @@ class Mp4Writer:
                     self._frames += 1
                     packets = self._video.encode(frame)
                 else:
-                    frame = av.AudioFrame.from_ndarray(data.reshape(1, -1), format="s16",
-                                                       layout="mono")  # fmt: skip
+                    frame = av.AudioFrame.from_ndarray(
+                        data.reshape(1, -1), format="s16", layout="mono"
+                    )
                     frame.sample_rate = self._audio_rate
                     frame.pts = self._samples
                     self._samples += len(data)

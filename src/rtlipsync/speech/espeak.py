@@ -43,8 +43,9 @@ class _Event(ctypes.Structure):
     ]
 
 
-_Callback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int,
-                             ctypes.POINTER(_Event))  # fmt: skip
+_Callback = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
+)
 
 # Friendly names for the voices the product speaks; any espeak-ng voice name also works.
 VOICES = {"en": "en-us", "en-us": "en-us", "en-gb": "en", "zh": "cmn", "cmn": "cmn", "ja": "ja"}
@@ -65,16 +66,28 @@ class _Engine:
 
             lib = ctypes.CDLL(espeakng_loader.get_library_path())
             lib.espeak_Initialize.restype = ctypes.c_int
-            lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p,
-                                              ctypes.c_int]  # fmt: skip
+            lib.espeak_Initialize.argtypes = [
+                ctypes.c_int,
+                ctypes.c_int,
+                ctypes.c_char_p,
+                ctypes.c_int,
+            ]
             lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
             lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-            lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint,
-                                         ctypes.c_int, ctypes.c_uint, ctypes.c_uint,
-                                         ctypes.c_void_p, ctypes.c_void_p]  # fmt: skip
+            lib.espeak_Synth.argtypes = [
+                ctypes.c_void_p,
+                ctypes.c_size_t,
+                ctypes.c_uint,
+                ctypes.c_int,
+                ctypes.c_uint,
+                ctypes.c_uint,
+                ctypes.c_void_p,
+                ctypes.c_void_p,
+            ]
             data = espeakng_loader.get_data_path().encode()
-            rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, data,
-                                         _INITIALIZE_PHONEME_EVENTS)  # fmt: skip
+            rate = lib.espeak_Initialize(
+                _AUDIO_OUTPUT_SYNCHRONOUS, 0, data, _INITIALIZE_PHONEME_EVENTS
+            )
             if rate <= 0:
                 raise RuntimeError("espeak-ng failed to initialise from espeakng-loader's data")
             cls.rate = rate
@@ -84,7 +97,9 @@ class _Engine:
         return cls.lib
 
     @classmethod
-    def _on_audio(cls, wav: ctypes.POINTER(ctypes.c_short), n: int, events: ctypes.POINTER(_Event)) -> int:  # type: ignore[valid-type]
+    def _on_audio(
+        cls, wav: ctypes.POINTER(ctypes.c_short), n: int, events: ctypes.POINTER(_Event)
+    ) -> int:  # type: ignore[valid-type]
         if n > 0:
             cls.pcm.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
         i = 0

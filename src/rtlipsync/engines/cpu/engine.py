@@ -110,8 +110,11 @@ class CpuStream:
     def idle(self) -> AVFrame:
         # Close the mouth over two frames rather than snapping shut.
         last = self._last
-        params = MouthParams(open=last.open * 0.35 if last.open > 0.05 else 0.0,
-                             width=last.width * 0.35, smile=last.smile * 0.8)  # fmt: skip
+        params = MouthParams(
+            open=last.open * 0.35 if last.open > 0.05 else 0.0,
+            width=last.width * 0.35,
+            smile=last.smile * 0.8,
+        )
         return self._frame(params, _SILENCE, speaking=False)
 
     def reset(self) -> None:
@@ -133,8 +136,9 @@ class CpuStream:
         else:
             image = rig.render(base, params)
         self._last = params
-        frame = AVFrame(image=image, audio=audio, index=self._index, speaking=speaking,
-                        mouth=params.as_dict())  # fmt: skip
+        frame = AVFrame(
+            image=image, audio=audio, index=self._index, speaking=speaking, mouth=params.as_dict()
+        )
         self._index += 1
         return frame
 

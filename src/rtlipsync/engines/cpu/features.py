@@ -37,7 +37,8 @@ LOOKAHEAD_FRAMES = len(SMOOTH) // 2
 _FREQS = np.fft.rfftfreq(WIN, 1.0 / SAMPLE_RATE)
 _BAND = {
     "f1": (_FREQS >= 250) & (_FREQS < 1000),
-    "f2": (_FREQS >= 1000) & (_FREQS < 2800),
+    "high": (_FREQS >= 1800) & (_FREQS < 3500),
+    "voice": (_FREQS >= 250) & (_FREQS < 3500),
 }
 _WINDOW = np.hanning(WIN).astype(np.float32)
 
@@ -60,7 +61,8 @@ def _smoothstep(x: np.ndarray | float, lo: float, hi: float) -> np.ndarray:
 def hop_features(frames: np.ndarray) -> np.ndarray:
     """Per-hop features for windows ``frames`` (n, WIN) of float audio.
 
-    Columns: level dB, voicing (0..1), F1 centroid Hz, F2 share (0..1).
+    Columns: level dB, voicing (0..1), F1 centroid Hz, high share (0..1): the part of the
+    voice's energy at 1800-3500 Hz, where front vowels (i, e) put their second formant.
     """
     x = frames - frames.mean(axis=1, keepdims=True)
     energy = np.mean(x * x, axis=1)
@@ -73,25 +75,27 @@ def hop_features(frames: np.ndarray) -> np.ndarray:
     voicing = np.clip(unbiased.max(axis=1) / (ac[:, 0] + 1e-12), 0.0, 1.0)
     f1_spec = spec[:, _BAND["f1"]]
     f1 = (f1_spec * _FREQS[_BAND["f1"]]).sum(axis=1) / (f1_spec.sum(axis=1) + 1e-12)
-    e_f1 = f1_spec.sum(axis=1)
-    e_f2 = spec[:, _BAND["f2"]].sum(axis=1)
-    f2_share = e_f2 / (e_f1 + e_f2 + 1e-12)
-    return np.stack([db, voicing, f1, f2_share], axis=1)
+    high = spec[:, _BAND["high"]].sum(axis=1) / (spec[:, _BAND["voice"]].sum(axis=1) + 1e-12)
+    return np.stack([db, voicing, f1, high], axis=1)
 
 
 class LevelTracker:
     """Adaptive speech level and noise floor, so loudness means "loud for this speaker here".
 
-    The floor is the minimum level over the last two seconds (rises under steady noise); the
-    reference follows voiced peaks and decays slowly.
+    The floor is the minimum level over the last two seconds, starting from a prior of
+    `PRIOR_FLOOR` until two seconds have been heard (so speech that starts at once is not
+    mistaken for the floor); it rises under steady noise. The reference follows voiced peaks
+    and decays by 3 dB a second.
     """
+
+    PRIOR_FLOOR = -60.0
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
         self.reference = -22.0
-        self._recent: deque[float] = deque(maxlen=200)
+        self._recent: deque[float] = deque([self.PRIOR_FLOOR], maxlen=200)
 
     def update(self, db: float, voiced: float) -> float:
         """Take one hop, return its loudness in 0..1."""
@@ -100,26 +104,31 @@ class LevelTracker:
         if voiced > 0.5 and db > self.reference:
             self.reference = db
         else:
-            self.reference = max(self.reference - 0.03, floor + 25.0, -45.0)
+            self.reference = max(self.reference - 0.03, floor + 15.0, -45.0)
         lo = max(floor + 12.0, self.reference - 30.0)
-        hi = self.reference - 4.0
-        return float(np.clip((db - lo) / max(hi - lo, 1.0), 0.0, 1.0))
+        hi = max(self.reference - 4.0, lo + 6.0)
+        return float(np.clip((db - lo) / (hi - lo), 0.0, 1.0))
 
 
 def audio_params(hops: np.ndarray, loudness: np.ndarray) -> np.ndarray:
     """Mouth (open, width) for one frame from its hops' features and loudness."""
-    db, voicing, f1, f2_share = hops.T
+    db, voicing, f1, high = hops.T
     weight = 10 ** (db / 10)
     weight = weight / (weight.sum() + 1e-12)
     voiced = float((_smoothstep(voicing, 0.3, 0.6) * weight).sum())
     loud = float(loudness.mean())
     f1m = float((f1 * weight).sum())
-    f2m = float((f2_share * weight).sum())
+    highm = float((high * weight).sum())
     # The jaw drops further on open vowels (high first formant), but only a little: formant
     # estimates from a 32 ms window are noisy, and loudness is the cue that never lies.
     jaw = 0.8 + 0.2 * float(_smoothstep(f1m, 380.0, 720.0))
     openness = loud**1.2 * voiced * jaw
-    width = float(np.clip((f2m - 0.30) / 0.25, -1.0, 1.0)) * min(1.0, 2.0 * voiced)
+    # Spread for front vowels (strong 1800-3500 Hz), rounded for back vowels with a low first
+    # formant (o, u); open back vowels (a) stay neutral. Measured on espeak-ng's vowels:
+    # high share 0.26-0.32 for i/e, <= 0.08 for a/o/u; F1 centroid ~350 Hz for o/u, >500 for a.
+    spread = float(_smoothstep(highm, 0.10, 0.25))
+    rounded = float((1 - _smoothstep(highm, 0.08, 0.15)) * (1 - _smoothstep(f1m, 420.0, 520.0)))
+    width = (spread - rounded) * min(1.0, 2.0 * voiced)
     return np.array([openness, width])
 
 
@@ -128,23 +137,59 @@ def audio_params(hops: np.ndarray, loudness: np.ndarray) -> np.ndarray:
 # neutral half-open shape. Closures (m, b, p) are what the eye checks first.
 VISEMES: dict[str, tuple[float, float]] = {
     # bilabial closure and labiodental
-    "m": (0.0, 0.0), "b": (0.0, 0.0), "p": (0.0, 0.0), "f": (0.08, 0.1), "v": (0.08, 0.1),
+    "m": (0.0, 0.0),
+    "b": (0.0, 0.0),
+    "p": (0.0, 0.0),
+    "f": (0.08, 0.1),
+    "v": (0.08, 0.1),
     # open vowels
-    "a": (0.9, 0.1), "A": (0.95, 0.0), "aI": (0.85, 0.2), "aU": (0.85, -0.3), "&": (0.8, 0.3),
-    "V": (0.7, 0.0), "0": (0.75, -0.4), "O": (0.7, -0.6), "Q": (0.75, -0.4),
+    "a": (0.9, 0.1),
+    "A": (0.95, 0.0),
+    "aI": (0.85, 0.2),
+    "aU": (0.85, -0.3),
+    "&": (0.8, 0.3),
+    "V": (0.7, 0.0),
+    "0": (0.75, -0.4),
+    "O": (0.7, -0.6),
+    "Q": (0.75, -0.4),
     # mid and front vowels
-    "e": (0.55, 0.6), "E": (0.6, 0.5), "eI": (0.5, 0.6), "@": (0.4, 0.0), "3": (0.45, -0.2),
-    "i": (0.25, 0.9), "I": (0.3, 0.7), "y": (0.25, -0.8),
+    "e": (0.55, 0.6),
+    "E": (0.6, 0.5),
+    "eI": (0.5, 0.6),
+    "@": (0.4, 0.0),
+    "3": (0.45, -0.2),
+    "i": (0.25, 0.9),
+    "I": (0.3, 0.7),
+    "y": (0.25, -0.8),
     # rounded vowels
-    "o": (0.55, -0.8), "oU": (0.5, -0.8), "u": (0.25, -1.0), "U": (0.3, -0.8),
+    "o": (0.55, -0.8),
+    "oU": (0.5, -0.8),
+    "u": (0.25, -1.0),
+    "U": (0.3, -0.8),
     # consonants
-    "w": (0.15, -1.0), "r": (0.25, -0.4), "l": (0.3, 0.2), "j": (0.2, 0.6),
-    "s": (0.1, 0.5), "z": (0.1, 0.5), "S": (0.15, -0.5), "Z": (0.15, -0.5),
-    "tS": (0.15, -0.4), "dZ": (0.15, -0.4), "T": (0.15, 0.3), "D": (0.15, 0.3),
-    "t": (0.15, 0.3), "d": (0.15, 0.3), "n": (0.15, 0.2), "N": (0.25, 0.1),
-    "k": (0.25, 0.1), "g": (0.25, 0.1), "h": (0.35, 0.0), "x": (0.3, 0.0), "X": (0.3, 0.0),
+    "w": (0.15, -1.0),
+    "r": (0.25, -0.4),
+    "l": (0.3, 0.2),
+    "j": (0.2, 0.6),
+    "s": (0.1, 0.5),
+    "z": (0.1, 0.5),
+    "S": (0.15, -0.5),
+    "Z": (0.15, -0.5),
+    "tS": (0.15, -0.4),
+    "dZ": (0.15, -0.4),
+    "T": (0.15, 0.3),
+    "D": (0.15, 0.3),
+    "t": (0.15, 0.3),
+    "d": (0.15, 0.3),
+    "n": (0.15, 0.2),
+    "N": (0.25, 0.1),
+    "k": (0.25, 0.1),
+    "g": (0.25, 0.1),
+    "h": (0.35, 0.0),
+    "x": (0.3, 0.0),
+    "X": (0.3, 0.0),
     "_": (0.0, 0.0),
-}  # fmt: skip
+}
 _VISEME_KEYS = sorted(VISEMES, key=len, reverse=True)
 
 
@@ -226,9 +271,12 @@ class MouthAnalyzer:
         self._audio_start = -(WIN // 2)  # absolute sample index of self._audio[0]
         self._received = 0  # absolute samples pushed
         self._hops_done = 0
+        # Histories are trimmed as frames are taken; *_base is the index of their first entry.
+        self._hop_base = 0
         self._hop_feats: list[np.ndarray] = []
         self._hop_loud: list[float] = []
-        self._raw: list[np.ndarray] = []  # per-frame (open, width) before smoothing
+        self._raw_base = 0
+        self._raw: list[np.ndarray] = []  # per frame: (open, width, closed) before smoothing
         self._frames_out = 0
         self._smile: dict[int, float] = {}  # frame index -> smile, from emotion hints
 
@@ -236,7 +284,9 @@ class MouthAnalyzer:
     def received(self) -> int:
         return self._received
 
-    def push(self, pcm: np.ndarray, phonemes: tuple[Phoneme, ...] = (), emotion: str | None = None) -> None:
+    def push(
+        self, pcm: np.ndarray, phonemes: tuple[Phoneme, ...] = (), emotion: str | None = None
+    ) -> None:
         start = self._received
         for p in phonemes:
             self.visemes.add(p, start)
@@ -270,19 +320,25 @@ class MouthAnalyzer:
             self._hop_feats.append(row)
             self._hop_loud.append(self.levels.update(float(row[0]), float(row[1])))
         self._hops_done = n_hops
-        while len(self._hop_feats) - len(self._raw) * HOPS_PER_FRAME >= HOPS_PER_FRAME:
-            f = len(self._raw)
-            sl = slice(f * HOPS_PER_FRAME, (f + 1) * HOPS_PER_FRAME)
+        while self._raw_end() * HOPS_PER_FRAME + HOPS_PER_FRAME <= self._hop_base + len(
+            self._hop_feats
+        ):
+            f = self._raw_end()
+            start = f * HOPS_PER_FRAME - self._hop_base
+            sl = slice(start, start + HOPS_PER_FRAME)
             params = audio_params(np.stack(self._hop_feats[sl]), np.array(self._hop_loud[sl]))
             t = (f + 0.5) * FRAME_SAMPLES / SAMPLE_RATE
             shape = self.visemes.sample(t)
+            closed = 0.0
             if shape is not None:
                 loud = float(np.mean(self._hop_loud[sl]))
                 gate = float(_smoothstep(loud, 0.02, 0.25))
                 params = np.array([0.5 * shape[0] * gate + 0.5 * params[0], shape[1] * gate])
-                if shape[0] < 0.05:  # closures win over the audio
-                    params[0] = min(params[0], shape[0])
-            self._raw.append(params)
+                closed = float(shape[0] < 0.05)  # m, b, p: the lips meet, whatever the sound
+            self._raw.append(np.array([params[0], params[1], closed]))
+        done = self._raw_end() * HOPS_PER_FRAME - self._hop_base
+        del self._hop_feats[:done], self._hop_loud[:done]
+        self._hop_base += done
         # Drop audio no later hop needs.
         keep_from = self._hops_done * HOP + HOP // 2 - WIN // 2
         cut = keep_from - self._audio_start
@@ -290,20 +346,36 @@ class MouthAnalyzer:
             self._audio = self._audio[cut:]
             self._audio_start = keep_from
 
+    def _raw_end(self) -> int:
+        return self._raw_base + len(self._raw)
+
     def frames_ready(self) -> int:
-        return max(0, len(self._raw) - LOOKAHEAD_FRAMES - self._frames_out)
+        return max(0, self._raw_end() - LOOKAHEAD_FRAMES - self._frames_out)
 
     def take(self) -> MouthParams:
         """The next frame's smoothed mouth; call only when `frames_ready` > 0."""
         f = self._frames_out
-        rows = [self._raw[min(max(f + k, 0), len(self._raw) - 1)] for k in range(-2, 3)]
-        if f < 2:
-            rows[: 2 - f] = [np.zeros(2)] * (2 - f)
-        o, w = (SMOOTH[:, None] * np.stack(rows)).sum(axis=0)
-        smile_keys = [k for k in self._smile if k <= f]
-        smile = self._smile[max(smile_keys)] if smile_keys else 0.0
+        zero = np.zeros(3)
+        rows = [self._raw[f + k - self._raw_base] if f + k >= 0 else zero for k in range(-2, 3)]
+        o, w, _ = (SMOOTH[:, None] * np.stack(rows)).sum(axis=0)
+        if rows[2][2]:  # a closure shuts the lips on its frame, smoothing or not
+            o = 0.0
+        started = [k for k in self._smile if k <= f]
+        smile = 0.0
+        if started:  # the latest emotion hint in force; older ones are done with
+            latest = max(started)
+            smile = self._smile[latest]
+            for k in started:
+                if k != latest:
+                    del self._smile[k]
         self._frames_out += 1
+        drop = f - 1 - self._raw_base  # keep the two frames before the next one
+        if drop > 0:
+            del self._raw[:drop]
+            self._raw_base += drop
         self.visemes.forget_before(f * FRAME_SAMPLES / SAMPLE_RATE - 0.2)
         if o < 0.03:
             o = 0.0
-        return MouthParams(open=float(np.clip(o, 0, 1)), width=float(np.clip(w, -1, 1)), smile=smile)
+        return MouthParams(
+            open=float(np.clip(o, 0, 1)), width=float(np.clip(w, -1, 1)), smile=smile
+        )

@@ -109,8 +109,12 @@ class MouthRig:
 
         # The region the mouth can touch: corners +- 1.3 widths, nose to below the chin.
         corners = []
-        for uu, vv in ((-2.5, -4 * self.upper_thick), (2.5, -4 * self.upper_thick),
-                       (-2.5, 1.6 * self.chin), (2.5, 1.6 * self.chin)):  # fmt: skip
+        for uu, vv in (
+            (-2.5, -4 * self.upper_thick),
+            (2.5, -4 * self.upper_thick),
+            (-2.5, 1.6 * self.chin),
+            (2.5, 1.6 * self.chin),
+        ):
             corners.append(self.centre + uu * self.half * self.ex + vv * self.ey)
         self.region = _bounds(np.array(corners), 2, w, h)
         r = self.region
@@ -134,10 +138,12 @@ class MouthRig:
         upper = np.exp(-((self.vrel / (1.6 * self.upper_thick)) ** 2))
         taper = _edge_taper(self.vrel.shape)
         # Vertical displacement (mouth-local, +down) = open_px * k_open + k_rest.
-        self.k_open = np.where(below, LOWER_SHARE * lower_open,
-                               -(1 - LOWER_SHARE) * lens * upper) * taper  # fmt: skip
-        self.k_rest = np.where(below, -LOWER_SHARE * lower_close,
-                               (1 - LOWER_SHARE) * gap_u * upper) * taper  # fmt: skip
+        self.k_open = (
+            np.where(below, LOWER_SHARE * lower_open, -(1 - LOWER_SHARE) * lens * upper) * taper
+        )
+        self.k_rest = (
+            np.where(below, -LOWER_SHARE * lower_close, (1 - LOWER_SHARE) * gap_u * upper) * taper
+        )
         lip_band = np.exp(-((self.vrel / (1.8 * max(self.upper_thick, self.lower_thick))) ** 2))
         along = np.clip(self.U, -1, 1) * (1.0 - _smooth(np.abs(self.U), 1.0, 2.2))
         self.k_width = (along * lip_band * self.half * WIDTH_SHIFT * taper).astype(np.float32)
@@ -151,7 +157,9 @@ class MouthRig:
         near_lips = (np.abs(self.vrel) < self.lower_thick) & (np.abs(self.U) < 0.6)
         lips = frame[r.y0 : r.y1, r.x0 : r.x1][near_lips].astype(np.float64)
         cheeks = np.round(p[[50, 280, 4, 200, 421]]).astype(int)
-        skin = frame[np.clip(cheeks[:, 1], 0, h - 1), np.clip(cheeks[:, 0], 0, w - 1)].astype(np.float64)
+        skin = frame[np.clip(cheeks[:, 1], 0, h - 1), np.clip(cheeks[:, 0], 0, w - 1)].astype(
+            np.float64
+        )
         skin_mean = skin.mean(axis=0)
         light = float(np.clip(skin_mean.mean() / 160.0, 0.55, 1.0))
         lip_colour = lips.mean(axis=0) if len(lips) else np.array([90.0, 90.0, 160.0])
@@ -201,8 +209,13 @@ class MouthRig:
         # The interior's bounding box in region pixels, from its outline.
         ox, oy = offset
         outline = np.concatenate([np.stack([u_new, top], 1), np.stack([u_new, bottom], 1)])
-        xy = (self.centre + outline[:, :1] * self.half * self.ex + outline[:, 1:] * self.ey
-              + (ox, oy) - (self.region.x0, self.region.y0))  # fmt: skip
+        xy = (
+            self.centre
+            + outline[:, :1] * self.half * self.ex
+            + outline[:, 1:] * self.ey
+            + (ox, oy)
+            - (self.region.x0, self.region.y0)
+        )
         xa, ya = np.maximum(np.floor(xy.min(axis=0)).astype(int) - 1, 0)
         xb, yb = np.ceil(xy.max(axis=0)).astype(int) + 2
         xb, yb = min(xb, roi.shape[1]), min(yb, roi.shape[0])
@@ -237,7 +250,9 @@ class MouthRig:
         if wide > 0:
             low_h = np.minimum(0.14 * gap, 0.12 * self.half)
             low_a = np.clip(V - (lip_bot - low_h) + 0.5, 0, 1) * (1 - _smooth(side, 0.25, 0.55))
-            tongue_r = (U / (0.55 * self.u_inner)) ** 2 + ((V - lip_bot) / np.maximum(0.45 * gap, 1)) ** 2
+            tongue_r = (U / (0.55 * self.u_inner)) ** 2 + (
+                (V - lip_bot) / np.maximum(0.45 * gap, 1)
+            ) ** 2
             tongue_a = np.clip((1 - tongue_r) * 3, 0, 1)[..., None] * 0.55 * wide
             colour = colour * (1 - tongue_a) + self.tongue * tongue_a
             low_a = (low_a * wide * 0.6)[..., None]
@@ -251,7 +266,9 @@ class MouthRig:
 class EyeRig:
     """One eye's blink: the upper lid slides down to the lower lid."""
 
-    def __init__(self, points: np.ndarray, upper: list[int], lower: list[int], shape: tuple[int, int]) -> None:
+    def __init__(
+        self, points: np.ndarray, upper: list[int], lower: list[int], shape: tuple[int, int]
+    ) -> None:
         p = points.astype(np.float64)
         a, b = p[upper[0]], p[upper[-1]]
         self.ex = (b - a) / (np.linalg.norm(b - a) + 1e-9)
@@ -271,8 +288,12 @@ class EyeRig:
         self.uu, self.vu, self.ul, self.vl = uu[ou], vu[ou], ul[ol], vl[ol]
         height = float(np.max(np.interp(self.uu, self.ul, self.vl) - self.vu))
         self.height = max(height, 1.0)
-        pad = np.array([[-1.3 * self.half, -3.0 * self.height], [1.3 * self.half, 1.0 * self.height]])
-        corners = np.array([self.centre + x * self.ex + y * self.ey for x in pad[:, 0] for y in pad[:, 1]])
+        pad = np.array(
+            [[-1.3 * self.half, -3.0 * self.height], [1.3 * self.half, 1.0 * self.height]]
+        )
+        corners = np.array(
+            [self.centre + x * self.ex + y * self.ey for x in pad[:, 0] for y in pad[:, 1]]
+        )
         self.region = _bounds(corners, 1, shape[1], shape[0])
 
     def field(self, region: _Region) -> tuple[np.ndarray, np.ndarray] | None:
@@ -288,7 +309,9 @@ class EyeRig:
         bottom = np.interp(U, self.ul, self.vl)
         opening = np.maximum(bottom - top, 0.0)
         inside = _smooth(1.0 - np.abs(U), 0.0, 0.25)
-        ramp = np.where(V < top, _smooth(V - top, -1.8 * self.height, 0.0), np.where(V <= bottom, 1.0, 0.0))
+        ramp = np.where(
+            V < top, _smooth(V - top, -1.8 * self.height, 0.0), np.where(V <= bottom, 1.0, 0.0)
+        )
         d = (opening * ramp * inside).astype(np.float32) * _edge_taper(V.shape, 2)
         out_x = np.zeros(region.shape, np.float32)
         out_y = np.zeros(region.shape, np.float32)
@@ -312,8 +335,13 @@ class FrameRig:
         top = points[FACE_OVAL[0]]
         chin = points[CHIN]
         face_h = float(np.linalg.norm(chin - top))
-        head = np.vstack([oval, oval.min(axis=0) - [0.25 * face_h, 0.45 * face_h],
-                          oval.max(axis=0) + [0.25 * face_h, 0.30 * face_h]])  # fmt: skip
+        head = np.vstack(
+            [
+                oval,
+                oval.min(axis=0) - [0.25 * face_h, 0.45 * face_h],
+                oval.max(axis=0) + [0.25 * face_h, 0.30 * face_h],
+            ]
+        )
         self.region = _bounds(head, 4, w, h)
         m = self.mouth.region
         r = self.region
@@ -325,8 +353,12 @@ class FrameRig:
         self.pivot = chin + np.array([0.0, 0.35 * face_h])
         centre = oval.mean(axis=0)
         radii = (oval.max(axis=0) - oval.min(axis=0)) / 2 * np.array([1.25, 1.35])
-        dist = np.sqrt(((xs - centre[0]) / radii[0]) ** 2 + ((ys - centre[1] + 0.1 * face_h) / radii[1]) ** 2)
-        self.head_w = ((1.0 - _smooth(dist, 0.85, 1.25)) * _edge_taper(r.shape, 6)).astype(np.float32)
+        dist = np.sqrt(
+            ((xs - centre[0]) / radii[0]) ** 2 + ((ys - centre[1] + 0.1 * face_h) / radii[1]) ** 2
+        )
+        self.head_w = ((1.0 - _smooth(dist, 0.85, 1.25)) * _edge_taper(r.shape, 6)).astype(
+            np.float32
+        )
         # Backward-map offsets per radian of sway (small-angle rotation about the pivot).
         self.rot_x = (-self.head_w * (ys - self.pivot[1])).astype(np.float32)
         self.rot_y = (self.head_w * (xs - self.pivot[0])).astype(np.float32)
@@ -341,9 +373,12 @@ class FrameRig:
         self.blink_x, self.blink_y = blink_x, blink_y
 
     def render(
-        self, frame: np.ndarray, params: MouthParams, blink: float = 0.0,
+        self,
+        frame: np.ndarray,
+        params: MouthParams,
+        blink: float = 0.0,
         sway: tuple[float, float, float] = (0.0, 0.0, 0.0),
-    ) -> np.ndarray:  # fmt: skip
+    ) -> np.ndarray:
         """Return a copy of ``frame`` showing ``params`` (and, for stills, blink and sway)."""
         out = frame.copy()
         r = self.region
@@ -376,6 +411,7 @@ class FrameRig:
         out[r.y0 : r.y1, r.x0 : r.x1] = warped
         return out
 
+
 class IdleLife:
     """Blinks and a slow head sway for still avatars, deterministic per avatar name."""
 
@@ -401,7 +437,14 @@ class IdleLife:
         else:
             blink = 0.0
         ph = self._phases
-        angle = math.radians(0.9 * math.sin(2 * math.pi * 0.11 * t + ph[0]) + 0.4 * math.sin(2 * math.pi * 0.23 * t + ph[1]))
-        tx = 1.4 * math.sin(2 * math.pi * 0.07 * t + ph[2]) + 0.5 * math.sin(2 * math.pi * 0.19 * t + ph[3])
-        ty = 0.9 * math.sin(2 * math.pi * 0.09 * t + ph[4]) + 0.6 * speaking_level * math.sin(2 * math.pi * 1.7 * t + ph[5])
+        angle = math.radians(
+            0.9 * math.sin(2 * math.pi * 0.11 * t + ph[0])
+            + 0.4 * math.sin(2 * math.pi * 0.23 * t + ph[1])
+        )
+        tx = 1.4 * math.sin(2 * math.pi * 0.07 * t + ph[2]) + 0.5 * math.sin(
+            2 * math.pi * 0.19 * t + ph[3]
+        )
+        ty = 0.9 * math.sin(2 * math.pi * 0.09 * t + ph[4]) + 0.6 * speaking_level * math.sin(
+            2 * math.pi * 1.7 * t + ph[5]
+        )
         return blink, (angle, tx, ty)
