@@ -80,6 +80,7 @@ class CpuStream:
         self._audio = np.zeros(0, np.int16)  # pushed speech not yet paired with a frame
         self._index = 0  # frames produced on this stream's timeline
         self._last = MouthParams()
+        self._last_speaking = False
         self._ended = False
 
     @property
@@ -108,13 +109,11 @@ class CpuStream:
             yield self._frame(params, audio, speaking=True)
 
     def idle(self) -> AVFrame:
-        # Close the mouth over two frames rather than snapping shut.
+        # After speech the mouth closes over two frames rather than snapping shut.
         last = self._last
-        params = MouthParams(
-            open=last.open * 0.35 if last.open > 0.05 else 0.0,
-            width=last.width * 0.35,
-            smile=last.smile * 0.8,
-        )
+        params = MouthParams()
+        if self._last_speaking:
+            params = MouthParams(open=0.35 * last.open, width=0.35 * last.width, smile=last.smile)
         return self._frame(params, _SILENCE, speaking=False)
 
     def reset(self) -> None:
@@ -136,6 +135,7 @@ class CpuStream:
         else:
             image = rig.render(base, params)
         self._last = params
+        self._last_speaking = speaking
         frame = AVFrame(
             image=image, audio=audio, index=self._index, speaking=speaking, mouth=params.as_dict()
         )

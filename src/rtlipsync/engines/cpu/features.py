@@ -41,6 +41,8 @@ _BAND = {
     "voice": (_FREQS >= 250) & (_FREQS < 3500),
 }
 _WINDOW = np.hanning(WIN).astype(np.float32)
+_WINDOW_ENERGY = float((_WINDOW.astype(np.float64) ** 2).sum())
+_WINDOW_AC = np.fft.irfft(np.abs(np.fft.rfft(_WINDOW, n=2 * WIN)) ** 2)[:WIN] / _WINDOW_ENERGY
 
 
 @dataclass
@@ -64,15 +66,18 @@ def hop_features(frames: np.ndarray) -> np.ndarray:
     Columns: level dB, voicing (0..1), F1 centroid Hz, high share (0..1): the part of the
     voice's energy at 1800-3500 Hz, where front vowels (i, e) put their second formant.
     """
+    # Loudness is the energy of the formant band (250-3500 Hz): every voice puts its vowels
+    # there, while mains hum, rumble and DC have nothing there.
     x = frames - frames.mean(axis=1, keepdims=True)
-    energy = np.mean(x * x, axis=1)
-    db = 10.0 * np.log10(energy + 1e-10)
-    spec = np.abs(np.fft.rfft(x * _WINDOW, axis=1)) ** 2
-    # Voicing: the normalised autocorrelation peak over 80-400 Hz pitch lags.
-    ac = np.fft.irfft(np.abs(np.fft.rfft(x, n=2 * WIN, axis=1)) ** 2, axis=1)[:, :WIN]
+    power = np.abs(np.fft.rfft(x * _WINDOW, n=2 * WIN, axis=1)) ** 2
+    spec = power[:, ::2]  # the WIN-point spectrum's bins
+    db = 10.0 * np.log10(2 * spec[:, _BAND["voice"]].sum(axis=1) / (WIN * _WINDOW_ENERGY) + 1e-10)
+    # Voicing: the normalised autocorrelation peak over 80-400 Hz pitch lags, divided by the
+    # window's own autocorrelation (Boersma's correction), so a steady vowel reads close to 1.
+    ac = np.fft.irfft(power, axis=1)[:, :WIN]
     lags = np.arange(SAMPLE_RATE // 400, SAMPLE_RATE // 80)
-    unbiased = ac[:, lags] * (WIN / (WIN - lags))
-    voicing = np.clip(unbiased.max(axis=1) / (ac[:, 0] + 1e-12), 0.0, 1.0)
+    r = ac[:, lags] / (ac[:, :1] + 1e-12) / _WINDOW_AC[lags]
+    voicing = np.clip(r.max(axis=1), 0.0, 1.0)
     f1_spec = spec[:, _BAND["f1"]]
     f1 = (f1_spec * _FREQS[_BAND["f1"]]).sum(axis=1) / (f1_spec.sum(axis=1) + 1e-12)
     high = spec[:, _BAND["high"]].sum(axis=1) / (spec[:, _BAND["voice"]].sum(axis=1) + 1e-12)
