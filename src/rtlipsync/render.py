@@ -166,12 +166,17 @@ def render_inference_config(
         raise InputError("with --inference-config, -o names a folder for one mp4 per task")
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
+    used: set[str] = set()
     for task in tasks:
-        video, audio = task["video_path"], task["audio_path"]
+        video, audio, shift = task["video_path"], task["audio_path"], task["bbox_shift"]
+        # One cached avatar per source and crop, so tasks never re-prepare each other's.
         name = _safe_name(video.stem if video.is_file() else video.name)
-        prepare_avatar(
-            name, video, PrepareOptions(bbox_shift=task["bbox_shift"]), progress=progress
-        )
-        out = out_dir / f"{_safe_name(video.stem)}_{_safe_name(audio.stem)}.mp4"
-        results.append(render(name, out, audio=audio, progress=progress))
+        if shift:
+            name = _safe_name(f"{name}_shift{shift}")
+        prepare_avatar(name, video, PrepareOptions(bbox_shift=shift), progress=progress)
+        stem = f"{_safe_name(video.stem)}_{_safe_name(audio.stem)}"
+        if stem in used:  # MuseTalk's naming would overwrite an earlier task's output
+            stem = _safe_name(f"{stem}_{task['name']}")
+        used.add(stem)
+        results.append(render(name, out_dir / f"{stem}.mp4", audio=audio, progress=progress))
     return results
