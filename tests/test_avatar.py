@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import media
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import (
     PrepareOptions,
@@ -22,6 +21,8 @@ from rtlipsync.face.avatar import (
 from rtlipsync.face.geometry import MASK_SIZE, crop_box
 from rtlipsync.face.landmarks import to_68
 from rtlipsync.paths import avatars_dir
+
+from conftest import media
 
 
 def leftovers() -> list[str]:

@@ -8,11 +8,12 @@ import av
 import numpy as np
 import pytest
 
-from conftest import write_wav
 from rtlipsync.errors import InputError
 from rtlipsync.media.audio import load_audio
 from rtlipsync.media.frames import FRAME_SAMPLES, PACKET_SAMPLES, Phoneme, SpeechChunk, chunk_speech
 from rtlipsync.media.video import Mp4Writer, read_video_frames
+
+from conftest import write_wav
 
 
 def numbered_video(path: Path, fps: int, count: int, size: int = 64) -> Path:

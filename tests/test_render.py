@@ -8,10 +8,11 @@ import av
 import numpy as np
 import pytest
 
-from conftest import media, write_wav
 from rtlipsync.cli import main
 from rtlipsync.face.avatar import default_avatar_source
 from rtlipsync.media.frames import FPS
+
+from conftest import media, write_wav
 
 
 def probe(path: Path) -> dict:

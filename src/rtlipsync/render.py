@@ -28,6 +28,7 @@ from rtlipsync.speech.espeak import EspeakTTS
 
 log = logging.getLogger(__name__)
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 AAC_RATES = {8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000}
 
 
@@ -83,6 +84,7 @@ def render(
     voice: str | None = None,
     emotion: str | None = None,
     progress: bool = True,
+    preset: str = "veryfast",
 ) -> RenderResult:
     """Render ``avatar`` saying ``audio`` (a file) or ``text`` (spoken offline) into ``output``."""
     if (audio is None) == (text is None):
@@ -96,9 +98,13 @@ def render(
     width, height = av.size
     n_frames = -(-len(speech.engine_pcm) // FRAME_SAMPLES)
     written = 0
-    with Mp4Writer(out, width, height, FPS, speech.out_rate) as writer:
+    if preset not in X264_PRESETS:
+        raise InputError(f"unknown preset {preset!r}: use one of {', '.join(X264_PRESETS)}")
+    with Mp4Writer(out, width, height, FPS, speech.out_rate, preset=preset) as writer:
         bar = tqdm(total=n_frames, desc=f"rendering {out.name}", unit="frame", disable=not progress)
-        for frame in render_speech(stream, speech.engine_pcm, speech.phonemes, emotion):
+        for frame in render_speech(
+            stream, speech.engine_pcm, speech.phonemes, emotion, SAMPLE_RATE // 4
+        ):
             writer.write_video(frame.image)
             a = round(written * speech.out_rate / FPS)
             b = round((written + 1) * speech.out_rate / FPS)

@@ -24,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from rtlipsync.face.avatar import Avatar
-from rtlipsync.media.frames import AVFrame, Phoneme, SpeechChunk, chunk_speech
+from rtlipsync.media.frames import PACKET_SAMPLES, AVFrame, Phoneme, SpeechChunk, chunk_speech
 
 
 @runtime_checkable
@@ -65,9 +65,14 @@ def render_speech(
     pcm: np.ndarray,
     phonemes: Iterable[Phoneme] = (),
     emotion: str | None = None,
+    chunk_samples: int = PACKET_SAMPLES,
 ) -> Iterator[AVFrame]:
-    """Feed one whole utterance through a stream and yield all its frames (batch rendering)."""
-    for chunk in chunk_speech(pcm, tuple(phonemes), emotion=emotion):
+    """Feed one whole utterance through a stream and yield all its frames (batch rendering).
+
+    Engines give the same frames however the audio is chunked, so offline work may pass
+    larger ``chunk_samples`` to spend less time per call.
+    """
+    for chunk in chunk_speech(pcm, tuple(phonemes), chunk_samples, emotion=emotion):
         stream.push(chunk)
         yield from stream.frames()
     yield from stream.frames()

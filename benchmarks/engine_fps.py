@@ -1,0 +1,49 @@
+"""CPU engine throughput: frames per CPU-second at 512x512, video encode excluded.
+
+Renders speech through a CPU engine stream on the built-in 512x512 avatar (a still image, so
+blinks and head sway are drawn too: the most work per frame) and counts CPU time across all
+threads (time.process_time), so it says how many frames one core makes in a second.
+
+    python benchmarks/engine_fps.py [--seconds 20] [--audio FILE]
+Goal: >= 200 frames per CPU-second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+from rtlipsync.engines.base import render_speech
+from rtlipsync.engines.cpu import CpuEngine
+from rtlipsync.face.avatar import ensure_default_avatar, load_avatar
+from rtlipsync.media.frames import SAMPLE_RATE
+
+from _speech import speech_pcm
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--audio")
+    args = parser.parse_args()
+    ensure_default_avatar()
+    avatar = load_avatar("default")
+    pcm = speech_pcm(args.seconds, args.audio)
+    warm = CpuEngine().open_stream(avatar)
+    list(render_speech(warm, pcm[:SAMPLE_RATE]))  # build the rig, warm caches
+    stream = CpuEngine().open_stream(avatar)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    frames = list(render_speech(stream, pcm))
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    w, h = avatar.size
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}")
+    print(f"frames: {len(frames)} at {w}x{h} ({len(pcm) / SAMPLE_RATE:.1f} s of speech)")
+    print(f"CPU time per frame: {1000 * cpu / len(frames):.2f} ms")
+    print(f"frames per CPU-second: {len(frames) / cpu:.0f}  (goal >= 200)")
+    print(f"wall-clock fps: {len(frames) / wall:.0f}")
+
+
+if __name__ == "__main__":
+    main()
