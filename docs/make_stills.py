@@ -1,5 +1,6 @@
-"""Write the mouth stills in docs/: closed, half-open and open, on the default avatar and on
-a video avatar (``--video``, e.g. a clip of your own), cropped around the face at full size.
+"""Write the mouth stills in docs/: closed, half-open, open, rounded and spread, on the default
+avatar and on a video avatar (``--video``), cropped around the face at full size, plus 3x
+close-ups of the mouth.
 
     python docs/make_stills.py [--video PATH]
 """
@@ -33,14 +34,21 @@ def stills(name: str, frame_index: int, out_dir: Path) -> None:
     pts = avatar.landmarks[frame_index]
     x0, y0 = np.maximum(pts.min(axis=0) - 30, 0).astype(int)
     x1, y1 = (pts.max(axis=0) + 30).astype(int)
-    tiles = []
+    m = pts[[61, 291, 13, 14, 152]]
+    mx0, my0 = np.maximum(m.min(axis=0) - [25, 30], 0).astype(int)
+    mx1, my1 = (m.max(axis=0) + [25, 5]).astype(int)
+    tiles, closeups = [], []
     for label, params in SHAPES.items():
-        crop = rig.render(base, params)[y0:y1, x0:x1].copy()
+        image = rig.render(base, params)
+        zoom = cv2.resize(image[my0:my1, mx0:mx1], None, fx=3, fy=3, interpolation=cv2.INTER_CUBIC)
+        closeups.append(zoom)
+        crop = image[y0:y1, x0:x1].copy()
         cv2.putText(
             crop, label, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
         )
         tiles.append(crop)
     cv2.imwrite(str(out_dir / f"mouths-{name}.png"), np.hstack(tiles))
+    cv2.imwrite(str(out_dir / f"mouths-{name}-closeup.png"), np.hstack(closeups))
 
 
 def main() -> None:

@@ -39,8 +39,9 @@ from rtlipsync.face.landmarks import (
 
 LOWER_SHARE = 0.72  # of a change in lip gap, how much the lower lip/jaw takes
 MAX_GAP = 0.62  # widest lip gap, in mouth half-widths
-WIDTH_SHIFT = 0.13  # corner travel for full spread/round, in mouth half-widths
+WIDTH_SHIFT = 0.2  # corner travel for full spread/round, in mouth half-widths
 SMILE_LIFT = 0.10  # corner travel for a full smile, in mouth half-widths
+CLOSE_OVERLAP = 0.6
 
 
 def _smooth(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -125,7 +126,11 @@ class MouthRig:
         self.V = dx * self.ey[0] + dy * self.ey[1]
         line = np.interp(self.U, self.u_line, self.v_line).astype(np.float32)
         self.vrel = self.V - line
-        gap_u = np.interp(self.U, self.u_line, self.gap, left=0.0, right=0.0).astype(np.float32)
+        # Landmarks put the inner lips a little inside the visible gap, so "closed" presses
+        # them CLOSE_OVERLAP of the upper lip's thickness further, or teeth would still peek.
+        gap = self.gap + CLOSE_OVERLAP * self.upper_thick * (self.gap > 0.5)
+        gap_u = np.interp(self.U, self.u_line, gap, left=0.0, right=0.0).astype(np.float32)
+        gap_u *= self.lens(self.U) ** 0.3
 
         lens = self.lens(self.U)
         below = self.vrel >= 0
