@@ -117,6 +117,7 @@ def _bad_cases(tmp: Path) -> list[tuple[list[str], str]]:
         (["avatar", "prepare", "wall", str(noface)], "no face found"),
         (["avatar", "prepare", "doc", str(doc)], "unsupported source type"),
         (["eval", "sync", str(corrupt)], "cannot read"),
+        (["eval", "sync", str(tmp / "nowhere.mp4")], "video not found"),
     ]
 
 

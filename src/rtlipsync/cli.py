@@ -7,9 +7,13 @@ partial output is left behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from rtlipsync import __version__
@@ -170,12 +174,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _native_logs_hidden() -> Iterator[None]:
+    """Send what native libraries write straight to fd 2 (MediaPipe's TFLite and absl start-up
+    notices) to /dev/null, while Python's own stderr (errors, progress bars, logs) still
+    reaches the terminal. Does nothing when stderr is not a real file (tests capture it)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield
+        return
+    if fd != 2:
+        yield
+        return
+    sys.stderr.flush()
+    real = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    old_stderr = sys.stderr
+    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(real), "wb", buffering=0), write_through=True)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(real, 2)
+        sys.stderr.close()
+        sys.stderr = old_stderr
+        os.close(real)
+        os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        return _run(args)
+    with _native_logs_hidden():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
+        force=True,
     )
     if args.command == "render" and args.inference_config is None and not (args.audio or args.text):
         print("error: give --audio FILE, --text TEXT or --inference-config FILE", file=sys.stderr)

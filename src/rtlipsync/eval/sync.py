@@ -140,5 +140,7 @@ def measure_sync(
     video: str | Path, audio: str | Path | None = None, progress: bool = False
 ) -> SyncReport:
     """Measure a video file against its own audio track, or against ``audio``."""
+    if not Path(video).is_file():
+        raise InputError(f"video not found: {video}")
     samples, rate = load_audio(audio if audio is not None else video, SAMPLE_RATE)
     return measure(mouth_track(video, progress), samples, rate)
