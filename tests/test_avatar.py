@@ -173,3 +173,9 @@ def test_shared_media_videos(clip: str) -> None:
     manifest = json.loads((avatars_dir() / Path(clip).stem / "manifest.json").read_text())
     lo, hi = manifest["bbox_shift_range"]
     assert lo < 0 < hi
+
+
+def test_long_sources_are_cut_to_max_seconds(tmp_path: Path) -> None:
+    video = face_video(tmp_path / "long.mp4", fps=30, blank=range(0))
+    m = prepare_avatar("cut", video, PrepareOptions(max_seconds=0.4), progress=False)
+    assert m["frame_count"] == 10 and m["options"]["max_seconds"] == 0.4

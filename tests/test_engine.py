@@ -246,3 +246,17 @@ def test_emotion_hint_lifts_the_corners(video_avatar, speech16k) -> None:
 def test_speech_chunk_rejects_wrong_format() -> None:
     with pytest.raises(ValueError, match="int16"):
         SpeechChunk(pcm=np.zeros((2, 320), np.int16))
+
+
+def test_rig_cache_is_bounded_and_rebuilt_rigs_draw_the_same(
+    video_avatar, speech16k, monkeypatch
+) -> None:
+    from rtlipsync.engines.cpu.engine import AvatarRigs
+
+    cached = frames_of(CpuEngine().open_stream(video_avatar), speech16k.pcm)
+    video_avatar.extras.pop("cpu")
+    monkeypatch.setattr(AvatarRigs, "MAX_BYTES", 1)
+    rebuilt = frames_of(CpuEngine().open_stream(video_avatar), speech16k.pcm)
+    assert avatar_rigs(video_avatar)._rigs == {}  # nothing kept past the budget
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(cached, rebuilt, strict=True))
+    video_avatar.extras.pop("cpu")

@@ -26,7 +26,10 @@ def _avatar_prepare(args: argparse.Namespace) -> None:
     from rtlipsync.face.avatar import PrepareOptions, prepare_avatar
 
     options = PrepareOptions(
-        bbox_shift=args.bbox_shift, extra_margin=args.extra_margin, max_size=args.max_size
+        bbox_shift=args.bbox_shift,
+        extra_margin=args.extra_margin,
+        max_size=args.max_size,
+        max_seconds=args.max_seconds,
     )
     m = prepare_avatar(args.name, args.source, options, force=args.force, progress=not args.quiet)
     missing = len(m["faces_missing"])
@@ -133,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="MuseTalk v1.5 crop margin below the chin, in pixels",
     )
     prep.add_argument("--max-size", type=int, default=1280, help="longest side of the frames")
+    prep.add_argument(
+        "--max-seconds", type=float, default=30.0, help="longest idle clip kept from a video"
+    )
     prep.add_argument("--force", action="store_true", help="prepare again even if up to date")
     prep.set_defaults(func=_avatar_prepare)
     lst = avatar_sub.add_parser("list", help="list prepared avatars")

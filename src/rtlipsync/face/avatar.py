@@ -61,12 +61,17 @@ class PrepareOptions:
     bbox_shift: int = 0  # MuseTalk v1.0's crop knob, in pixels (v1.5 uses 0)
     extra_margin: int = 10  # MuseTalk v1.5's margin below the chin, in pixels
     max_size: int = 1280  # longest side; larger sources are scaled down
+    # An idle clip loops forward and back, so a few seconds suffice, and every frame is held
+    # decoded in memory while the avatar is in use (a 720p frame is 2.7 MB): longer sources
+    # are cut here, with a warning.
+    max_seconds: float = 30.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "bbox_shift": self.bbox_shift,
             "extra_margin": self.extra_margin,
             "max_size": self.max_size,
+            "max_seconds": self.max_seconds,
         }
 
 
@@ -245,9 +250,20 @@ def _prepare_into(
     missing: list[int] = []
     size: tuple[int, int] | None = None
     nan_points = np.full((LANDMARK_COUNT, 2), np.nan, np.float32)
+    limit = max(1, int(options.max_seconds * FPS))
+    if estimate > limit:
+        log.warning(
+            "%s lasts %.1f s; keeping the first %.1f s as the idle loop (--max-seconds)",
+            source.name,
+            estimate / FPS,
+            options.max_seconds,
+        )
+        estimate = limit
     bar = tqdm(total=estimate, desc=f"preparing {name}", unit="frame", disable=not progress)
     with FaceLandmarker(video=kind != "image") as landmarker:
         for i, raw in enumerate(frames_iter):
+            if i >= limit:
+                break
             frame = _fit(raw, options.max_size)
             if size is None:
                 size = (frame.shape[1], frame.shape[0])

@@ -31,9 +31,12 @@ class AvatarRigs:
     """Per-avatar render state shared by every stream on that avatar.
 
     Video avatars get their landmarks smoothed over time (face-mesh points jitter by a pixel
-    or two from frame to frame, which would make the drawn mouth shimmer); rigs are built on
-    first use of a frame and kept.
+    or two from frame to frame, which would make the drawn mouth shimmer). Rigs are built on
+    first use of a frame (~2 ms) and kept up to `MAX_BYTES`; past that they are rebuilt each
+    time, which gives the same pixels at a little more CPU.
     """
+
+    MAX_BYTES = 256 * 1024 * 1024
 
     def __init__(self, avatar: Avatar) -> None:
         self.avatar = avatar
@@ -49,15 +52,20 @@ class AvatarRigs:
             lms = np.where(valid[:, None, None], smooth, np.nan)
         self.landmarks = lms
         self._rigs: dict[int, FrameRig | None] = {}
+        self._bytes = 0
 
     def rig(self, index: int) -> FrameRig | None:
-        if index not in self._rigs:
-            points = self.landmarks[index]
-            if np.isnan(points[0, 0]):
-                self._rigs[index] = None
-            else:
-                self._rigs[index] = FrameRig(points, self.avatar.frames[index], self.avatar.still)
-        return self._rigs[index]
+        if index in self._rigs:
+            return self._rigs[index]
+        points = self.landmarks[index]
+        rig = None
+        if not np.isnan(points[0, 0]):
+            rig = FrameRig(points, self.avatar.frames[index], self.avatar.still)
+        size = rig.nbytes if rig is not None else 0
+        if self._bytes + size <= self.MAX_BYTES:
+            self._rigs[index] = rig
+            self._bytes += size
+        return rig
 
 
 def avatar_rigs(avatar: Avatar) -> AvatarRigs:

@@ -377,6 +377,12 @@ class FrameRig:
                 blink_y += field[1]
         self.blink_x, self.blink_y = blink_x, blink_y
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the rig's arrays."""
+        arrays = [*vars(self).values(), *vars(self.mouth).values()]
+        return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
+
     def render(
         self,
         frame: np.ndarray,
