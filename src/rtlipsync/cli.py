@@ -7,17 +7,14 @@ partial output is left behind.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from rtlipsync import __version__
 from rtlipsync.errors import InputError
+from rtlipsync.logs import native_logs_hidden
 
 log = logging.getLogger("rtlipsync")
 
@@ -180,41 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def _native_logs_hidden() -> Iterator[None]:
-    """Send what native libraries write straight to fd 2 (MediaPipe's TFLite and absl start-up
-    notices) to /dev/null, while Python's own stderr (errors, progress bars, logs) still
-    reaches the terminal. Does nothing when stderr is not a real file (tests capture it)."""
-    try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):
-        yield
-        return
-    if fd != 2:
-        yield
-        return
-    sys.stderr.flush()
-    real = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    old_stderr = sys.stderr
-    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(real), "wb", buffering=0), write_through=True)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        sys.stderr.flush()
-        os.dup2(real, 2)
-        sys.stderr.close()
-        sys.stderr = old_stderr
-        os.close(real)
-        os.close(devnull)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.verbose:
         return _run(args)
-    with _native_logs_hidden():
+    with native_logs_hidden():
         return _run(args)
 
 

@@ -7,11 +7,8 @@ backends only need to return the same layout (`LANDMARK_COUNT` points, MediaPipe
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
 import threading
-from collections.abc import Iterator
 
 import cv2
 import numpy as np
@@ -146,28 +143,10 @@ CHIN = 152
 NOSE_TIP = 1
 FOREHEAD = 10
 
-# Keep MediaPipe's C++ logging quiet unless asked for.
+# Ask MediaPipe's C++ logging to keep quiet (it prints some start-up notices regardless, from
+# its worker threads; `rtlipsync.logs.native_logs_hidden` keeps those off a terminal).
 os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """Hide what MediaPipe's C++ core prints while its graph starts (TFLite and absl notices
-    that mean nothing to a user and would bury our own one-line errors)."""
-    if os.environ.get("RTLIPSYNC_NATIVE_LOGS"):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 def to_68(points: np.ndarray) -> np.ndarray:
@@ -197,28 +176,21 @@ class FaceLandmarker:
     def __init__(self, video: bool = False, min_confidence: float = 0.5) -> None:
         import mediapipe as mp  # heavy import, kept out of module import time
 
-        with _native_stderr_silenced():
-            self._mesh = mp.solutions.face_mesh.FaceMesh(
-                static_image_mode=not video,
-                max_num_faces=1,
-                refine_landmarks=True,
-                min_detection_confidence=min_confidence,
-                min_tracking_confidence=min_confidence,
-            )
+        self._mesh = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=not video,
+            max_num_faces=1,
+            refine_landmarks=True,
+            min_detection_confidence=min_confidence,
+            min_tracking_confidence=min_confidence,
+        )
         self._lock = threading.Lock()
-        self._started = False
 
     def detect(self, image_bgr: np.ndarray) -> np.ndarray | None:
         """Return (478, 2) pixel coordinates of the most prominent face, or None."""
         h, w = image_bgr.shape[:2]
         rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
         with self._lock:
-            if self._started:
-                result = self._mesh.process(rgb)
-            else:  # the graph's first run prints its start-up notices
-                with _native_stderr_silenced():
-                    result = self._mesh.process(rgb)
-                self._started = True
+            result = self._mesh.process(rgb)
         if not result.multi_face_landmarks:
             return None
         lm = result.multi_face_landmarks[0].landmark

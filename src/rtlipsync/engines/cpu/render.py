@@ -108,7 +108,7 @@ class MouthRig:
         self.lower_thick = max(2.0, float(np.median(v_lout[order] - self.v_lo)))
         self.chin = max(float((p[CHIN] - self.centre) @ self.ey), 3 * self.lower_thick)
 
-        # The region the mouth can touch: corners +- 1.3 widths, nose to below the chin.
+        # The region the mouth can touch: 2.5 half-widths either side, nose to below the chin.
         corners = []
         for uu, vv in (
             (-2.5, -4 * self.upper_thick),
@@ -128,10 +128,11 @@ class MouthRig:
         self.vrel = self.V - line
         # Landmarks put the inner lips a little inside the visible gap, so "closed" presses
         # them CLOSE_OVERLAP of the upper lip's thickness further, or teeth would still peek.
-        gap = self.gap + CLOSE_OVERLAP * self.upper_thick * (self.gap > 0.5)
-        gap_u = np.interp(self.U, self.u_line, gap, left=0.0, right=0.0).astype(np.float32)
-        gap_u *= self.lens(self.U) ** 0.3
-
+        # `rest_gap` is the gap the warp closes; the drawn interior uses the same one.
+        self.rest_gap = (
+            self.gap + CLOSE_OVERLAP * self.upper_thick * (self.gap > 0.5)
+        ) * self.lens(self.u_line) ** 0.3
+        gap_u = np.interp(self.U, self.u_line, self.rest_gap, left=0.0, right=0.0)
         lens = self.lens(self.U)
         below = self.vrel >= 0
         depth = max(self.chin - float(self.v_line.mean()), 4.0)
@@ -173,9 +174,7 @@ class MouthRig:
         cast = skin_mean / max(skin_mean.max(), 1.0) * 235.0
         self.teeth = np.clip((0.6 * np.array([226.0, 232.0, 236.0]) + 0.4 * cast) * light, 0, 255)
         self.tongue = np.clip(lip_colour * 0.75 + np.array([0, 10, 40]), 0, 255) * light
-        self.u_inner_px = self.u_inner * self.half
         self.tooth_px = max(2.0, 0.36 * self.half)  # width of a front tooth
-        self.tongue = np.clip(lip_colour * 0.75 + np.array([0, 10, 40]), 0, 255) * light
 
     def lens(self, u: np.ndarray) -> np.ndarray:
         """How far the lips part along the mouth: 1 in the middle, 0 at the inner corners."""
@@ -206,7 +205,7 @@ class MouthRig:
         if open_px < 0.6:
             return
         target = open_px * self.lens(self.u_line)
-        change = target - self.gap
+        change = target - self.rest_gap
         top = self.v_up - (1 - LOWER_SHARE) * change
         bottom = self.v_lo + LOWER_SHARE * change
         # Corners move with the width field; move the interior's u the same way.
@@ -247,7 +246,7 @@ class MouthRig:
         teeth_a = np.clip(lip_top + tooth_h - V + 0.5, 0, 1) * (1 - _smooth(side, 0.5, 0.95))
         down = np.clip((V - lip_top) / np.maximum(tooth_h, 1e-3), 0, 1)
         tooth_shade = 1.0 - 0.35 * side**2 - 0.25 * np.exp(-((down / 0.18) ** 2)) - 0.1 * down**4
-        seams = np.abs(np.abs(U / self.u_inner * self.u_inner_px / self.tooth_px) % 1 - 0.5)
+        seams = np.abs(np.abs(U * self.half / self.tooth_px) % 1 - 0.5)
         tooth_shade = tooth_shade * (1 - 0.18 * np.exp(-((seams - 0.5) ** 2) / 0.004))
         teeth = self.teeth * np.clip(tooth_shade, 0.35, 1.0)[..., None]
         # Lower teeth and tongue only show when the mouth is well open.
