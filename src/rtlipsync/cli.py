@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rtlipsync import __version__
 from rtlipsync.errors import InputError
-from rtlipsync.logs import native_logs_hidden
+from rtlipsync.logs import configure_logging, native_logs_hidden
 
 log = logging.getLogger("rtlipsync")
 
@@ -76,6 +76,24 @@ def _render(args: argparse.Namespace) -> None:
         )
 
 
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from rtlipsync.config import load_settings
+    from rtlipsync.face.avatar import load_avatar
+    from rtlipsync.server import ServerConfig, create_app
+
+    settings = load_settings(
+        args.config, host=args.host, port=args.port, avatar=args.avatar,
+        max_sessions=args.max_sessions,
+    )  # fmt: skip
+    load_avatar(settings.avatar)  # prepare the default avatar now, or fail with a clear line
+    app = create_app(ServerConfig(settings.avatar, settings.max_sessions, settings.ice_servers))
+    log.info("serving on http://%s:%d/ with avatar %s", settings.host, settings.port,
+             settings.avatar)  # fmt: skip
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
+
+
 def _eval_sync(args: argparse.Namespace) -> None:
     from rtlipsync.eval.sync import GOALS, measure_sync
 
@@ -113,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the real-time server (the browser page at /)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8010)")
+    serve.add_argument("--avatar", help="avatar for sessions that name none (default: built-in)")
+    serve.add_argument("--max-sessions", type=int, help="sessions at once (default 8)")
+    serve.add_argument("--config", type=Path, help="YAML settings file")
+    serve.set_defaults(func=_serve)
 
     avatar = sub.add_parser("avatar", help="prepare and list avatars")
     avatar_sub = avatar.add_subparsers(dest="avatar_command", required=True)
@@ -186,12 +212,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
+    configure_logging(args.verbose)
     if args.command == "render" and args.inference_config is None and not (args.audio or args.text):
         print("error: give --audio FILE, --text TEXT or --inference-config FILE", file=sys.stderr)
         return 2

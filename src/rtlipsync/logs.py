@@ -10,9 +10,36 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import sys
 from collections.abc import Iterator
+
+
+class _SessionField(logging.Filter):
+    """Give every record a ``session`` field, so each line says which session it is about."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "session"):
+            record.session = "-"
+        return True
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Structured one-line logs on stderr: time, level, session id, source, message."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_SessionField())
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s %(levelname)s session=%(session)s %(name)s: %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%S",
+        )
+    )
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True
+    )
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    logging.getLogger("aiortc").setLevel(logging.WARNING)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,217 @@
+"""The FastAPI app: sessions over WebRTC, speech and interruption, the seed's routes.
+
+Routes kept compatible with the seed (LiveTalking-style clients work unchanged):
+``POST /offer`` → ``{sdp, type, sessionid}``; ``POST /human`` (``sessionid``, ``text``,
+``type`` echo|chat, ``interrupt``); ``POST /interrupt_talk``; ``POST /is_speaking`` →
+``{"code": 0, "data": bool}``; ``GET /digital_human/check``. Bad requests get a 4xx whose
+body says what was wrong (``{"code": -1, "msg": ...}``); the server and other sessions carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import cv2
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
+
+from rtlipsync import __version__
+from rtlipsync.errors import InputError
+from rtlipsync.face.avatar import DEFAULT_AVATAR, load_avatar
+from rtlipsync.session import Session
+from rtlipsync.transport.webrtc import WebRTCSink, rtc_configuration
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerConfig:
+    avatar: str = DEFAULT_AVATAR
+    max_sessions: int = 8
+    ice_servers: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Offer(BaseModel):
+    sdp: str
+    type: str = "offer"
+    avatar: str | None = None
+
+
+class HumanRequest(BaseModel):
+    sessionid: int
+    text: str
+    type: str = "echo"
+    interrupt: bool = False
+
+
+class SessionRequest(BaseModel):
+    sessionid: int
+
+
+@dataclass
+class _Live:
+    session: Session
+    pc: RTCPeerConnection
+    sink: WebRTCSink
+
+
+class Sessions:
+    """Every live session of this process, by id, with a limit."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._live: dict[int, _Live] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def get(self, session_id: int) -> Session:
+        live = self._live.get(session_id)
+        if live is None:
+            raise ApiError(404, f"unknown session {session_id}: start one with POST /offer")
+        return live.session
+
+    async def open(self, offer: Offer) -> tuple[Session, RTCSessionDescription]:
+        if len(self._live) >= self.config.max_sessions:
+            raise ApiError(
+                503, f"server is full ({self.config.max_sessions} sessions); try again later"
+            )
+        if offer.type != "offer":
+            raise ApiError(400, f"expected an SDP offer, got type {offer.type!r}")
+        if "m=" not in offer.sdp or not offer.sdp.lstrip().startswith("v="):
+            raise ApiError(400, "malformed SDP: it must start with v= and hold m= lines")
+        try:
+            avatar = await asyncio.to_thread(load_avatar, offer.avatar or self.config.avatar)
+        except InputError as exc:
+            raise ApiError(404, str(exc)) from exc
+        session = Session(avatar)
+        while session.id in self._live:
+            session = Session(avatar)
+        pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
+        sink = WebRTCSink()
+        live = _Live(session, pc, sink)
+        try:
+            pc.addTrack(sink.video)
+            pc.addTrack(sink.audio)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on a bad SDP
+            await pc.close()
+            raise ApiError(400, f"cannot negotiate WebRTC with this offer: {exc}") from exc
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            log.info("peer connection %s", pc.connectionState, extra={"session": session.id})
+            if pc.connectionState in ("failed", "closed"):
+                await self.close(session.id)
+
+        self._live[session.id] = live
+        session.add_sink(sink)
+        session.start()
+        log.info("session opened with avatar %s", avatar.name, extra={"session": session.id})
+        return session, pc.localDescription
+
+    async def close(self, session_id: int) -> bool:
+        live = self._live.pop(session_id, None)
+        if live is None:
+            return False
+        await live.session.close()
+        await live.pc.close()
+        return True
+
+    async def close_all(self) -> None:
+        for session_id in list(self._live):
+            await self.close(session_id)
+
+
+def create_app(config: ServerConfig | None = None) -> FastAPI:
+    config = config or ServerConfig()
+    sessions = Sessions(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(load_avatar, config.avatar)  # prepare/load before the first user
+        yield
+        await sessions.close_all()
+
+    app = FastAPI(title="rtlipsync", version=__version__, lifespan=lifespan)
+    app.state.sessions = sessions
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"code": -1, "msg": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(InputError)
+    async def input_error(request: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"code": -1, "msg": str(exc)}, status_code=400)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return resources.files("rtlipsync.web").joinpath("index.html").read_text()
+
+    @app.get("/avatars/{name}/poster.jpg")
+    async def poster(name: str) -> Response:
+        """The avatar's first frame: what the page shows when no session runs."""
+        avatar = await asyncio.to_thread(load_avatar, name)
+        ok, jpeg = cv2.imencode(".jpg", avatar.frames[0], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        return Response(jpeg.tobytes(), media_type="image/jpeg")
+
+    @app.get("/digital_human/check")
+    async def check() -> dict[str, str]:
+        return {"status": "Server is running"}
+
+    @app.post("/offer")
+    async def offer(body: Offer) -> dict[str, Any]:
+        session, answer = await sessions.open(body)
+        return {"sdp": answer.sdp, "type": answer.type, "sessionid": session.id}
+
+    @app.post("/human")
+    async def human(body: HumanRequest) -> dict[str, Any]:
+        session = sessions.get(body.sessionid)
+        if body.type not in ("echo", "chat"):
+            raise ApiError(400, f"type must be echo or chat, got {body.type!r}")
+        session.say(body.text, interrupt=body.interrupt)
+        return {"code": 0, "msg": "ok"}
+
+    @app.post("/interrupt_talk")
+    async def interrupt_talk(body: SessionRequest) -> dict[str, Any]:
+        frame = sessions.get(body.sessionid).interrupt()
+        return {"code": 0, "msg": "ok", "frame": frame}
+
+    @app.post("/is_speaking")
+    async def is_speaking(body: SessionRequest) -> dict[str, Any]:
+        return {"code": 0, "data": sessions.get(body.sessionid).is_speaking}
+
+    @app.post("/close")
+    async def close(body: SessionRequest) -> dict[str, Any]:
+        if not await sessions.close(body.sessionid):
+            raise ApiError(404, f"unknown session {body.sessionid}")
+        return {"code": 0, "msg": "ok"}
+
+    @app.get("/sessions/{session_id}")
+    async def session_state(session_id: int) -> dict[str, Any]:
+        s = sessions.get(session_id)
+        return {
+            "sessionid": s.id,
+            "avatar": s.avatar.name,
+            "speaking": s.is_speaking,
+            "frame": s.last_index,
+            "caption": s.caption,
+        }
+
+    return app

@@ -1,0 +1,182 @@
+"""One user's conversation with one avatar: its media clock, speech, and interruption.
+
+A session owns an engine stream and a clock. Every 40 ms the clock takes the next frame from
+the stream (a speech frame when one is ready, else an idle frame with silence) and hands it to
+every sink (a WebRTC track pair, a WebSocket, a recorder). Audio and video leave together, one
+frame and its 40 ms of audio at a time, paced by the wall clock and never faster, so a
+receiver's A/V sync holds and idle frames keep flowing when nothing is said.
+
+`interrupt` stops speech within one frame: the stream drops what it holds, every sink drops
+what it has queued, and any speech still being synthesized is discarded when it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from rtlipsync.engines.base import EngineStream, LipSyncEngine
+from rtlipsync.engines.cpu import CpuEngine
+from rtlipsync.errors import InputError
+from rtlipsync.face.avatar import Avatar
+from rtlipsync.media.frames import FPS, SAMPLE_RATE, AVFrame, chunk_speech
+from rtlipsync.speech.espeak import EspeakTTS
+from rtlipsync.speech.tts import TTSProvider
+
+log = logging.getLogger(__name__)
+
+FRAME_PERIOD = 1.0 / FPS
+MAX_TEXT = 2000  # characters a single say() accepts
+
+
+class FrameSink(Protocol):
+    """Anything that takes the session's frames: transports and recorders."""
+
+    def put(self, frame: AVFrame) -> None: ...
+
+    def flush(self) -> None:
+        """Drop whatever is queued and not yet sent (an interruption)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Session:
+    """A live session: engine stream + media clock + speech + sinks."""
+
+    def __init__(
+        self,
+        avatar: Avatar,
+        engine: LipSyncEngine | None = None,
+        tts: TTSProvider | None = None,
+        session_id: int | None = None,
+    ) -> None:
+        self.id = session_id if session_id is not None else secrets.randbelow(900_000) + 100_000
+        self.avatar = avatar
+        self.stream: EngineStream = (engine or CpuEngine()).open_stream(avatar)
+        self.tts = tts or EspeakTTS()
+        self._lock = threading.Lock()  # the stream is used from worker threads
+        self._sinks: list[FrameSink] = []
+        self._task: asyncio.Task[None] | None = None
+        self._say_tasks: set[asyncio.Task[None]] = set()
+        self._generation = 0  # bumped by interrupt: older speech is dropped
+        self.speaking = False
+        self.caption = ""
+        self.last_index = -1
+        self.interrupted_at: int | None = None
+        self.created = time.monotonic()
+        self.history: deque[tuple[int, bool]] = deque(maxlen=500)  # (frame index, speaking)
+        self.on_frame: Callable[[AVFrame], None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._clock(), name=f"clock-{self.id}"
+            )
+
+    async def close(self) -> None:
+        for task in [*self._say_tasks, self._task]:
+            if task is not None:
+                task.cancel()
+        for task in [*self._say_tasks, self._task]:
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._task = None
+        for sink in self._sinks:
+            sink.close()
+        self._sinks.clear()
+        log.info("session closed", extra={"session": self.id})
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def add_sink(self, sink: FrameSink) -> None:
+        self._sinks.append(sink)
+
+    def remove_sink(self, sink: FrameSink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    # -- speech ---------------------------------------------------------------------------
+    def say(self, text: str, interrupt: bool = False, emotion: str | None = None) -> None:
+        """Speak ``text`` after whatever is already queued (or instead of it)."""
+        text = text.strip()
+        if not text:
+            raise InputError("text is empty")
+        if len(text) > MAX_TEXT:
+            raise InputError(f"text is {len(text)} characters; the limit is {MAX_TEXT}")
+        if interrupt:
+            self.interrupt()
+        task = asyncio.get_running_loop().create_task(self._say(text, emotion, self._generation))
+        self._say_tasks.add(task)
+        task.add_done_callback(self._say_tasks.discard)
+
+    async def _say(self, text: str, emotion: str | None, generation: int) -> None:
+        speech = await asyncio.to_thread(lambda: self.tts.synthesize(text).at_rate(SAMPLE_RATE))
+        if generation != self._generation:
+            return  # interrupted while synthesizing
+        self.push_speech(speech.pcm, speech.phonemes, text, emotion)
+
+    def push_speech(
+        self, pcm, phonemes=(), text: str | None = None, emotion: str | None = None
+    ) -> None:  # type: ignore[no-untyped-def]
+        """Queue one utterance of 16 kHz int16 PCM (with optional phoneme timings)."""
+        with self._lock:
+            for chunk in chunk_speech(pcm, tuple(phonemes), text=text, emotion=emotion):
+                self.stream.push(chunk)
+        if text:
+            self.caption = text
+        log.info("speech queued: %.2f s", len(pcm) / SAMPLE_RATE, extra={"session": self.id})
+
+    def interrupt(self) -> int:
+        """Stop speaking now; returns the index of the last frame that may still carry speech."""
+        self._generation += 1
+        with self._lock:
+            self.stream.reset()
+        for sink in self._sinks:
+            sink.flush()
+        self.interrupted_at = self.last_index
+        log.info("interrupted at frame %d", self.last_index, extra={"session": self.id})
+        return self.last_index
+
+    @property
+    def is_speaking(self) -> bool:
+        return self.speaking or self.stream.pending > 0 or bool(self._say_tasks)
+
+    # -- the clock ------------------------------------------------------------------------
+    def _next_frame(self) -> AVFrame:
+        with self._lock:
+            frame = next(iter(self.stream.frames()), None)
+            if frame is None:
+                frame = self.stream.idle()
+        return frame
+
+    async def _clock(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        k = 0
+        while True:
+            frame = await asyncio.to_thread(self._next_frame)
+            self.speaking = frame.speaking
+            self.last_index = frame.index
+            self.history.append((frame.index, frame.speaking))
+            for sink in list(self._sinks):
+                sink.put(frame)
+            if self.on_frame is not None:
+                self.on_frame(frame)
+            k += 1
+            delay = start + k * FRAME_PERIOD - loop.time()
+            if delay < -0.25:  # fell far behind (a stall): re-anchor rather than burst
+                start = loop.time() - k * FRAME_PERIOD
+                delay = 0.0
+            await asyncio.sleep(max(0.0, delay))

@@ -1,0 +1,1 @@
+"""Ways frames leave a session: WebRTC, WebSocket, recorder."""

@@ -1,0 +1,116 @@
+"""WebRTC out through aiortc: our own 25 fps video track and a 20 ms audio track.
+
+aiortc's stock `VideoStreamTrack` paces at 30 fps, so we pace ourselves: both tracks are fed
+by the session's one clock through small queues, and their timestamps come from the frame
+index, so audio and video share one timeline and the browser's RTP/RTCP sync holds. A slow
+peer loses the oldest queued frames, never the timeline.
+
+No STUN server is contacted unless configured (`ice_servers`); on a LAN or loopback, host
+candidates are enough, and TURN servers can be given for NAT traversal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+from collections import deque
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer
+
+from rtlipsync.media.frames import FPS, PACKET_SAMPLES, SAMPLE_RATE, AVFrame
+
+VIDEO_CLOCK = 90_000
+VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
+AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+
+
+class _QueuedTrack(MediaStreamTrack):
+    """A track whose `recv` waits for the next item the session clock put in its queue."""
+
+    def __init__(self, maxlen: int) -> None:
+        super().__init__()
+        self._items: deque[object] = deque(maxlen=maxlen)  # full: the oldest is dropped
+        self._ready = asyncio.Event()
+
+    def feed(self, item: object) -> None:
+        self._items.append(item)
+        self._ready.set()
+
+    def flush(self) -> None:
+        self._items.clear()
+
+    async def _next(self) -> object:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+
+class AvatarVideoTrack(_QueuedTrack):
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__(maxlen=3)
+
+    async def recv(self) -> av.VideoFrame:
+        index, image = await self._next()  # type: ignore[misc]
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame.pts = index * (VIDEO_CLOCK // FPS)
+        frame.time_base = VIDEO_TIME_BASE
+        return frame
+
+
+class AvatarAudioTrack(_QueuedTrack):
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__(maxlen=6)
+
+    async def recv(self) -> av.AudioFrame:
+        pts, pcm = await self._next()  # type: ignore[misc]
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = pts
+        frame.time_base = AUDIO_TIME_BASE
+        return frame
+
+
+class WebRTCSink:
+    """Feeds one peer's video and audio tracks from a session (a `FrameSink`)."""
+
+    def __init__(self) -> None:
+        self.video = AvatarVideoTrack()
+        self.audio = AvatarAudioTrack()
+
+    def put(self, frame: AVFrame) -> None:
+        self.video.feed((frame.index, frame.image))
+        base = frame.index * 2 * PACKET_SAMPLES
+        for k in range(2):
+            packet = frame.audio[k * PACKET_SAMPLES : (k + 1) * PACKET_SAMPLES]
+            self.audio.feed((base + k * PACKET_SAMPLES, np.ascontiguousarray(packet)))
+
+    def flush(self) -> None:
+        self.video.flush()
+        self.audio.flush()
+
+    def close(self) -> None:
+        self.video.stop()
+        self.audio.stop()
+
+
+def rtc_configuration(ice_servers: list[dict[str, object]] | None = None) -> RTCConfiguration:
+    """ICE servers from config: ``[{"urls": "turn:host:3478", "username": .., "credential": ..}]``.
+
+    Empty by default: no public STUN server is contacted unless the operator asks for one.
+    """
+    servers = [
+        RTCIceServer(
+            urls=s["urls"],  # type: ignore[arg-type]
+            username=s.get("username"),  # type: ignore[arg-type]
+            credential=s.get("credential"),  # type: ignore[arg-type]
+        )
+        for s in ice_servers or []
+    ]
+    return RTCConfiguration(iceServers=servers)

@@ -1,0 +1,267 @@
+"""The server over real protocols: HTTP on loopback, and a real aiortc peer receiving media."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from rtlipsync.server import ServerConfig, create_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(config: ServerConfig | None = None) -> Iterator[str]:
+    """Run the app under uvicorn on a loopback port in a thread; yield its base URL."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn-test")
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+class Peer:
+    """A receiving WebRTC peer, as a browser would be: recvonly video and audio."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection()
+        self.video: list[tuple[float, int, np.ndarray]] = []  # (arrival, pts, image)
+        self.audio: list[tuple[float, int, float]] = []  # (arrival, pts, rms)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def connect(self, base: str, **extra: object) -> dict:
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTransceiver("audio", direction="recvonly")
+
+        @self.pc.on("track")
+        def on_track(track) -> None:  # noqa: ANN001 - aiortc's track
+            self._tasks.append(asyncio.ensure_future(self._pull(track)))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with httpx.AsyncClient() as client:
+            r = await client.post(
+                f"{base}/offer",
+                json={"sdp": self.pc.localDescription.sdp, "type": "offer", **extra},
+            )
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        return answer
+
+    async def _pull(self, track) -> None:  # noqa: ANN001
+        with contextlib.suppress(Exception):
+            while True:
+                frame = await track.recv()
+                now = time.monotonic()
+                if track.kind == "video":
+                    self.video.append((now, frame.pts, frame.to_ndarray(format="bgr24")))
+                else:
+                    pcm = frame.to_ndarray().astype(np.float64)
+                    self.audio.append((now, frame.pts, float(np.sqrt(np.mean(pcm**2)))))
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def wait_for(predicate, timeout: float) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return predicate()
+
+
+def test_seed_check_and_page(default_avatar) -> None:
+    with serving() as base:
+        assert httpx.get(f"{base}/digital_human/check").json() == {"status": "Server is running"}
+        page = httpx.get(f"{base}/")
+        assert page.status_code == 200 and "Start" in page.text and "/offer" in page.text
+        poster = httpx.get(f"{base}/avatars/default/poster.jpg")
+        assert poster.headers["content-type"] == "image/jpeg" and len(poster.content) > 10_000
+
+
+def test_webrtc_session_speaks_and_stops_on_interrupt(default_avatar) -> None:
+    points = default_avatar.landmarks[0]
+    x0, y0 = (points[[61, 13]].min(axis=0) - 4).astype(int)
+    x1, y1 = (points[[291, 14, 17]].max(axis=0) + 4).astype(int)
+
+    def mouth(img: np.ndarray) -> np.ndarray:
+        return img[y0:y1, x0:x1].astype(np.float64)
+
+    async def scenario(base: str) -> None:
+        peer = Peer()
+        answer = await peer.connect(base)
+        sid = answer["sessionid"]
+        async with httpx.AsyncClient(base_url=base) as http:
+            # Idle: 25 fps of video with silence.
+            assert await wait_for(lambda: len(peer.video) > 5, 10), "no video arrived"
+            t0, n0 = time.monotonic(), len(peer.video)
+            await asyncio.sleep(2.0)
+            fps = (len(peer.video) - n0) / (time.monotonic() - t0)
+            assert 21 <= fps <= 29, fps
+            assert max(rms for _, _, rms in peer.audio[-50:]) < 50  # silence
+            idle_mouth = mouth(peer.video[-1][2])
+            assert (await http.post("/is_speaking", json={"sessionid": sid})).json() == {
+                "code": 0,
+                "data": False,
+            }
+            # Speak: sound arrives and the mouth moves.
+            mark = len(peer.audio)
+            text = "Hello there. I am going to talk for a good long while, so please listen."
+            r = await http.post("/human", json={"sessionid": sid, "text": text, "type": "echo"})
+            assert r.json()["code"] == 0
+            assert await wait_for(lambda: any(a[2] > 500 for a in peer.audio[mark:]), 5), "no sound"
+            assert (await http.post("/is_speaking", json={"sessionid": sid})).json()["data"] is True
+            await asyncio.sleep(0.6)
+            moved = max(np.abs(mouth(v[2]) - idle_mouth).mean() for v in peer.video[-15:])
+            assert moved > 8, moved
+            # Interrupt: the session says it stopped ...
+            r = await http.post("/interrupt_talk", json={"sessionid": sid})
+            stopped_at = time.monotonic()
+            assert r.json()["frame"] > 0
+            await asyncio.sleep(0.8)
+            state = (await http.get(f"/sessions/{sid}")).json()
+            assert state["speaking"] is False and state["frame"] > r.json()["frame"]
+            # ... and at the receiver, silence once the jitter buffer has drained.
+            late = [rms for t, _, rms in peer.audio if t > stopped_at + 0.3]
+            assert late and max(late) < 50, max(late)
+            # Speech after an interruption starts cleanly.
+            mark = len(peer.audio)
+            await http.post("/human", json={"sessionid": sid, "text": "And again.", "type": "echo"})
+            assert await wait_for(lambda: any(a[2] > 500 for a in peer.audio[mark:]), 5)
+            # Close: the session is gone.
+            assert (await http.post("/close", json={"sessionid": sid})).json()["code"] == 0
+            assert (await http.get(f"/sessions/{sid}")).status_code == 404
+        await peer.close()
+
+    with serving() as base:
+        asyncio.run(scenario(base))
+
+
+def test_frames_on_the_wire_stop_within_two_frames_of_an_interrupt(default_avatar) -> None:
+    """The session's record of what it handed to the transports, around an interruption."""
+    from rtlipsync.session import Session
+
+    async def scenario() -> None:
+        session = Session(default_avatar)
+        session.start()
+        session.say("This sentence is long enough to still be playing when it is cut off.")
+        assert await wait_for(lambda: session.speaking, 5)
+        await asyncio.sleep(0.5)
+        cut = session.interrupt()
+        await asyncio.sleep(0.4)
+        after = [(i, s) for i, s in session.history if i > cut + 2]
+        assert after and not any(s for _, s in after)
+        assert any(s for i, s in session.history if i <= cut)
+        await session.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/offer", {"sdp": "garbage", "type": "offer"}, 400, "malformed SDP"),
+        (
+            "/offer",
+            {"sdp": "v=0\r\nm=video 9 UDP\r\n", "type": "answer"},
+            400,
+            "expected an SDP offer",
+        ),
+        ("/offer", {"sdp": "v=0\r\nm=video 9 junk\r\n", "type": "offer"}, 400, "cannot negotiate"),
+        ("/human", {"sessionid": 1, "text": "hi"}, 404, "unknown session"),
+        ("/interrupt_talk", {"sessionid": 1}, 404, "unknown session"),
+        ("/is_speaking", {"sessionid": 1}, 404, "unknown session"),
+        ("/human", {"text": "no session id"}, 422, ""),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_reason(default_avatar, path, body, status, message) -> None:
+    with serving() as base:
+        r = httpx.post(f"{base}{path}", json=body)
+        assert r.status_code == status, r.text
+        assert message in r.text
+        assert httpx.get(f"{base}/digital_human/check").status_code == 200  # still up
+
+
+def test_session_limit(default_avatar) -> None:
+    async def scenario(base: str) -> None:
+        first = Peer()
+        await first.connect(base)
+        second = Peer()
+        second.pc.addTransceiver("video", direction="recvonly")
+        await second.pc.setLocalDescription(await second.pc.createOffer())
+        async with httpx.AsyncClient() as client:
+            r = await client.post(
+                f"{base}/offer", json={"sdp": second.pc.localDescription.sdp, "type": "offer"}
+            )
+            assert r.status_code == 503 and "full" in r.json()["msg"]
+        await first.close()
+        await second.close()
+
+    with serving(ServerConfig(max_sessions=1)) as base:
+        asyncio.run(scenario(base))
+
+
+def test_a_vanished_peer_is_cleaned_up(default_avatar) -> None:
+    async def scenario(base: str) -> None:
+        peer = Peer()
+        answer = await peer.connect(base)
+        assert await wait_for(lambda: len(peer.video) > 3, 10)
+        await peer.close()  # the tab is gone
+        async with httpx.AsyncClient(base_url=base) as http:
+
+            async def gone() -> bool:
+                return (await http.get(f"/sessions/{answer['sessionid']}")).status_code == 404
+
+            deadline = time.monotonic() + 15
+            while not await gone():
+                assert time.monotonic() < deadline, "session outlived its peer"
+                await asyncio.sleep(0.2)
+
+    with serving() as base:
+        asyncio.run(scenario(base))
+
+
+def test_unknown_avatar_for_a_session(default_avatar) -> None:
+    async def scenario(base: str) -> None:
+        peer = Peer()
+        peer.pc.addTransceiver("video", direction="recvonly")
+        await peer.pc.setLocalDescription(await peer.pc.createOffer())
+        async with httpx.AsyncClient() as client:
+            r = await client.post(
+                f"{base}/offer",
+                json={"sdp": peer.pc.localDescription.sdp, "type": "offer", "avatar": "nobody"},
+            )
+        assert r.status_code == 404 and "no avatar named" in r.json()["msg"]
+        await peer.close()
+
+    with serving() as base:
+        asyncio.run(scenario(base))
