@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 
 import cv2
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
@@ -28,6 +29,7 @@ from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import DEFAULT_AVATAR, load_avatar
 from rtlipsync.session import Session
 from rtlipsync.transport.webrtc import WebRTCSink, rtc_configuration
+from rtlipsync.transport.websocket import WebSocketSink, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,7 @@ class SessionRequest(BaseModel):
 @dataclass
 class _Live:
     session: Session
-    pc: RTCPeerConnection
-    sink: WebRTCSink
+    pc: RTCPeerConnection | None = None  # None for a WebSocket session
 
 
 class Sessions:
@@ -86,25 +87,43 @@ class Sessions:
             raise ApiError(404, f"unknown session {session_id}: start one with POST /offer")
         return live.session
 
-    async def open(self, offer: Offer) -> tuple[Session, RTCSessionDescription]:
+    async def _new_session(self, avatar_name: str | None) -> Session:
         if len(self._live) >= self.config.max_sessions:
             raise ApiError(
                 503, f"server is full ({self.config.max_sessions} sessions); try again later"
             )
-        if offer.type != "offer":
-            raise ApiError(400, f"expected an SDP offer, got type {offer.type!r}")
-        if "m=" not in offer.sdp or not offer.sdp.lstrip().startswith("v="):
-            raise ApiError(400, "malformed SDP: it must start with v= and hold m= lines")
         try:
-            avatar = await asyncio.to_thread(load_avatar, offer.avatar or self.config.avatar)
+            avatar = await asyncio.to_thread(load_avatar, avatar_name or self.config.avatar)
         except InputError as exc:
             raise ApiError(404, str(exc)) from exc
         session = Session(avatar)
         while session.id in self._live:
             session = Session(avatar)
+        return session
+
+    def _register(self, session: Session, pc: RTCPeerConnection | None = None) -> None:
+        self._live[session.id] = _Live(session, pc)
+        session.start()
+        kind = "WebRTC" if pc is not None else "WebSocket"
+        log.info(
+            "%s session opened with avatar %s", kind, session.avatar.name,
+            extra={"session": session.id},
+        )  # fmt: skip
+
+    async def open_websocket(self, avatar_name: str | None, sink: WebSocketSink) -> Session:
+        session = await self._new_session(avatar_name)
+        session.add_sink(sink)
+        self._register(session)
+        return session
+
+    async def open(self, offer: Offer) -> tuple[Session, RTCSessionDescription]:
+        if offer.type != "offer":
+            raise ApiError(400, f"expected an SDP offer, got type {offer.type!r}")
+        if "m=" not in offer.sdp or not offer.sdp.lstrip().startswith("v="):
+            raise ApiError(400, "malformed SDP: it must start with v= and hold m= lines")
+        session = await self._new_session(offer.avatar)
         pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
         sink = WebRTCSink()
-        live = _Live(session, pc, sink)
         try:
             pc.addTrack(sink.video)
             pc.addTrack(sink.audio)
@@ -120,10 +139,8 @@ class Sessions:
             if pc.connectionState in ("failed", "closed"):
                 await self.close(session.id)
 
-        self._live[session.id] = live
         session.add_sink(sink)
-        session.start()
-        log.info("session opened with avatar %s", avatar.name, extra={"session": session.id})
+        self._register(session, pc)
         return session, pc.localDescription
 
     async def close(self, session_id: int) -> bool:
@@ -131,7 +148,8 @@ class Sessions:
         if live is None:
             return False
         await live.session.close()
-        await live.pc.close()
+        if live.pc is not None:
+            await live.pc.close()
         return True
 
     async def close_all(self) -> None:
@@ -203,6 +221,30 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             raise ApiError(404, f"unknown session {body.sessionid}")
         return {"code": 0, "msg": "ok"}
 
+    @app.websocket("/ws")
+    async def websocket_session(ws: WebSocket, avatar: str | None = None) -> None:
+        """A whole session over one WebSocket (see `rtlipsync.transport.websocket`)."""
+        await ws.accept()
+        sink = WebSocketSink()
+        try:
+            session = await sessions.open_websocket(avatar, sink)
+        except ApiError as exc:
+            await ws.send_json({"type": "error", "msg": exc.message})
+            await ws.close(code=1008)
+            return
+        w, h = session.avatar.size
+        await ws.send_json({"type": "session", "sessionid": session.id, "width": w, "height": h,
+                            "fps": 25, "sample_rate": 16000})  # fmt: skip
+        sender = asyncio.create_task(_send_frames(ws, session, sink))
+        try:
+            await _receive_commands(ws, session)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            await sessions.close(session.id)
+
     @app.get("/sessions/{session_id}")
     async def session_state(session_id: int) -> dict[str, Any]:
         s = sessions.get(session_id)
@@ -215,3 +257,43 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         }
 
     return app
+
+
+async def _send_frames(ws: WebSocket, session: Session, sink: WebSocketSink) -> None:
+    state = (False, "")
+    while (frame := await sink.next()) is not None:
+        await ws.send_bytes(await asyncio.to_thread(encode_frame, frame))
+        now = (session.is_speaking, session.caption)
+        if now != state:
+            state = now
+            await ws.send_json({"type": "state", "speaking": now[0], "caption": now[1]})
+
+
+async def _receive_commands(ws: WebSocket, session: Session) -> None:
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        text = message.get("text")
+        try:
+            if text is None:
+                raise ApiError(400, "send JSON text messages, not binary")
+            try:
+                command = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ApiError(400, f"not JSON: {exc}") from exc
+            if not isinstance(command, dict) or "type" not in command:
+                raise ApiError(400, 'a message is a JSON object with a "type"')
+            kind = command["type"]
+            if kind == "say":
+                session.say(str(command.get("text", "")), bool(command.get("interrupt", False)))
+            elif kind == "interrupt":
+                session.interrupt()
+            elif kind == "close":
+                await ws.close()
+                raise WebSocketDisconnect(1000)
+            else:
+                raise ApiError(400, f"unknown message type {kind!r}: use say, interrupt or close")
+        except (ApiError, InputError) as exc:
+            msg = exc.message if isinstance(exc, ApiError) else str(exc)
+            await ws.send_json({"type": "error", "msg": msg})

@@ -1,0 +1,76 @@
+"""WebSocket out: for networks where WebRTC's UDP is blocked.
+
+One socket carries everything on the session's one clock. Each 40 ms frame is one binary
+message, so picture and sound can never drift apart:
+
+    byte 0      1 (a frame)
+    bytes 1-4   frame index, uint32 big-endian
+    bytes 5-8   JPEG length n, uint32 big-endian
+    9 .. 9+n    the frame as JPEG
+    the rest    its 40 ms of audio: 640 samples of 16 kHz mono int16, little-endian
+
+Text messages are JSON. Client to server: ``{"type": "say", "text": ..., "interrupt": bool}``,
+``{"type": "interrupt"}``, ``{"type": "close"}``. Server to client: ``{"type": "session", ...}``
+first, ``{"type": "state", "speaking": bool, "caption": str}`` on changes, and
+``{"type": "error", "msg": ...}`` for a bad message (the session carries on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections import deque
+
+import cv2
+import numpy as np
+
+from rtlipsync.media.frames import AVFrame
+
+FRAME_MESSAGE = 1
+HEADER = struct.Struct(">BII")
+
+
+def encode_frame(frame: AVFrame, quality: int = 80) -> bytes:
+    ok, jpeg = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    audio = np.ascontiguousarray(frame.audio, dtype="<i2").tobytes()
+    return HEADER.pack(FRAME_MESSAGE, frame.index, len(jpeg)) + jpeg.tobytes() + audio
+
+
+def decode_frame(message: bytes) -> tuple[int, np.ndarray, np.ndarray]:
+    """(index, BGR image, int16 audio) from a frame message; for clients and tests."""
+    kind, index, n = HEADER.unpack_from(message)
+    if kind != FRAME_MESSAGE:
+        raise ValueError(f"not a frame message (kind {kind})")
+    start = HEADER.size
+    image = cv2.imdecode(np.frombuffer(message[start : start + n], np.uint8), cv2.IMREAD_COLOR)
+    audio = np.frombuffer(message[start + n :], dtype="<i2")
+    return index, image, audio
+
+
+class WebSocketSink:
+    """Queues frames for one WebSocket client (a `FrameSink`); a slow client loses the oldest."""
+
+    def __init__(self, maxlen: int = 5) -> None:
+        self._frames: deque[AVFrame] = deque(maxlen=maxlen)
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def put(self, frame: AVFrame) -> None:
+        self._frames.append(frame)
+        self._ready.set()
+
+    def flush(self) -> None:
+        self._frames.clear()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def next(self) -> AVFrame | None:
+        """The next frame to send, or None once closed."""
+        while not self._frames and not self._closed:
+            self._ready.clear()
+            await self._ready.wait()
+        return None if self._closed else self._frames.popleft()
