@@ -132,7 +132,11 @@ class Session:
     ) -> None:  # type: ignore[no-untyped-def]
         """Queue one utterance of 16 kHz int16 PCM (with optional phoneme timings)."""
         with self._lock:
-            for chunk in chunk_speech(pcm, tuple(phonemes), text=text, emotion=emotion):
+            # A whole utterance at once: 250 ms chunks give the same frames as 20 ms ones.
+            chunks = chunk_speech(
+                pcm, tuple(phonemes), SAMPLE_RATE // 4, text=text, emotion=emotion
+            )
+            for chunk in chunks:
                 self.stream.push(chunk)
         if text:
             self.caption = text

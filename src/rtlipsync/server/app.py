@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -25,6 +25,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from rtlipsync import __version__
+from rtlipsync.engines.base import LipSyncEngine
+from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import DEFAULT_AVATAR, load_avatar
 from rtlipsync.session import Session
@@ -39,6 +41,7 @@ class ServerConfig:
     avatar: str = DEFAULT_AVATAR
     max_sessions: int = 8
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    engine: Callable[[], LipSyncEngine] = CpuEngine  # makes each session's engine
 
 
 class ApiError(Exception):
@@ -96,9 +99,9 @@ class Sessions:
             avatar = await asyncio.to_thread(load_avatar, avatar_name or self.config.avatar)
         except InputError as exc:
             raise ApiError(404, str(exc)) from exc
-        session = Session(avatar)
+        session = Session(avatar, self.config.engine())
         while session.id in self._live:
-            session = Session(avatar)
+            session = Session(avatar, self.config.engine())
         return session
 
     def _register(self, session: Session, pc: RTCPeerConnection | None = None) -> None:
