@@ -24,3 +24,9 @@ def avatars_dir() -> Path:
     path = data_root() / "avatars"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def records_dir() -> Path:
+    path = data_root() / "records"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

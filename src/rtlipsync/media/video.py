@@ -120,6 +120,7 @@ class Mp4Writer:
         crf: int = 20,
         preset: str = "veryfast",
         threads: int = 0,
+        queue_size: int = 8,
     ) -> None:
         self.path = Path(path)
         if self.path.suffix.lower() != ".mp4":
@@ -147,7 +148,7 @@ class Mp4Writer:
             self._audio.layout = "mono"
         self._frames = 0
         self._samples = 0
-        self._queue: queue.Queue[tuple[str, np.ndarray] | None] = queue.Queue(maxsize=8)
+        self._queue: queue.Queue[tuple[str, np.ndarray] | None] = queue.Queue(maxsize=queue_size)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="mp4-encode", daemon=True)
         self._thread.start()

@@ -13,15 +13,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import tempfile
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
 import cv2
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
 
 from rtlipsync import __version__
@@ -29,7 +32,11 @@ from rtlipsync.engines.base import LipSyncEngine
 from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import DEFAULT_AVATAR, load_avatar
+from rtlipsync.media.audio import load_audio, to_int16
+from rtlipsync.media.frames import SAMPLE_RATE
+from rtlipsync.paths import records_dir
 from rtlipsync.session import Session
+from rtlipsync.transport.recorder import Recorder
 from rtlipsync.transport.webrtc import WebRTCSink, rtc_configuration
 from rtlipsync.transport.websocket import WebSocketSink, encode_frame
 
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 class ServerConfig:
     avatar: str = DEFAULT_AVATAR
     max_sessions: int = 8
+    max_upload_mb: float = 50.0
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     engine: Callable[[], LipSyncEngine] = CpuEngine  # makes each session's engine
 
@@ -68,10 +76,16 @@ class SessionRequest(BaseModel):
     sessionid: int
 
 
+class RecordRequest(BaseModel):
+    sessionid: int
+    type: str
+
+
 @dataclass
 class _Live:
     session: Session
     pc: RTCPeerConnection | None = None  # None for a WebSocket session
+    recorder: Recorder | None = None
 
 
 class Sessions:
@@ -85,10 +99,35 @@ class Sessions:
         return len(self._live)
 
     def get(self, session_id: int) -> Session:
+        return self.live(session_id).session
+
+    def live(self, session_id: int) -> _Live:
         live = self._live.get(session_id)
         if live is None:
             raise ApiError(404, f"unknown session {session_id}: start one with POST /offer")
-        return live.session
+        return live
+
+    async def start_recording(self, session_id: int) -> Path:
+        live = self.live(session_id)
+        if live.recorder is not None:
+            raise ApiError(409, f"session {session_id} is already recording")
+        w, h = live.session.avatar.size
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        live.recorder = Recorder(records_dir() / f"{session_id}-{stamp}.mp4", w, h)
+        live.session.add_sink(live.recorder)
+        log.info("recording started", extra={"session": session_id})
+        return live.recorder.path
+
+    async def end_recording(self, session_id: int) -> Path:
+        live = self.live(session_id)
+        recorder = live.recorder
+        if recorder is None:
+            raise ApiError(409, f"session {session_id} is not recording: send start_record first")
+        live.session.remove_sink(recorder)
+        live.recorder = None
+        await asyncio.to_thread(recorder.close)
+        log.info("recording saved: %d frames", recorder.frames, extra={"session": session_id})
+        return recorder.path
 
     async def _new_session(self, avatar_name: str | None) -> Session:
         if len(self._live) >= self.config.max_sessions:
@@ -150,6 +189,9 @@ class Sessions:
         live = self._live.pop(session_id, None)
         if live is None:
             return False
+        if live.recorder is not None:  # a session that ends mid-recording keeps what it sent
+            live.session.remove_sink(live.recorder)
+            await asyncio.to_thread(live.recorder.close)
         await live.session.close()
         if live.pc is not None:
             await live.pc.close()
@@ -208,6 +250,44 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             raise ApiError(400, f"type must be echo or chat, got {body.type!r}")
         session.say(body.text, interrupt=body.interrupt)
         return {"code": 0, "msg": "ok"}
+
+    @app.post("/humanaudio")
+    async def human_audio(
+        sessionid: Annotated[int, Form()], file: Annotated[UploadFile, File()]
+    ) -> dict[str, Any]:
+        """Lip-sync an uploaded audio file (any format PyAV reads) in the session."""
+        session = sessions.get(sessionid)
+        limit = int(config.max_upload_mb * 1024 * 1024)
+        data = await file.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, f"upload is larger than {config.max_upload_mb:g} MB")
+        if not data:
+            raise ApiError(400, "the uploaded file is empty")
+        suffix = Path(file.filename or "audio").suffix[:10]
+        with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+            tmp.write(data)
+            tmp.flush()
+            samples, _ = await asyncio.to_thread(load_audio, tmp.name, SAMPLE_RATE)
+        session.push_speech(to_int16(samples))
+        return {"code": 0, "msg": "ok"}
+
+    @app.post("/record")
+    async def record(body: RecordRequest) -> dict[str, Any]:
+        if body.type == "start_record":
+            path = await sessions.start_recording(body.sessionid)
+        elif body.type == "end_record":
+            path = await sessions.end_recording(body.sessionid)
+        else:
+            raise ApiError(400, f"type must be start_record or end_record, got {body.type!r}")
+        return {"code": 0, "msg": "ok", "file": path.name}
+
+    @app.get("/record/{session_id}")
+    async def download_record(session_id: int) -> FileResponse:
+        """The session's latest finished recording."""
+        done = sorted(records_dir().glob(f"{session_id}-*.mp4"))
+        if not done:
+            raise ApiError(404, f"no recording for session {session_id}")
+        return FileResponse(done[-1], media_type="video/mp4", filename=done[-1].name)
 
     @app.post("/interrupt_talk")
     async def interrupt_talk(body: SessionRequest) -> dict[str, Any]:
