@@ -103,3 +103,33 @@ def test_page_start_speak_stop(default_avatar, tmp_path: Path, mode, query, tran
         assert page.locator("#video").is_hidden()
         assert "Stopped" in page.inner_text("#status")
         browser.close()
+
+
+def test_page_uploads_an_avatar_and_starts_with_it(default_avatar, tmp_path: Path) -> None:
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    from rtlipsync.face.avatar import default_avatar_source
+
+    face = tmp_path / "my face.png"
+    face.write_bytes(default_avatar_source().read_bytes())
+    with serving() as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 640, "height": 1100})
+        page.goto(base)
+        page.fill("#newname", "from-page")
+        page.set_input_files("#upload", str(face))
+        page.click("#prepare")
+        page.wait_for_function(
+            "document.getElementById('prepstatus').textContent.startsWith('Ready')", timeout=60_000
+        )
+        assert page.eval_on_selector("#avatar", "s => s.value") == "from-page"
+        assert "from-page" in page.get_attribute("#poster", "src")
+        page.click("#start")
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('Connected')", timeout=30_000
+        )
+        sid = page.inner_text("#status").rsplit(" ", 1)[-1]
+        assert httpx.get(f"{base}/sessions/{sid}").json()["avatar"] == "from-page"
+        page.click("#stop")
+        browser.close()

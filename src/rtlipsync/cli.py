@@ -84,13 +84,17 @@ def _serve(args: argparse.Namespace) -> None:
     from rtlipsync.server import ServerConfig, create_app
 
     settings = load_settings(
-        args.config, host=args.host, port=args.port, avatar=args.avatar,
+        args.config,
+        host=args.host,
+        port=args.port,
+        avatar=args.avatar,
         max_sessions=args.max_sessions,
-    )  # fmt: skip
+    )
     load_avatar(settings.avatar)  # prepare the default avatar now, or fail with a clear line
     app = create_app(ServerConfig(settings.avatar, settings.max_sessions, settings.ice_servers))
-    log.info("serving on http://%s:%d/ with avatar %s", settings.host, settings.port,
-             settings.avatar)  # fmt: skip
+    log.info(
+        "serving on http://%s:%d/ with avatar %s", settings.host, settings.port, settings.avatar
+    )
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
 
 

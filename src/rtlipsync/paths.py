@@ -20,13 +20,16 @@ def data_root() -> Path:
     return path
 
 
-def avatars_dir() -> Path:
-    path = data_root() / "avatars"
+def data_dir(name: str) -> Path:
+    """A folder of the data root, created if missing."""
+    path = data_root() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def avatars_dir() -> Path:
+    return data_dir("avatars")
 
 
 def records_dir() -> Path:
-    path = data_root() / "records"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return data_dir("records")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ def render(
     emotion: str | None = None,
     progress: bool = True,
     preset: str = "veryfast",
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> RenderResult:
     """Render ``avatar`` saying ``audio`` (a file) or ``text`` (spoken offline) into ``output``."""
     if (audio is None) == (text is None):
@@ -111,6 +113,8 @@ def render(
             writer.write_audio(speech.out_audio[a:b])
             written += 1
             bar.update(1)
+            if on_progress is not None:
+                on_progress(written, n_frames)
         bar.close()
     return RenderResult(out, written, len(speech.out_audio) / speech.out_rate)
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,10 +32,20 @@ from rtlipsync import __version__
 from rtlipsync.engines.base import LipSyncEngine
 from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
-from rtlipsync.face.avatar import DEFAULT_AVATAR, load_avatar
+from rtlipsync.face.avatar import (
+    DEFAULT_AVATAR,
+    PrepareOptions,
+    check_name,
+    list_avatars,
+    load_avatar,
+    prepare_avatar,
+)
 from rtlipsync.media.audio import load_audio, to_int16
 from rtlipsync.media.frames import SAMPLE_RATE
-from rtlipsync.paths import records_dir
+from rtlipsync.media.video import IMAGE_EXTS, VIDEO_EXTS
+from rtlipsync.paths import avatars_dir, data_dir, records_dir
+from rtlipsync.render import render
+from rtlipsync.server.tasks import Progress, Task, Tasks
 from rtlipsync.session import Session
 from rtlipsync.transport.recorder import Recorder
 from rtlipsync.transport.webrtc import WebRTCSink, rtc_configuration
@@ -42,12 +53,23 @@ from rtlipsync.transport.websocket import WebSocketSink, encode_frame
 
 log = logging.getLogger(__name__)
 
+AUDIO_EXTS = {".wav", ".mp3", ".m4a", ".aac", ".ogg", ".opus", ".flac", ".webm"}
+
+
+def uploads_dir() -> Path:
+    return data_dir("uploads")
+
+
+def jobs_dir() -> Path:
+    return data_dir("jobs")
+
 
 @dataclass
 class ServerConfig:
     avatar: str = DEFAULT_AVATAR
     max_sessions: int = 8
-    max_upload_mb: float = 50.0
+    max_upload_mb: float = 50.0  # audio uploads
+    max_avatar_upload_mb: float = 300.0  # images and videos to prepare as avatars
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     engine: Callable[[], LipSyncEngine] = CpuEngine  # makes each session's engine
 
@@ -148,9 +170,11 @@ class Sessions:
         session.start()
         kind = "WebRTC" if pc is not None else "WebSocket"
         log.info(
-            "%s session opened with avatar %s", kind, session.avatar.name,
+            "%s session opened with avatar %s",
+            kind,
+            session.avatar.name,
             extra={"session": session.id},
-        )  # fmt: skip
+        )
 
     async def open_websocket(self, avatar_name: str | None, sink: WebSocketSink) -> Session:
         session = await self._new_session(avatar_name)
@@ -205,12 +229,33 @@ class Sessions:
 def create_app(config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
     sessions = Sessions(config)
+    tasks = Tasks()
+
+    async def save_upload(file: UploadFile, limit_mb: float, allowed: set[str]) -> Path:
+        """Store an upload under the data root; refuse wrong types and sizes before work."""
+        suffix = Path(file.filename or "").suffix.lower()
+        if suffix not in allowed:
+            raise ApiError(
+                415,
+                f"unsupported file type {suffix or '(none)'!r}; "
+                f"expected one of {', '.join(sorted(allowed))}",
+            )
+        limit = int(limit_mb * 1024 * 1024)
+        data = await file.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, f"upload is larger than {limit_mb:g} MB")
+        if not data:
+            raise ApiError(400, "the uploaded file is empty")
+        path = uploads_dir() / f"{secrets.token_hex(8)}{suffix}"
+        path.write_bytes(data)
+        return path
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(load_avatar, config.avatar)  # prepare/load before the first user
         yield
         await sessions.close_all()
+        await asyncio.to_thread(tasks.shutdown)
 
     app = FastAPI(title="rtlipsync", version=__version__, lifespan=lifespan)
     app.state.sessions = sessions
@@ -233,6 +278,93 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         avatar = await asyncio.to_thread(load_avatar, name)
         ok, jpeg = cv2.imencode(".jpg", avatar.frames[0], [cv2.IMWRITE_JPEG_QUALITY, 90])
         return Response(jpeg.tobytes(), media_type="image/jpeg")
+
+    @app.get("/avatars")
+    async def avatars() -> dict[str, Any]:
+        found = await asyncio.to_thread(list_avatars)
+        data = [
+            {
+                "name": m["name"],
+                "kind": m["kind"],
+                "frames": m["frame_count"],
+                "width": m["width"],
+                "height": m["height"],
+                "still": m["still"],
+            }
+            for m in found
+        ]
+        return {"code": 0, "data": data}
+
+    @app.post("/avatars")
+    async def upload_avatar(
+        name: Annotated[str, Form()],
+        file: Annotated[UploadFile, File()],
+        bbox_shift: Annotated[int, Form()] = 0,
+    ) -> dict[str, Any]:
+        """Prepare an avatar from an uploaded image or video; poll GET /tasks/{task}."""
+        check_name(name)
+        source = await save_upload(file, config.max_avatar_upload_mb, IMAGE_EXTS | VIDEO_EXTS)
+
+        def work(task: Task, progress: Progress) -> dict[str, Any]:
+            options = PrepareOptions(bbox_shift=bbox_shift)
+            m = prepare_avatar(name, source, options, progress=False, on_progress=progress)
+            return {
+                "name": m["name"],
+                "frames": m["frame_count"],
+                "faces_missing": len(m["faces_missing"]),
+            }
+
+        task = tasks.submit("avatar", work)
+        return {"code": 0, "task": task.id, "name": name}
+
+    @app.get("/tasks/{task_id}")
+    async def task_state(task_id: str) -> dict[str, Any]:
+        task = tasks.get(task_id)
+        if task is None:
+            raise ApiError(404, f"unknown task {task_id}")
+        return task.public()
+
+    @app.post("/jobs")
+    async def create_job(
+        avatar: Annotated[str, Form()],
+        audio: Annotated[UploadFile, File()],
+        webhook: Annotated[str | None, Form()] = None,
+    ) -> dict[str, Any]:
+        """Render ``avatar`` speaking the uploaded audio into an mp4, in the background."""
+        check_name(avatar)
+        if webhook is not None and not webhook.startswith(("http://", "https://")):
+            raise ApiError(400, "webhook must be an http:// or https:// URL")
+        if not (avatars_dir() / avatar / "manifest.json").is_file() and avatar != DEFAULT_AVATAR:
+            raise ApiError(404, f"no avatar named {avatar!r}; upload one with POST /avatars")
+        source = await save_upload(audio, config.max_upload_mb, AUDIO_EXTS | VIDEO_EXTS)
+
+        def work(task: Task, progress: Progress) -> dict[str, Any]:
+            out = jobs_dir() / f"{task.id}.mp4"
+            try:
+                result = render(avatar, out, audio=source, progress=False, on_progress=progress)
+            finally:
+                source.unlink(missing_ok=True)
+            return {"url": f"/jobs/{task.id}/result", "seconds": result.audio_seconds}
+
+        task = tasks.submit("render", work, webhook=webhook)
+        return {"code": 0, "job": task.id}
+
+    @app.get("/jobs/{job_id}")
+    async def job_state(job_id: str) -> dict[str, Any]:
+        return await task_state(job_id)
+
+    @app.get("/jobs/{job_id}/result")
+    async def job_result(job_id: str) -> FileResponse:
+        task = tasks.get(job_id)
+        if task is None:
+            raise ApiError(404, f"unknown job {job_id}")
+        if task.state != "done":
+            raise ApiError(
+                409, f"job {job_id} is {task.state}" + (f": {task.error}" if task.error else "")
+            )
+        return FileResponse(
+            jobs_dir() / f"{job_id}.mp4", media_type="video/mp4", filename=f"{job_id}.mp4"
+        )
 
     @app.get("/digital_human/check")
     async def check() -> dict[str, str]:
@@ -316,8 +448,16 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             await ws.close(code=1008)
             return
         w, h = session.avatar.size
-        await ws.send_json({"type": "session", "sessionid": session.id, "width": w, "height": h,
-                            "fps": 25, "sample_rate": 16000})  # fmt: skip
+        await ws.send_json(
+            {
+                "type": "session",
+                "sessionid": session.id,
+                "width": w,
+                "height": h,
+                "fps": 25,
+                "sample_rate": 16000,
+            }
+        )
         sender = asyncio.create_task(_send_frames(ws, session, sink))
         try:
             await _receive_commands(ws, session)

@@ -1,0 +1,147 @@
+"""Background work over HTTP: avatars uploaded and prepared, offline render jobs, webhooks."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import httpx
+
+from rtlipsync.face.avatar import default_avatar_source
+
+from conftest import free_port, media, serving, write_wav
+
+
+def poll(http: httpx.Client, url: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        state = http.get(url).json()
+        if state["state"] in ("done", "failed") or time.monotonic() > deadline:
+            return state
+        time.sleep(0.1)
+
+
+class Hooks(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Hooks.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_upload_avatar_then_use_it(default_avatar) -> None:
+    with serving() as base, httpx.Client(base_url=base, timeout=30) as http:
+        face = default_avatar_source().read_bytes()
+        r = http.post(
+            "/avatars", data={"name": "uploaded"}, files={"file": ("me.png", face, "image/png")}
+        )
+        assert r.status_code == 200, r.text
+        state = poll(http, f"/tasks/{r.json()['task']}")
+        assert state["state"] == "done" and state["progress"] == 1.0 and state["name"] == "uploaded"
+        names = [a["name"] for a in http.get("/avatars").json()["data"]]
+        assert "uploaded" in names
+        assert http.get("/avatars/uploaded/poster.jpg").status_code == 200
+        # Refused before any work: bad name, wrong type, empty, no face (fails in the task).
+        bad = [
+            ({"name": "../x"}, ("a.png", face), 400),
+            ({"name": "doc"}, ("a.pdf", b"%PDF-1.4"), 415),
+            ({"name": "empty"}, ("a.png", b""), 400),
+        ]
+        for data, (fname, content), status in bad:
+            assert (
+                http.post("/avatars", data=data, files={"file": (fname, content)}).status_code
+                == status
+            )
+        wall = http.post("/avatars", data={"name": "wall"}, files={"file": ("w.png", _flat_png())})
+        state = poll(http, f"/tasks/{wall.json()['task']}")
+        assert state["state"] == "failed" and "no face found" in state["error"]
+        assert http.get("/tasks/nothing").status_code == 404
+
+
+def _flat_png() -> bytes:
+    import cv2
+    import numpy as np
+
+    return cv2.imencode(".png", np.full((200, 200, 3), 128, np.uint8))[1].tobytes()
+
+
+def test_render_job_with_webhook(default_avatar, speech, tmp_path) -> None:
+    wav = write_wav(tmp_path / "s.wav", speech.pcm, speech.sample_rate).read_bytes()
+    port = free_port()
+    hooks = HTTPServer(("127.0.0.1", port), Hooks)
+    thread = threading.Thread(target=hooks.serve_forever, name="webhook")
+    thread.start()
+    try:
+        with serving() as base, httpx.Client(base_url=base, timeout=30) as http:
+            r = http.post(
+                "/jobs",
+                data={"avatar": "default", "webhook": f"http://127.0.0.1:{port}/done"},
+                files={"audio": ("s.wav", wav)},
+            )
+            job = r.json()["job"]
+            state = poll(http, f"/jobs/{job}")
+            assert state["state"] == "done", state
+            video = http.get(state["url"])
+            assert video.status_code == 200 and len(video.content) > 10_000
+            (tmp_path / "out.mp4").write_bytes(video.content)
+            deadline = time.monotonic() + 5
+            while not Hooks.received and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert Hooks.received and Hooks.received[-1]["id"] == job
+            assert Hooks.received[-1]["state"] == "done"
+            # Bad jobs: unknown avatar, bad audio type, bad webhook, corrupt audio.
+            assert (
+                http.post(
+                    "/jobs", data={"avatar": "nobody"}, files={"audio": ("s.wav", wav)}
+                ).status_code
+                == 404
+            )
+            assert (
+                http.post(
+                    "/jobs", data={"avatar": "default"}, files={"audio": ("s.txt", b"x")}
+                ).status_code
+                == 415
+            )
+            bad_hook = {"avatar": "default", "webhook": "ftp://x"}
+            assert (
+                http.post("/jobs", data=bad_hook, files={"audio": ("s.wav", wav)}).status_code
+                == 400
+            )
+            r = http.post(
+                "/jobs", data={"avatar": "default"}, files={"audio": ("s.wav", b"RIFFjunk" * 50)}
+            )
+            state = poll(http, f"/jobs/{r.json()['job']}")
+            assert state["state"] == "failed" and "cannot read audio" in state["error"]
+            assert http.get(f"/jobs/{r.json()['job']}/result").status_code == 409
+    finally:
+        hooks.shutdown()
+        hooks.server_close()
+        thread.join()
+    from rtlipsync.eval.sync import measure_sync
+
+    assert measure_sync(tmp_path / "out.mp4").correlation > 0.5
+
+
+def test_upload_a_video_avatar(default_avatar) -> None:
+    clip = media("yongen.mp4")
+    with serving() as base, httpx.Client(base_url=base, timeout=30) as http:
+        r = http.post(
+            "/avatars", data={"name": "yongen-up"}, files={"file": ("y.mp4", clip.read_bytes())}
+        )
+        seen = set()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            state = http.get(f"/tasks/{r.json()['task']}").json()
+            seen.add(round(state["progress"], 1))
+            if state["state"] in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        assert state["state"] == "done" and state["frames"] > 200
+        assert len(seen) >= 3  # progress was reported along the way
