@@ -151,3 +151,62 @@ def test_humanaudio_and_recording(default_avatar, speech, tmp_path) -> None:
     assert abs(samples / 16000 - frames / 25) < 0.08  # both tracks cover the same time
     report = measure_sync(rec)  # and line up: the recorded mouth follows the recorded sound
     assert report.correlation > 0.5 and abs(report.lag_ms) <= 40, report
+
+
+def test_action_clips_and_humanecho(default_avatar, tmp_path) -> None:
+    import cv2
+
+    from rtlipsync.face.avatar import prepare_avatar
+
+    mirrored = tmp_path / "mirrored.png"
+    cv2.imwrite(str(mirrored), cv2.flip(default_avatar.frames[0], 1))
+    prepare_avatar("mirrored", mirrored, progress=False)
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), cv2.resize(default_avatar.frames[0], (256, 256)))
+    prepare_avatar("small", small, progress=False)
+    left = default_avatar.frames[0][:, :200].astype(float)
+
+    def looks_like(image: np.ndarray, reference: np.ndarray) -> bool:
+        return float(np.abs(image[:, :200].astype(float) - reference).mean()) < 12
+
+    async def scenario(base: str) -> None:
+        ws_url = base.replace("http://", "ws://")
+        async with (
+            websockets.connect(ws_url + "/ws") as ws,
+            httpx.AsyncClient(base_url=base) as http,
+        ):
+            sid = json.loads(await ws.recv())["sessionid"]
+            assert looks_like((await frames_for(ws, 0.3))[-1][1], left)
+            r = await http.post("/set_audiotype", json={"sessionid": sid, "audiotype": "mirrored"})
+            assert r.json()["showing"] == "mirrored"
+            flipped = cv2.flip(default_avatar.frames[0], 1)[:, :200].astype(float)
+            assert looks_like((await frames_for(ws, 0.3))[-1][1], flipped)
+            r = await http.post("/set_audiotype", json={"sessionid": sid, "audiotype": 0})
+            assert r.json()["showing"] == "default"
+            frames = await frames_for(ws, 0.3)
+            assert looks_like(frames[-1][1], left)
+            indices = [i for i, _, _ in frames]
+            assert indices == list(range(indices[0], indices[0] + len(indices)))  # no jump
+            bad = await http.post("/set_audiotype", json={"sessionid": sid, "audiotype": "small"})
+            assert bad.status_code == 400 and "must match" in bad.json()["msg"]
+            none = await http.post("/set_audiotype", json={"sessionid": sid, "audiotype": "nobody"})
+            assert none.status_code == 404
+            # The seed's echo socket: by ?sessionid=, by JSON, or the only session.
+            for query, message in (
+                (f"?sessionid={sid}", "Hello by query."),
+                ("", json.dumps({"sessionid": sid, "text": "Hello by message."})),
+                ("", "Hello to the only session."),
+            ):
+                async with websockets.connect(ws_url + "/humanecho" + query) as echo:
+                    await echo.send(message)
+                    spoken = await frames_for(ws, 1.0)
+                    assert sum(loud(a) for _, _, a in spoken) > 5, message
+                await ws.send(json.dumps({"type": "interrupt"}))
+                await frames_for(ws, 0.3)
+            async with websockets.connect(ws_url + "/humanecho?sessionid=1") as echo:
+                await echo.send("nobody hears this")
+                reply = json.loads(await echo.recv())
+                assert reply["code"] == -1 and "unknown session" in reply["msg"]
+
+    with serving() as base:
+        asyncio.run(scenario(base))

@@ -59,8 +59,10 @@ class Session:
         session_id: int | None = None,
     ) -> None:
         self.id = session_id if session_id is not None else secrets.randbelow(900_000) + 100_000
-        self.avatar = avatar
-        self.stream: EngineStream = (engine or CpuEngine()).open_stream(avatar)
+        self.avatar = avatar  # the session's own face
+        self.engine = engine or CpuEngine()
+        self.stream: EngineStream = self.engine.open_stream(avatar)
+        self.showing = avatar  # what the idle loop plays now: the avatar or an action clip
         self.tts = tts or EspeakTTS()
         self._lock = threading.Lock()  # the stream is used from worker threads
         self._sinks: list[FrameSink] = []
@@ -153,6 +155,24 @@ class Session:
         log.info("interrupted at frame %d", self.last_index, extra={"session": self.id})
         return self.last_index
 
+    def show(self, clip: Avatar | None) -> None:
+        """Play ``clip`` (an action clip, prepared like any avatar) from its first frame, or
+        go back to the session's own avatar with None. Speech in progress is dropped."""
+        target = clip or self.avatar
+        if target.size != self.avatar.size:
+            w, h = self.avatar.size
+            raise InputError(
+                f"clip {target.name!r} is {target.size[0]}x{target.size[1]}; it must match "
+                f"the avatar's {w}x{h}"
+            )
+        self._generation += 1
+        with self._lock:
+            self.stream = self.engine.open_stream(target)
+            self.showing = target
+        for sink in self._sinks:
+            sink.flush()
+        log.info("showing %s", target.name, extra={"session": self.id})
+
     @property
     def is_speaking(self) -> bool:
         return self.speaking or self.stream.pending > 0 or bool(self._say_tasks)
@@ -171,6 +191,7 @@ class Session:
         k = 0
         while True:
             frame = await asyncio.to_thread(self._next_frame)
+            frame.index = k  # the session's timeline, whichever stream made the frame
             self.speaking = frame.speaking
             self.last_index = frame.index
             self.history.append((frame.index, frame.speaking))

@@ -98,6 +98,12 @@ class SessionRequest(BaseModel):
     sessionid: int
 
 
+class AudioTypeRequest(BaseModel):
+    sessionid: int
+    audiotype: str | int  # the name of an action clip prepared as an avatar; 0 or "" = back
+    reinit: bool = True
+
+
 class RecordRequest(BaseModel):
     sessionid: int
     type: str
@@ -128,6 +134,12 @@ class Sessions:
         if live is None:
             raise ApiError(404, f"unknown session {session_id}: start one with POST /offer")
         return live
+
+    def only(self) -> int:
+        """The id of the one live session, for clients that name none."""
+        if len(self._live) != 1:
+            raise ApiError(400, f"{len(self._live)} sessions are live: name one with sessionid")
+        return next(iter(self._live))
 
     async def start_recording(self, session_id: int) -> Path:
         live = self.live(session_id)
@@ -421,6 +433,49 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             raise ApiError(404, f"no recording for session {session_id}")
         return FileResponse(done[-1], media_type="video/mp4", filename=done[-1].name)
 
+    @app.post("/set_audiotype")
+    async def set_audiotype(body: AudioTypeRequest) -> dict[str, Any]:
+        """Switch the idle loop to an action clip (prepared as an avatar), or back with 0."""
+        session = sessions.get(body.sessionid)
+        name = str(body.audiotype).strip()
+        clip = None
+        if name not in ("", "0", session.avatar.name):
+            try:
+                clip = await asyncio.to_thread(load_avatar, name)
+            except InputError as exc:
+                raise ApiError(404, str(exc)) from exc
+        session.show(clip)
+        return {"code": 0, "msg": "ok", "showing": session.showing.name}
+
+    @app.websocket("/humanecho")
+    async def human_echo(ws: WebSocket, sessionid: int | None = None) -> None:
+        """Seed 002's echo socket: each text message is spoken by the session.
+
+        The session comes from ``?sessionid=`` or a JSON message's ``sessionid``; with
+        neither, the only live session (the seed's single-session setups) is used.
+        """
+        await ws.accept()
+        while True:
+            try:
+                text = await ws.receive_text()
+            except WebSocketDisconnect:
+                return
+            except KeyError:  # a binary message
+                await ws.send_json({"code": -1, "msg": "send text"})
+                continue
+            target = sessionid
+            try:
+                if text.lstrip().startswith("{"):
+                    message = json.loads(text)
+                    target = int(message.get("sessionid", target or 0)) or target
+                    text = str(message.get("text", ""))
+                if target is None:
+                    target = sessions.only()
+                sessions.get(target).say(text)
+            except (ApiError, InputError, ValueError) as exc:
+                msg = exc.message if isinstance(exc, ApiError) else str(exc)
+                await ws.send_json({"code": -1, "msg": msg})
+
     @app.post("/interrupt_talk")
     async def interrupt_talk(body: SessionRequest) -> dict[str, Any]:
         frame = sessions.get(body.sessionid).interrupt()
@@ -474,6 +529,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         return {
             "sessionid": s.id,
             "avatar": s.avatar.name,
+            "showing": s.showing.name,
             "speaking": s.is_speaking,
             "frame": s.last_index,
             "caption": s.caption,
