@@ -228,3 +228,41 @@ def test_unknown_avatar_for_a_session(default_avatar) -> None:
 
     with serving() as base:
         asyncio.run(scenario(base))
+
+
+def test_seed_preprocess_and_gen_stay_inside_the_data_root(
+    default_avatar, data_root, speech
+) -> None:
+    from rtlipsync.face.avatar import default_avatar_source
+
+    from conftest import write_wav
+
+    inputs = data_root / "inputs"
+    inputs.mkdir(exist_ok=True)
+    (inputs / "face.png").write_bytes(default_avatar_source().read_bytes())
+    write_wav(inputs / "tts.wav", speech.pcm, speech.sample_rate)
+    ids = {"user_id": "u1", "request_id": "r1", "streamer_id": "streamer1"}
+    with serving() as base, httpx.Client(base_url=base, timeout=60) as http:
+        r = http.post("/digital_human/preprocess", json={**ids, "video_path": "inputs/face.png"})
+        assert r.status_code == 200 and r.json()["code"] == 0, r.text
+        assert r.json()["data"]["frames"] == 1
+        r = http.post(
+            "/digital_human/gen", json={**ids, "tts_path": "inputs/tts.wav", "chunk_id": 3}
+        )
+        assert r.status_code == 200, r.text
+        out = data_root / r.json()["data"]["video_path"]
+        assert out == data_root / "outputs" / "u1" / "r1" / "3.mp4" and out.stat().st_size > 10_000
+        assert abs(r.json()["data"]["duration"] - speech.duration) < 0.05
+        # Paths outside the data root, and ids that would escape it, are refused.
+        for path in ("/etc/passwd", "../../etc/passwd", str(data_root / ".." / "x.png")):
+            r = http.post("/digital_human/preprocess", json={**ids, "video_path": path})
+            assert r.status_code == 403 and "outside the data root" in r.json()["msg"], path
+        r = http.post("/digital_human/gen", json={**ids, "tts_path": "/etc/hostname"})
+        assert r.status_code == 403
+        r = http.post(
+            "/digital_human/gen", json={**ids, "user_id": "../..", "tts_path": "inputs/tts.wav"}
+        )
+        assert r.status_code == 400 and "invalid user_id" in r.json()["msg"]
+        r = http.post("/digital_human/gen", json={**ids, "tts_path": "inputs/missing.wav"})
+        assert r.status_code == 400 and "not found" in r.json()["msg"]
+        assert not (data_root.parent / "x.png").exists()

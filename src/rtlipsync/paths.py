@@ -7,9 +7,14 @@ request names to it, and so tests can point it at a temporary folder.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import platformdirs
+
+from rtlipsync.errors import InputError
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def data_root() -> Path:
@@ -33,3 +38,24 @@ def avatars_dir() -> Path:
 
 def records_dir() -> Path:
     return data_dir("records")
+
+
+def inside_root(path: str | Path) -> Path:
+    """Resolve a path a request names: relative to the data root, and never outside it.
+
+    Raises `PermissionError` for anything that resolves elsewhere (``..``, absolute paths,
+    symbolic links out), so a server cannot be made to read or write beyond its data.
+    """
+    root = data_root().resolve()
+    candidate = Path(path)
+    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise PermissionError(f"{path} is outside the data root; give a path inside {root}")
+    return resolved
+
+
+def check_id(value: str, what: str) -> str:
+    """An identifier that will name a file: letters, digits, '.', '_' and '-' only."""
+    if not _ID.match(value):
+        raise InputError(f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-'")
+    return value

@@ -43,7 +43,14 @@ from rtlipsync.face.avatar import (
 from rtlipsync.media.audio import load_audio, to_int16
 from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.media.video import IMAGE_EXTS, VIDEO_EXTS
-from rtlipsync.paths import avatars_dir, data_dir, records_dir
+from rtlipsync.paths import (
+    avatars_dir,
+    check_id,
+    data_dir,
+    data_root,
+    inside_root,
+    records_dir,
+)
 from rtlipsync.render import render
 from rtlipsync.server.tasks import Progress, Task, Tasks
 from rtlipsync.session import Session
@@ -96,6 +103,21 @@ class HumanRequest(BaseModel):
 
 class SessionRequest(BaseModel):
     sessionid: int
+
+
+class PreprocessRequest(BaseModel):
+    user_id: str
+    request_id: str
+    streamer_id: str
+    video_path: str
+
+
+class GenRequest(BaseModel):
+    user_id: str
+    request_id: str
+    streamer_id: str
+    tts_path: str
+    chunk_id: str | int = 0
 
 
 class AudioTypeRequest(BaseModel):
@@ -276,6 +298,10 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"code": -1, "msg": exc.message}, status_code=exc.status)
 
+    @app.exception_handler(PermissionError)
+    async def outside_root(request: Request, exc: PermissionError) -> JSONResponse:
+        return JSONResponse({"code": -1, "msg": str(exc)}, status_code=403)
+
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> JSONResponse:
         return JSONResponse({"code": -1, "msg": str(exc)}, status_code=400)
@@ -377,6 +403,48 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         return FileResponse(
             jobs_dir() / f"{job_id}.mp4", media_type="video/mp4", filename=f"{job_id}.mp4"
         )
+
+    @app.post("/digital_human/preprocess")
+    async def dh_preprocess(body: PreprocessRequest) -> dict[str, Any]:
+        """Seed 002: prepare ``streamer_id``'s avatar from ``video_path`` (inside the data root)."""
+        check_id(body.user_id, "user_id")
+        check_id(body.request_id, "request_id")
+        check_name(body.streamer_id)
+        source = inside_root(body.video_path)
+        m = await asyncio.to_thread(prepare_avatar, body.streamer_id, source, progress=False)
+        data = {
+            "user_id": body.user_id,
+            "request_id": body.request_id,
+            "streamer_id": body.streamer_id,
+            "frames": m["frame_count"],
+            "faces_missing": len(m["faces_missing"]),
+        }
+        return {"code": 0, "msg": "success", "data": data}
+
+    @app.post("/digital_human/gen")
+    async def dh_gen(body: GenRequest) -> dict[str, Any]:
+        """Seed 002: render ``streamer_id`` speaking ``tts_path`` for one chunk of a request.
+
+        The mp4 lands at ``outputs/USER/REQUEST/CHUNK.mp4`` under the data root.
+        """
+        check_id(body.user_id, "user_id")
+        check_id(body.request_id, "request_id")
+        chunk = check_id(str(body.chunk_id), "chunk_id")
+        check_name(body.streamer_id)
+        audio = inside_root(body.tts_path)
+        out_dir = data_dir("outputs") / body.user_id / body.request_id
+        out_dir.mkdir(parents=True, exist_ok=True)
+        out = out_dir / f"{chunk}.mp4"
+        result = await asyncio.to_thread(render, body.streamer_id, out, audio=audio, progress=False)
+        data = {
+            "user_id": body.user_id,
+            "request_id": body.request_id,
+            "streamer_id": body.streamer_id,
+            "chunk_id": body.chunk_id,
+            "video_path": str(out.relative_to(data_root().resolve())),
+            "duration": round(result.audio_seconds, 3),
+        }
+        return {"code": 0, "msg": "success", "data": data}
 
     @app.get("/digital_human/check")
     async def check() -> dict[str, str]:
