@@ -266,3 +266,23 @@ def test_seed_preprocess_and_gen_stay_inside_the_data_root(
         r = http.post("/digital_human/gen", json={**ids, "tts_path": "inputs/missing.wav"})
         assert r.status_code == 400 and "not found" in r.json()["msg"]
         assert not (data_root.parent / "x.png").exists()
+
+
+def test_a_peer_whose_network_vanishes_is_cleaned_up(default_avatar) -> None:
+    """No goodbye at all: the peer's ICE just stops (a pulled cable, a closed laptop)."""
+
+    async def scenario(base: str) -> None:
+        peer = Peer()
+        answer = await peer.connect(base)
+        assert await wait_for(lambda: len(peer.video) > 25, 10)
+        for transceiver in peer.pc.getTransceivers():  # silence, without DTLS close_notify
+            await transceiver.receiver.transport.transport.stop()
+        t0 = time.monotonic()
+        async with httpx.AsyncClient(base_url=base) as http:
+            while (await http.get(f"/sessions/{answer['sessionid']}")).status_code != 404:
+                assert time.monotonic() - t0 < 12, "session outlived its vanished peer"
+                await asyncio.sleep(0.25)
+        await peer.close()
+
+    with serving(ServerConfig(peer_timeout=4.0)) as base:
+        asyncio.run(scenario(base))

@@ -95,7 +95,15 @@ def _serve(args: argparse.Namespace) -> None:
     log.info(
         "serving on http://%s:%d/ with avatar %s", settings.host, settings.port, settings.avatar
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
+    # WebSocket pings find a client whose network vanished within ~10 s.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        ws_ping_interval=5.0,
+        ws_ping_timeout=5.0,
+    )
 
 
 def _eval_sync(args: argparse.Namespace) -> None:

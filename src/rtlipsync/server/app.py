@@ -77,6 +77,9 @@ class ServerConfig:
     max_sessions: int = 8
     max_upload_mb: float = 50.0  # audio uploads
     max_avatar_upload_mb: float = 300.0  # images and videos to prepare as avatars
+    # A WebRTC peer that sends no RTCP receiver report (browsers send one about every
+    # second) for this long is gone: its session is closed. ICE consent alone takes 30 s.
+    peer_timeout: float = 10.0
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     engine: Callable[[], LipSyncEngine] = CpuEngine  # makes each session's engine
 
@@ -136,6 +139,7 @@ class _Live:
     session: Session
     pc: RTCPeerConnection | None = None  # None for a WebSocket session
     recorder: Recorder | None = None
+    watchdog: asyncio.Task[None] | None = None
 
 
 class Sessions:
@@ -200,8 +204,10 @@ class Sessions:
         return session
 
     def _register(self, session: Session, pc: RTCPeerConnection | None = None) -> None:
-        self._live[session.id] = _Live(session, pc)
+        live = self._live[session.id] = _Live(session, pc)
         session.start()
+        if pc is not None:
+            live.watchdog = asyncio.get_running_loop().create_task(self._watch(session.id, pc))
         kind = "WebRTC" if pc is not None else "WebSocket"
         log.info(
             "%s session opened with avatar %s",
@@ -243,10 +249,33 @@ class Sessions:
         self._register(session, pc)
         return session, pc.localDescription
 
+    async def _watch(self, session_id: int, pc: RTCPeerConnection) -> None:
+        """Close the session of a peer that went silent (network gone, laptop shut)."""
+        loop = asyncio.get_running_loop()
+        heard = loop.time()  # the peer gets peer_timeout to connect and report
+        last_report = None
+        while True:
+            await asyncio.sleep(1.0)
+            for sender in pc.getSenders():
+                report = await sender.getStats()
+                for stats in report.values():
+                    if stats.type == "remote-inbound-rtp" and stats.timestamp != last_report:
+                        last_report, heard = stats.timestamp, loop.time()
+            if loop.time() - heard > self.config.peer_timeout:
+                log.info(
+                    "peer silent for %.0f s: closing",
+                    loop.time() - heard,
+                    extra={"session": session_id},
+                )
+                asyncio.get_running_loop().create_task(self.close(session_id))
+                return
+
     async def close(self, session_id: int) -> bool:
         live = self._live.pop(session_id, None)
         if live is None:
             return False
+        if live.watchdog is not None and live.watchdog is not asyncio.current_task():
+            live.watchdog.cancel()
         if live.recorder is not None:  # a session that ends mid-recording keeps what it sent
             live.session.remove_sink(live.recorder)
             await asyncio.to_thread(live.recorder.close)
