@@ -11,8 +11,6 @@ Goal: >= 200 frames per CPU-second.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 
 from rtlipsync.engines.base import render_speech
@@ -20,7 +18,7 @@ from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.face.avatar import ensure_default_avatar, load_avatar
 from rtlipsync.media.frames import SAMPLE_RATE
 
-from _speech import speech_pcm
+from _common import machine, speech_pcm
 
 
 def main() -> None:
@@ -38,7 +36,7 @@ def main() -> None:
     frames = list(render_speech(stream, pcm))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     w, h = avatar.size
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}")
+    print(machine())
     print(f"frames: {len(frames)} at {w}x{h} ({len(pcm) / SAMPLE_RATE:.1f} s of speech)")
     print(f"CPU time per frame: {1000 * cpu / len(frames):.2f} ms")
     print(f"frames per CPU-second: {len(frames) / cpu:.0f}  (goal >= 200)")

@@ -10,8 +10,6 @@ Goal: >= 10x real time.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.media.video import Mp4Writer
 from rtlipsync.render import render
 
-from _speech import speech_pcm
+from _common import machine, speech_pcm
 
 
 def main() -> None:
@@ -45,7 +43,7 @@ def main() -> None:
         result = render(args.avatar, out, audio=audio, progress=False, preset=args.preset)
         wall = time.perf_counter() - t0
         size = out.stat().st_size
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}")
+    print(machine())
     print(
         f"avatar: {args.avatar}; speech: {result.audio_seconds:.1f} s; {result.frames} frames; "
         f"x264 {args.preset}"

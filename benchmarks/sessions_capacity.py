@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fractions
-import os
-import platform
 import time
 from collections import deque
 
@@ -28,6 +26,8 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from rtlipsync.face.avatar import ensure_default_avatar, load_avatar
 from rtlipsync.media.frames import PACKET_SAMPLES, SAMPLE_RATE, AVFrame
 from rtlipsync.session import Session
+
+from _common import machine
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000)
 OPUS = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     ensure_default_avatar()
     avatar = load_avatar("default")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}")
+    print(machine())
     best = 0
     for n in range(1, args.max + 1):
         result = asyncio.run(trial(n, args.seconds, avatar))

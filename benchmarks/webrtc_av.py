@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,6 +33,7 @@ from rtlipsync.face.avatar import ensure_default_avatar, load_avatar  # noqa: E4
 from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE, AVFrame  # noqa: E402
 from rtlipsync.server import ServerConfig  # noqa: E402
 
+from _common import machine  # noqa: E402
 from conftest import serving  # noqa: E402  (the tests' loopback server helper)
 
 # RTCP sender reports seen by the receiver: ssrc -> [(ntp seconds, rtp timestamp)].
@@ -99,7 +98,6 @@ class Receiver:
         self.pc = RTCPeerConnection()
         self.video: list[tuple[float, int, float]] = []  # arrival, rtp ts, brightness
         self.audio: list[tuple[float, int, float]] = []  # arrival, rtp ts, rms
-        self.ssrc: dict[str, int] = {}
         self.mouth_box: tuple[int, int, int, int] | None = None
         self.mouth: list[tuple[float, np.ndarray]] = []
         self.tasks: list[asyncio.Task] = []
@@ -240,7 +238,7 @@ def main() -> None:
     args = parser.parse_args()
     ensure_default_avatar()
     avatar = load_avatar("default")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}")
+    print(machine())
 
     with serving(ServerConfig(engine=MarkerEngine)) as base:
         av = asyncio.run(measure_av(base, args.markers))

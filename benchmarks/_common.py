@@ -1,6 +1,9 @@
-"""Speech for the benchmarks: a file's, or generated offline when none is given."""
+"""What the benchmarks share: the machine line every result starts with, and speech."""
 
 from __future__ import annotations
+
+import os
+import platform
 
 import numpy as np
 
@@ -18,3 +21,8 @@ def speech_pcm(seconds: float, audio: str | None = None) -> np.ndarray:
     pcm = EspeakTTS().synthesize(text).at_rate(SAMPLE_RATE).pcm
     reps = int(np.ceil(seconds * SAMPLE_RATE / len(pcm)))
     return np.tile(pcm, reps)[: int(seconds * SAMPLE_RATE)]
+
+
+def machine() -> str:
+    """The line that says where a figure was measured."""
+    return f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
