@@ -25,9 +25,22 @@ class _SessionField(logging.Filter):
         return True
 
 
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a record comes, not the one at set-up: it is
+    swapped by `native_logs_hidden` (and by test capture), and the old one may be closed."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
+
+
 def configure_logging(verbose: bool = False) -> None:
     """Structured one-line logs on stderr: time, level, session id, source, message."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.addFilter(_SessionField())
     handler.setFormatter(
         logging.Formatter(
