@@ -260,3 +260,28 @@ def test_rig_cache_is_bounded_and_rebuilt_rigs_draw_the_same(
     assert avatar_rigs(video_avatar)._rigs == {}  # nothing kept past the budget
     assert all(np.array_equal(a.image, b.image) for a, b in zip(cached, rebuilt, strict=True))
     video_avatar.extras.pop("cpu")
+
+
+def test_an_utterance_queued_before_the_last_one_played_keeps_audio_and_shapes(
+    video_avatar, speech16k
+) -> None:
+    """Chat pushes sentence two while sentence one still plays: nothing may be lost."""
+    one, two = speech16k.pcm[:12_345], speech16k.pcm[12_345:30_000]
+    stream = CpuEngine().open_stream(video_avatar)
+    for chunk in chunk_speech(one):
+        stream.push(chunk)
+    early = [next(stream.frames())]  # sentence one has started playing ...
+    for chunk in chunk_speech(two):  # ... when sentence two arrives
+        stream.push(chunk)
+    frames = early + list(stream.frames())
+    expected = -(-len(one) // FRAME_SAMPLES) + -(-len(two) // FRAME_SAMPLES)
+    assert len(frames) == expected and stream.pending == 0
+    audio = np.concatenate([f.audio for f in frames])
+    n1 = -(-len(one) // FRAME_SAMPLES) * FRAME_SAMPLES
+    assert np.array_equal(audio[: len(one)], one) and np.array_equal(audio[n1 : n1 + len(two)], two)
+    # The same shapes as each sentence rendered on its own.
+    alone = frames_of(CpuEngine().open_stream(video_avatar), one) + frames_of(
+        CpuEngine().open_stream(video_avatar), two
+    )
+    shapes = [(f.mouth["open"], f.mouth["width"]) for f in frames]
+    assert np.allclose(shapes, [(f.mouth["open"], f.mouth["width"]) for f in alone])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -89,16 +90,13 @@ class CpuStream:
         self._index = 0  # frames produced on this stream's timeline
         self._last = MouthParams()
         self._last_speaking = False
-        self._ended = False
+        self._banked: deque[MouthParams] = deque()  # shapes of ended utterances not yet shown
 
     @property
     def pending(self) -> float:
         return len(self._audio) / SAMPLE_RATE
 
     def push(self, chunk: SpeechChunk) -> None:
-        if self._ended:  # a new utterance after a finished one starts on a fresh frame grid
-            self._analyzer.reset()
-            self._ended = False
         self._audio = np.concatenate([self._audio, chunk.pcm])
         self._analyzer.push(chunk.pcm, chunk.phonemes, chunk.emotion)
         if chunk.end_of_utterance:
@@ -108,11 +106,20 @@ class CpuStream:
                 self._audio = np.concatenate([self._audio, silence])
                 self._analyzer.push(silence)
             self._analyzer.finish()
-            self._ended = True
+            # Bank the finished utterance's shapes: the next one, which may arrive before
+            # these frames are played, starts the analyzer on a fresh frame grid.
+            while self._analyzer.frames_ready() > 0:
+                self._banked.append(self._analyzer.take())
+            self._analyzer.reset()
 
     def frames(self) -> Iterator[AVFrame]:
-        while self._analyzer.frames_ready() > 0 and len(self._audio) >= FRAME_SAMPLES:
-            params = self._analyzer.take()
+        while len(self._audio) >= FRAME_SAMPLES:
+            if self._banked:
+                params = self._banked.popleft()
+            elif self._analyzer.frames_ready() > 0:
+                params = self._analyzer.take()
+            else:
+                return  # waiting for look-ahead
             audio, self._audio = self._audio[:FRAME_SAMPLES], self._audio[FRAME_SAMPLES:]
             yield self._frame(params, audio, speaking=True)
 
@@ -126,8 +133,8 @@ class CpuStream:
 
     def reset(self) -> None:
         self._analyzer.reset()
+        self._banked.clear()
         self._audio = np.zeros(0, np.int16)
-        self._ended = False
 
     def _frame(self, params: MouthParams, audio: np.ndarray, speaking: bool) -> AVFrame:
         avatar = self.avatar
