@@ -96,15 +96,20 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def serving(config=None) -> Iterator[str]:
-    """Run the app under uvicorn on a loopback port in a thread; yield its base URL."""
-    port = free_port()
-    import uvicorn
-
+    """Run our server under uvicorn on a loopback port in a thread; yield its base URL."""
     from rtlipsync.server import create_app
 
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning")
-    )
+    with serving_app(create_app(config)) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def serving_app(app) -> Iterator[str]:  # noqa: ANN001 - any ASGI app
+    """Run an ASGI app under uvicorn on a loopback port in a thread; yield its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="uvicorn-test")
     thread.start()
     deadline = time.monotonic() + 30

@@ -82,6 +82,7 @@ def _serve(args: argparse.Namespace) -> None:
     from rtlipsync.config import load_settings
     from rtlipsync.face.avatar import load_avatar
     from rtlipsync.server import ServerConfig, create_app
+    from rtlipsync.speech.llm import LLMConfig
 
     settings = load_settings(
         args.config,
@@ -91,7 +92,22 @@ def _serve(args: argparse.Namespace) -> None:
         max_sessions=args.max_sessions,
     )
     load_avatar(settings.avatar)  # prepare the default avatar now, or fail with a clear line
-    app = create_app(ServerConfig(settings.avatar, settings.max_sessions, settings.ice_servers))
+    unknown = set(settings.llm) - {"base_url", "api_key", "model", "system_prompt", "max_turns"}
+    if unknown:
+        raise InputError(f"unknown llm setting(s): {', '.join(sorted(unknown))}")
+    llm = LLMConfig.from_env(**settings.llm)
+    log.info(
+        "chat mode: %s",
+        f"{llm.model} at {llm.base_url or 'OpenAI'}" if llm else "no LLM configured",
+    )
+    app = create_app(
+        ServerConfig(
+            avatar=settings.avatar,
+            max_sessions=settings.max_sessions,
+            ice_servers=settings.ice_servers,
+            llm=llm,
+        )
+    )
     log.info(
         "serving on http://%s:%d/ with avatar %s", settings.host, settings.port, settings.avatar
     )

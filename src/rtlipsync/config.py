@@ -29,6 +29,7 @@ class Settings:
     avatar: str = "default"
     max_sessions: int = 8
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
+    llm: dict[str, Any] = field(default_factory=dict)
 
 
 def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
@@ -47,7 +48,7 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
     known = {f.name: f for f in fields(Settings)}
     for name in known:
         env = os.environ.get(f"RTLIPSYNC_{name.upper()}")
-        if env is not None and name != "ice_servers":
+        if env is not None and name not in ("ice_servers", "llm"):
             values[name] = env
     values.update({k: v for k, v in flags.items() if v is not None})
     unknown = sorted(set(values) - set(known))
@@ -61,4 +62,6 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
         raise InputError(f"port and max_sessions must be whole numbers: {exc}") from exc
     if not isinstance(values.get("ice_servers", []), list):
         raise InputError("ice_servers must be a list of {urls, username, credential}")
+    if not isinstance(values.get("llm", {}), dict):
+        raise InputError("llm must be a mapping: base_url, api_key, model, system_prompt")
     return Settings(**values)

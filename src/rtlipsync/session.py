@@ -26,7 +26,8 @@ from rtlipsync.engines.base import EngineStream, LipSyncEngine
 from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import Avatar
-from rtlipsync.media.frames import FPS, SAMPLE_RATE, AVFrame, chunk_speech
+from rtlipsync.media.frames import FPS, FRAME_SAMPLES, SAMPLE_RATE, AVFrame, chunk_speech
+from rtlipsync.speech.chat import ChatBrain
 from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.tts import TTSProvider
 
@@ -69,8 +70,14 @@ class Session:
         self._task: asyncio.Task[None] | None = None
         self._say_tasks: set[asyncio.Task[None]] = set()
         self._generation = 0  # bumped by interrupt: older speech is dropped
+        self.chat: ChatBrain | None = None  # set when a language model is configured
+        self.notice = ""  # the last thing the user should be told (a failure, a fallback)
         self.speaking = False
-        self.caption = ""
+        self.caption = ""  # the text of the utterance being heard now
+        # Captions follow playback: (speech sample at which an utterance starts, its text).
+        self._captions: deque[tuple[int, str]] = deque()
+        self._queued_samples = 0  # speech samples pushed since the last interruption
+        self._played_samples = 0  # speech samples sent since the last interruption
         self.last_index = -1
         self.interrupted_at: int | None = None
         self.created = time.monotonic()
@@ -119,7 +126,36 @@ class Session:
             raise InputError(f"text is {len(text)} characters; the limit is {MAX_TEXT}")
         if interrupt:
             self.interrupt()
-        task = asyncio.get_running_loop().create_task(self._say(text, emotion, self._generation))
+        self._track(self._say(text, emotion, self._generation))
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every interruption: work started before it must not speak."""
+        return self._generation
+
+    def set_notice(self, text: str) -> None:
+        self.notice = text
+        log.info("notice: %s", text, extra={"session": self.id})
+
+    def converse(self, text: str, interrupt: bool = True) -> None:
+        """Answer ``text`` through the chat brain (the LLM), or repeat it if there is none."""
+        text = text.strip()
+        if not text:
+            raise InputError("text is empty")
+        if self.chat is None:
+            self.set_notice(
+                "No language model is configured, so the avatar repeats your words "
+                "(set llm.base_url or RTLIPSYNC_LLM_BASE_URL)"
+            )
+            self.say(text, interrupt=interrupt)
+            return
+        if interrupt:
+            self.interrupt()
+        self.notice = ""
+        self._track(self.chat.reply(self, text, self._generation))
+
+    def _track(self, work) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(work)
         self._say_tasks.add(task)
         task.add_done_callback(self._say_tasks.discard)
 
@@ -140,15 +176,21 @@ class Session:
             )
             for chunk in chunks:
                 self.stream.push(chunk)
-        if text:
-            self.caption = text
+            if text:
+                self._captions.append((self._queued_samples, text))
+            # The engine pads each utterance to whole frames.
+            self._queued_samples += -(-len(pcm) // FRAME_SAMPLES) * FRAME_SAMPLES
         log.info("speech queued: %.2f s", len(pcm) / SAMPLE_RATE, extra={"session": self.id})
 
     def interrupt(self) -> int:
         """Stop speaking now; returns the index of the last frame that may still carry speech."""
         self._generation += 1
+        for task in list(self._say_tasks):  # a reply being generated stops too (LLM, TTS)
+            task.cancel()
         with self._lock:
             self.stream.reset()
+            self._captions.clear()
+            self._queued_samples = self._played_samples = 0
         for sink in self._sinks:
             sink.flush()
         self.interrupted_at = self.last_index
@@ -193,6 +235,11 @@ class Session:
             frame = await asyncio.to_thread(self._next_frame)
             frame.index = k  # the session's timeline, whichever stream made the frame
             self.speaking = frame.speaking
+            if frame.speaking:
+                with self._lock:
+                    self._played_samples += FRAME_SAMPLES
+                    while self._captions and self._captions[0][0] < self._played_samples:
+                        self.caption = self._captions.popleft()[1]
             self.last_index = frame.index
             self.history.append((frame.index, frame.speaking))
             for sink in list(self._sinks):

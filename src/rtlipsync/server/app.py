@@ -54,6 +54,8 @@ from rtlipsync.paths import (
 from rtlipsync.render import render
 from rtlipsync.server.tasks import Progress, Task, Tasks
 from rtlipsync.session import Session
+from rtlipsync.speech.chat import ChatBrain
+from rtlipsync.speech.llm import ChatLLM, LLMConfig
 from rtlipsync.transport.recorder import Recorder
 from rtlipsync.transport.webrtc import WebRTCSink, rtc_configuration
 from rtlipsync.transport.websocket import WebSocketSink, encode_frame
@@ -82,6 +84,7 @@ class ServerConfig:
     peer_timeout: float = 10.0
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     engine: Callable[[], LipSyncEngine] = CpuEngine  # makes each session's engine
+    llm: LLMConfig | None = None  # chat mode's language model; None: chat repeats instead
 
 
 class ApiError(Exception):
@@ -148,6 +151,7 @@ class Sessions:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self._live: dict[int, _Live] = {}
+        self.llm = ChatLLM(config.llm) if config.llm is not None else None
 
     def __len__(self) -> int:
         return len(self._live)
@@ -201,6 +205,8 @@ class Sessions:
         session = Session(avatar, self.config.engine())
         while session.id in self._live:
             session = Session(avatar, self.config.engine())
+        if self.llm is not None:
+            session.chat = ChatBrain(self.llm, session.tts)
         return session
 
     def _register(self, session: Session, pc: RTCPeerConnection | None = None) -> None:
@@ -287,6 +293,8 @@ class Sessions:
     async def close_all(self) -> None:
         for session_id in list(self._live):
             await self.close(session_id)
+        if self.llm is not None:
+            await self.llm.close()
 
 
 def create_app(config: ServerConfig | None = None) -> FastAPI:
@@ -489,7 +497,10 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         session = sessions.get(body.sessionid)
         if body.type not in ("echo", "chat"):
             raise ApiError(400, f"type must be echo or chat, got {body.type!r}")
-        session.say(body.text, interrupt=body.interrupt)
+        if body.type == "chat":
+            session.converse(body.text, interrupt=body.interrupt)
+        else:
+            session.say(body.text, interrupt=body.interrupt)
         return {"code": 0, "msg": "ok"}
 
     @app.post("/humanaudio")
@@ -630,6 +641,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             "speaking": s.is_speaking,
             "frame": s.last_index,
             "caption": s.caption,
+            "notice": s.notice,
+            "chat": s.chat is not None,
         }
 
     return app
@@ -663,13 +676,17 @@ async def _receive_commands(ws: WebSocket, session: Session) -> None:
             kind = command["type"]
             if kind == "say":
                 session.say(str(command.get("text", "")), bool(command.get("interrupt", False)))
+            elif kind == "chat":
+                session.converse(str(command.get("text", "")), bool(command.get("interrupt", True)))
             elif kind == "interrupt":
                 session.interrupt()
             elif kind == "close":
                 await ws.close()
                 raise WebSocketDisconnect(1000)
             else:
-                raise ApiError(400, f"unknown message type {kind!r}: use say, interrupt or close")
+                raise ApiError(
+                    400, f"unknown message type {kind!r}: use say, chat, interrupt or close"
+                )
         except (ApiError, InputError) as exc:
             msg = exc.message if isinstance(exc, ApiError) else str(exc)
             await ws.send_json({"type": "error", "msg": msg})

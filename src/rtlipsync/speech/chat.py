@@ -1,0 +1,82 @@
+"""The chat brain: the user's words → a streamed LLM reply → speech, sentence by sentence.
+
+Each sentence goes to the TTS the moment it is complete, so the avatar starts talking long
+before the model has finished. The reply's leading ``[emotion]`` tag is taken off and given
+to the engine as the utterance's expression. Memory is per session and bounded. If the
+model fails, the user is told and the avatar goes back to idle; the session lives on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from rtlipsync.media.frames import SAMPLE_RATE
+from rtlipsync.speech.llm import ChatLLM, LLMError
+from rtlipsync.speech.sentences import SentenceSplitter, split_emotion
+from rtlipsync.speech.tts import TTSProvider
+
+if TYPE_CHECKING:
+    from rtlipsync.session import Session
+
+log = logging.getLogger(__name__)
+
+
+class ChatBrain:
+    """One session's conversation with a language model."""
+
+    def __init__(self, llm: ChatLLM, tts: TTSProvider, system_prompt: str | None = None) -> None:
+        self.llm = llm
+        self.tts = tts
+        self.system_prompt = system_prompt or llm.config.system_prompt
+        self.history: list[dict[str, str]] = []
+
+    def _messages(self, user_text: str) -> list[dict[str, str]]:
+        keep = 2 * self.llm.config.max_turns
+        return [
+            {"role": "system", "content": self.system_prompt},
+            *self.history[-keep:],
+            {"role": "user", "content": user_text},
+        ]
+
+    async def reply(self, session: Session, user_text: str, generation: int) -> None:
+        """Speak the model's answer to ``user_text`` until done or interrupted."""
+        messages = self._messages(user_text)
+        splitter = SentenceSplitter()
+        spoken: list[str] = []
+        emotion: str | None = None
+        first = True
+
+        async def speak(sentence: str) -> None:
+            nonlocal emotion, first
+            if first:
+                emotion, sentence = split_emotion(sentence)
+                first = False
+            sentence = sentence.strip()
+            if not sentence:
+                return
+            speech = await asyncio.to_thread(
+                lambda: self.tts.synthesize(sentence).at_rate(SAMPLE_RATE)
+            )
+            if generation != session.generation:
+                raise asyncio.CancelledError
+            session.push_speech(speech.pcm, speech.phonemes, sentence, emotion)
+            spoken.append(sentence)
+
+        try:
+            async for delta in self.llm.stream(messages):
+                for sentence in splitter.feed(delta):
+                    await speak(sentence)
+            for sentence in splitter.flush():
+                await speak(sentence)
+        except LLMError as exc:
+            log.warning("chat failed: %s", exc, extra={"session": session.id})
+            session.set_notice(f"{exc}; the avatar could not answer")
+        finally:
+            # What the user heard (or was about to) is what the model said, in its memory.
+            self.history += [
+                {"role": "user", "content": user_text},
+                {"role": "assistant", "content": " ".join(spoken) or "(interrupted)"},
+            ]
+            del self.history[: max(0, len(self.history) - 2 * self.llm.config.max_turns)]

@@ -1,0 +1,46 @@
+"""Cutting a streamed reply into sentences, so each can be spoken as soon as it is complete.
+
+Works on English, Chinese and Japanese punctuation. A sentence shorter than `MIN_CHARS` is
+held and joined to the next, so "Hi." does not become its own clipped utterance.
+"""
+
+from __future__ import annotations
+
+import re
+
+MIN_CHARS = 12  # a CJK character counts three
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff]")
+_END = re.compile(r"([.!?;]+[\"')\]]*(?=\s)|[。！？；…]+|\n+)")
+# An expression tag the LLM is asked to open its reply with: "[happy] Great to see you!"
+_TAG = re.compile(r"^\s*\[(neutral|happy|concerned|sad|surprised)\]\s*", re.IGNORECASE)
+
+
+class SentenceSplitter:
+    """Feed text as it streams in; take whole sentences out."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+
+    def feed(self, text: str) -> list[str]:
+        self._buffer += text
+        out: list[str] = []
+        start = 0
+        for match in _END.finditer(self._buffer):
+            candidate = self._buffer[start : match.end()].strip()
+            if len(candidate) + 2 * len(_CJK.findall(candidate)) >= MIN_CHARS:
+                out.append(candidate)
+                start = match.end()
+        self._buffer = self._buffer[start:]
+        return out
+
+    def flush(self) -> list[str]:
+        rest, self._buffer = self._buffer.strip(), ""
+        return [rest] if rest else []
+
+
+def split_emotion(text: str) -> tuple[str | None, str]:
+    """Take a leading ``[emotion]`` tag off ``text``: (emotion or None, the text to speak)."""
+    match = _TAG.match(text)
+    if not match:
+        return None, text
+    return match.group(1).lower(), text[match.end() :]
