@@ -26,6 +26,7 @@ import cv2
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from rtlipsync import __version__
@@ -43,6 +44,7 @@ from rtlipsync.face.avatar import (
 from rtlipsync.media.audio import load_audio, to_int16
 from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.media.video import IMAGE_EXTS, VIDEO_EXTS
+from rtlipsync.metrics import Metrics
 from rtlipsync.paths import (
     avatars_dir,
     check_id,
@@ -152,6 +154,7 @@ class Sessions:
         self.config = config
         self._live: dict[int, _Live] = {}
         self.llm = ChatLLM(config.llm) if config.llm is not None else None
+        self.metrics = Metrics()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -207,10 +210,12 @@ class Sessions:
             session = Session(avatar, self.config.engine())
         if self.llm is not None:
             session.chat = ChatBrain(self.llm, session.tts)
+        session.metrics = self.metrics
         return session
 
     def _register(self, session: Session, pc: RTCPeerConnection | None = None) -> None:
         live = self._live[session.id] = _Live(session, pc)
+        self.metrics.sessions.set(len(self._live))
         session.start()
         if pc is not None:
             live.watchdog = asyncio.get_running_loop().create_task(self._watch(session.id, pc))
@@ -259,14 +264,19 @@ class Sessions:
         """Close the session of a peer that went silent (network gone, laptop shut)."""
         loop = asyncio.get_running_loop()
         heard = loop.time()  # the peer gets peer_timeout to connect and report
-        last_report = None
+        last_reports: dict[int, object] = {}  # per sender: the timestamp of its last report
         while True:
             await asyncio.sleep(1.0)
             for sender in pc.getSenders():
-                report = await sender.getStats()
+                try:
+                    report = await sender.getStats()
+                except Exception:  # noqa: BLE001 - a dying transport: judged by silence
+                    continue
                 for stats in report.values():
-                    if stats.type == "remote-inbound-rtp" and stats.timestamp != last_report:
-                        last_report, heard = stats.timestamp, loop.time()
+                    if stats.type == "remote-inbound-rtp":
+                        if last_reports.get(id(sender)) != stats.timestamp:
+                            last_reports[id(sender)] = stats.timestamp
+                            heard = loop.time()
             if loop.time() - heard > self.config.peer_timeout:
                 log.info(
                     "peer silent for %.0f s: closing",
@@ -280,6 +290,7 @@ class Sessions:
         live = self._live.pop(session_id, None)
         if live is None:
             return False
+        self.metrics.sessions.set(len(self._live))
         if live.watchdog is not None and live.watchdog is not asyncio.current_task():
             live.watchdog.cancel()
         if live.recorder is not None:  # a session that ends mid-recording keeps what it sent
@@ -483,6 +494,11 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         }
         return {"code": 0, "msg": "success", "data": data}
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics: per-turn latency, LLM and TTS timings, sessions, frames."""
+        return Response(generate_latest(sessions.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/digital_human/check")
     async def check() -> dict[str, str]:
         return {"status": "Server is running"}
@@ -642,6 +658,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             "frame": s.last_index,
             "caption": s.caption,
             "notice": s.notice,
+            "last_turn": s.last_turn,
             "chat": s.chat is not None,
         }
 
