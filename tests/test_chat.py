@@ -169,6 +169,7 @@ def test_chat_over_http_and_without_an_llm(default_avatar) -> None:
             assert r.json()["code"] == 0
             assert await wait_for(lambda: any(a[2] > 500 for a in peer.audio), 5)
             state = (await http.get(f"/sessions/{answer['sessionid']}")).json()
+            state["metrics"] = (await http.get("/metrics")).text
         await peer.close()
         return state
 
@@ -177,7 +178,15 @@ def test_chat_over_http_and_without_an_llm(default_avatar) -> None:
             state = asyncio.run(converse(base, []))
     assert state["chat"] is True and state["notice"] == ""
     assert state["caption"] == "Nice to meet you, friend."
+    turn = state["last_turn"]  # request -> first token -> first audio -> first frame
+    assert 0 < turn["llm_first_token"] <= turn["tts_first_audio"] <= turn["first_frame"] < 2000
+    metrics = state["metrics"]
+    assert 'rtlipsync_turn_first_frame_seconds_count{mode="chat"} 1.0' in metrics
+    assert "rtlipsync_llm_first_token_seconds_count 1.0" in metrics
+    assert "rtlipsync_tts_first_audio_seconds_count 1.0" in metrics
+    assert "rtlipsync_sessions 1.0" in metrics
     with serving() as base:  # no LLM configured: chat says so and repeats
         state = asyncio.run(converse(base, []))
     assert state["chat"] is False and "No language model" in state["notice"]
     assert state["caption"] == "Hello!"
+    assert 'rtlipsync_turn_first_frame_seconds_count{mode="repeat"} 1.0' in state["metrics"]

@@ -27,6 +27,7 @@ from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import Avatar
 from rtlipsync.media.frames import FPS, FRAME_SAMPLES, SAMPLE_RATE, AVFrame, chunk_speech
+from rtlipsync.metrics import Metrics, Turn
 from rtlipsync.speech.chat import ChatBrain
 from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.tts import TTSProvider
@@ -71,6 +72,9 @@ class Session:
         self._say_tasks: set[asyncio.Task[None]] = set()
         self._generation = 0  # bumped by interrupt: older speech is dropped
         self.chat: ChatBrain | None = None  # set when a language model is configured
+        self.metrics: Metrics | None = None  # the server's, when there is one
+        self.turn: Turn | None = None  # the turn being answered
+        self.last_turn: dict[str, int] = {}  # its marks in ms, once its first frame went out
         self.notice = ""  # the last thing the user should be told (a failure, a fallback)
         self.speaking = False
         self.caption = ""  # the text of the utterance being heard now
@@ -126,6 +130,7 @@ class Session:
             raise InputError(f"text is {len(text)} characters; the limit is {MAX_TEXT}")
         if interrupt:
             self.interrupt()
+        self._begin_turn("repeat")
         self._track(self._say(text, emotion, self._generation))
 
     @property
@@ -152,7 +157,27 @@ class Session:
         if interrupt:
             self.interrupt()
         self.notice = ""
+        self._begin_turn("chat")
         self._track(self.chat.reply(self, text, self._generation))
+
+    def _begin_turn(self, mode: str) -> None:
+        self.turn = Turn(mode)
+        if self.metrics is not None:
+            self.metrics.turns.labels(mode).inc()
+
+    def mark(self, name: str) -> None:
+        """Note a moment of the current turn (llm_first_token, tts_first_audio, first_frame)."""
+        turn = self.turn
+        if turn is None or (elapsed := turn.mark(name)) is None or self.metrics is None:
+            return
+        if name == "llm_first_token":
+            self.metrics.llm_first_token.observe(elapsed)
+        elif name == "first_frame":
+            self.metrics.first_frame.labels(turn.mode).observe(elapsed)
+
+    def observe_tts(self, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.tts_first_audio.observe(seconds)
 
     def _track(self, work) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.get_running_loop().create_task(work)
@@ -160,7 +185,10 @@ class Session:
         task.add_done_callback(self._say_tasks.discard)
 
     async def _say(self, text: str, emotion: str | None, generation: int) -> None:
+        t0 = time.monotonic()
         speech = await asyncio.to_thread(lambda: self.tts.synthesize(text).at_rate(SAMPLE_RATE))
+        self.observe_tts(time.monotonic() - t0)
+        self.mark("tts_first_audio")
         if generation != self._generation:
             return  # interrupted while synthesizing
         self.push_speech(speech.pcm, speech.phonemes, text, emotion)
@@ -235,7 +263,15 @@ class Session:
             frame = await asyncio.to_thread(self._next_frame)
             frame.index = k  # the session's timeline, whichever stream made the frame
             self.speaking = frame.speaking
+            if self.metrics is not None:
+                self.metrics.frames.inc()
             if frame.speaking:
+                if self.turn is not None and "first_frame" not in self.turn.marks:
+                    self.mark("first_frame")
+                    self.last_turn = self.turn.as_ms()
+                    log.info(
+                        "turn %s: %s ms", self.turn.mode, self.last_turn, extra={"session": self.id}
+                    )
                 with self._lock:
                     self._played_samples += FRAME_SAMPLES
                     while self._captions and self._captions[0][0] < self._played_samples:

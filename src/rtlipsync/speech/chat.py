@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from rtlipsync.media.frames import SAMPLE_RATE
@@ -56,9 +57,13 @@ class ChatBrain:
             sentence = sentence.strip()
             if not sentence:
                 return
+            t0 = time.monotonic()
             speech = await asyncio.to_thread(
                 lambda: self.tts.synthesize(sentence).at_rate(SAMPLE_RATE)
             )
+            if not spoken:
+                session.observe_tts(time.monotonic() - t0)
+                session.mark("tts_first_audio")
             if generation != session.generation:
                 raise asyncio.CancelledError
             session.push_speech(speech.pcm, speech.phonemes, sentence, emotion)
@@ -66,6 +71,7 @@ class ChatBrain:
 
         try:
             async for delta in self.llm.stream(messages):
+                session.mark("llm_first_token")
                 for sentence in splitter.feed(delta):
                     await speak(sentence)
             for sentence in splitter.flush():
