@@ -34,9 +34,24 @@ class FakeOpenAI:
     replies: list[Reply] = field(default_factory=list)
     requests: list[dict] = field(default_factory=list)
     finished: list[float] = field(default_factory=list)  # when each stream ended
+    transcript: str = "hello there"
+    uploads: list[dict] = field(default_factory=list)  # what /v1/audio/transcriptions got
 
     def app(self) -> Starlette:
-        return Starlette(routes=[Route("/v1/chat/completions", self._complete, methods=["POST"])])
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._complete, methods=["POST"]),
+                Route("/v1/audio/transcriptions", self._transcribe, methods=["POST"]),
+            ]
+        )
+
+    async def _transcribe(self, request: Request):  # noqa: ANN202
+        form = await request.form()
+        upload = form["file"]
+        self.uploads.append(
+            {"model": form.get("model"), "name": upload.filename, "bytes": await upload.read()}
+        )
+        return JSONResponse({"text": self.transcript})
 
     async def _complete(self, request: Request):  # noqa: ANN202
         body = await request.json()

@@ -1,0 +1,84 @@
+"""Listening: Silero voice activity with a minimum speech duration, and speech recognition."""
+
+from __future__ import annotations
+
+import io
+import wave
+
+import numpy as np
+import pytest
+
+from fake_openai import FakeOpenAI
+from rtlipsync.media.frames import SAMPLE_RATE
+from rtlipsync.speech.asr import ASRProvider, OpenAIASR, PocketSphinxASR
+from rtlipsync.speech.espeak import EspeakTTS
+from rtlipsync.speech.vad import VoiceActivity
+
+from conftest import serving_app
+
+
+def spoken(text: str) -> np.ndarray:
+    return EspeakTTS(rate_wpm=140).synthesize(text).at_rate(SAMPLE_RATE).pcm
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), np.int16)
+
+
+def events_of(pcm: np.ndarray, chunk: int = 320, **options) -> list:  # noqa: ANN003
+    vad = VoiceActivity(**options)
+    out = []
+    for i in range(0, len(pcm), chunk):
+        out += vad.push(pcm[i : i + chunk])
+    return out
+
+
+def test_one_utterance_gives_one_start_and_one_end() -> None:
+    speech = spoken("Excuse me, could you tell me the way to the station?")
+    pcm = np.concatenate([silence(1.0), speech, silence(1.0)])
+    events = events_of(pcm)
+    assert [e.kind for e in events] == ["start", "end"]
+    start, end = events
+    assert 0.9 <= start.at <= 1.35  # speech begins at 1.0 s
+    assert 1.0 + len(speech) / SAMPLE_RATE - 0.4 <= end.at <= 1.0 + len(speech) / SAMPLE_RATE + 0.2
+    assert len(end.audio) / SAMPLE_RATE >= 0.8 * len(speech) / SAMPLE_RATE
+    # However the stream is chunked, the same events.
+    assert [(e.kind, e.at) for e in events_of(pcm, chunk=777)] == [(e.kind, e.at) for e in events]
+
+
+def test_a_cough_or_noise_does_not_start_speech() -> None:
+    speech = spoken("Hm.")[: int(0.15 * SAMPLE_RATE)]  # a 150 ms vocal burst
+    pcm = np.concatenate([silence(0.5), speech, silence(1.0)])
+    assert events_of(pcm) == []  # shorter than min_speech (250 ms): no barge-in
+    assert [e.kind for e in events_of(pcm, min_speech=0.064)] == ["start", "end"]  # it was heard
+    noise = (np.random.default_rng(0).normal(0, 0.05, 3 * SAMPLE_RATE) * 32767).astype(np.int16)
+    assert events_of(noise) == []
+
+
+def test_pocketsphinx_recognises_offline() -> None:
+    asr = PocketSphinxASR()
+    assert isinstance(asr, ASRProvider)
+    words = asr.transcribe(spoken("one two three four five")).split()
+    assert len({"one", "two", "three", "four", "five"} & set(words)) >= 3, words
+    assert asr.transcribe(silence(1.0)) == ""
+
+
+def test_openai_compatible_transcription() -> None:
+    fake = FakeOpenAI(transcript="what time is it")
+    speech = spoken("What time is it?")
+    with serving_app(fake.app()) as base:
+        asr = OpenAIASR(base_url=f"{base}/v1", api_key="k", model="whisper-tiny")
+        assert asr.transcribe(speech) == "what time is it"
+    upload = fake.uploads[0]
+    assert upload["model"] == "whisper-tiny" and upload["name"] == "speech.wav"
+    with wave.open(io.BytesIO(upload["bytes"])) as w:  # the real audio, as 16 kHz mono WAV
+        assert (w.getframerate(), w.getnchannels(), w.getnframes()) == (16000, 1, len(speech))
+
+
+@pytest.mark.parametrize(
+    ("voice", "text"), [("en-us", "Hello there!"), ("zh", "你好，今天天气怎么样？")]
+)
+def test_vad_hears_english_and_chinese(voice: str, text: str) -> None:
+    speech = EspeakTTS().synthesize(text, voice=voice).at_rate(SAMPLE_RATE).pcm
+    pcm = np.concatenate([silence(0.5), speech, silence(1.0)])
+    assert [e.kind for e in events_of(pcm)] == ["start", "end"]
