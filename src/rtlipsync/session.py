@@ -22,15 +22,19 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+import numpy as np
+
 from rtlipsync.engines.base import EngineStream, LipSyncEngine
 from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import Avatar
 from rtlipsync.media.frames import FPS, FRAME_SAMPLES, SAMPLE_RATE, AVFrame, chunk_speech
 from rtlipsync.metrics import Metrics, Turn
+from rtlipsync.speech.asr import ASRProvider
 from rtlipsync.speech.chat import ChatBrain
 from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.tts import TTSProvider
+from rtlipsync.speech.vad import VoiceActivity
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,9 @@ class Session:
         self.chat: ChatBrain | None = None  # set when a language model is configured
         self.metrics: Metrics | None = None  # the server's, when there is one
         self.turn: Turn | None = None  # the turn being answered
+        self.asr: ASRProvider | None = None  # set when the session listens to a microphone
+        self._vad: VoiceActivity | None = None
+        self.heard = ""  # the last thing the user was heard to say
         self.last_turn: dict[str, int] = {}  # its marks in ms, once its first frame went out
         self.notice = ""  # the last thing the user should be told (a failure, a fallback)
         self.speaking = False
@@ -159,6 +166,30 @@ class Session:
         self.notice = ""
         self._begin_turn("chat")
         self._track(self.chat.reply(self, text, self._generation))
+
+    def listen(self, pcm: np.ndarray) -> None:
+        """Take 16 kHz int16 microphone audio: speech interrupts the avatar (barge-in) once it
+        has lasted the minimum duration, and each finished utterance becomes a turn."""
+        if self._vad is None:
+            self._vad = VoiceActivity()
+        for event in self._vad.push(pcm):
+            if event.kind == "start" and self.is_speaking:
+                log.info("barge-in: the user started speaking", extra={"session": self.id})
+                self.interrupt()
+            elif event.kind == "end" and event.audio is not None:
+                self._track(self._understand(event.audio))
+
+    async def _understand(self, audio: np.ndarray) -> None:
+        asr = self.asr
+        if asr is None:
+            return
+        text = await asyncio.to_thread(asr.transcribe, audio)
+        if not text:
+            return
+        self.heard = text
+        log.info("heard: %s", text, extra={"session": self.id})
+        loop = asyncio.get_running_loop()
+        loop.call_soon(lambda: self.converse(text, interrupt=True) if self.chat else self.say(text))
 
     def _begin_turn(self, mode: str) -> None:
         self.turn = Turn(mode)

@@ -22,8 +22,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
+import av
 import cv2
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
 from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -56,6 +58,7 @@ from rtlipsync.paths import (
 from rtlipsync.render import render
 from rtlipsync.server.tasks import Progress, Task, Tasks
 from rtlipsync.session import Session
+from rtlipsync.speech.asr import ASRProvider, PocketSphinxASR
 from rtlipsync.speech.chat import ChatBrain
 from rtlipsync.speech.llm import ChatLLM, LLMConfig
 from rtlipsync.transport.recorder import Recorder
@@ -87,6 +90,7 @@ class ServerConfig:
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     engine: Callable[[], LipSyncEngine] = CpuEngine  # makes each session's engine
     llm: LLMConfig | None = None  # chat mode's language model; None: chat repeats instead
+    asr: Callable[[], ASRProvider] = PocketSphinxASR  # for sessions that send a microphone
 
 
 class ApiError(Exception):
@@ -153,8 +157,10 @@ class Sessions:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self._live: dict[int, _Live] = {}
+        self._listeners: list[asyncio.Future[None]] = []
         self.llm = ChatLLM(config.llm) if config.llm is not None else None
         self.metrics = Metrics()
+        self.asr = config.asr()  # one recogniser, shared (its model loads once)
 
     def __len__(self) -> int:
         return len(self._live)
@@ -211,6 +217,7 @@ class Sessions:
         if self.llm is not None:
             session.chat = ChatBrain(self.llm, session.tts)
         session.metrics = self.metrics
+        session.asr = self.asr
         return session
 
     def _register(self, session: Session, pc: RTCPeerConnection | None = None) -> None:
@@ -241,6 +248,12 @@ class Sessions:
         session = await self._new_session(offer.avatar)
         pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
         sink = WebRTCSink()
+
+        @pc.on("track")  # fired while the offer is applied: registered before it
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio":  # the user's microphone
+                self._listeners.append(asyncio.ensure_future(_listen(track, session)))
+
         try:
             pc.addTrack(sink.video)
             pc.addTrack(sink.audio)
@@ -304,6 +317,9 @@ class Sessions:
     async def close_all(self) -> None:
         for session_id in list(self._live):
             await self.close(session_id)
+        for listener in self._listeners:
+            listener.cancel()
+        await asyncio.gather(*self._listeners, return_exceptions=True)
         if self.llm is not None:
             await self.llm.close()
 
@@ -659,6 +675,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             "caption": s.caption,
             "notice": s.notice,
             "last_turn": s.last_turn,
+            "heard": s.heard,
             "chat": s.chat is not None,
         }
 
@@ -707,3 +724,15 @@ async def _receive_commands(ws: WebSocket, session: Session) -> None:
         except (ApiError, InputError) as exc:
             msg = exc.message if isinstance(exc, ApiError) else str(exc)
             await ws.send_json({"type": "error", "msg": msg})
+
+
+async def _listen(track: MediaStreamTrack, session: Session) -> None:
+    """Feed a peer's microphone to its session, resampled to 16 kHz mono."""
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    try:
+        while True:
+            frame = await track.recv()
+            for out in resampler.resample(frame):
+                session.listen(out.to_ndarray().reshape(-1))
+    except (MediaStreamError, asyncio.CancelledError):
+        return

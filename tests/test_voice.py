@@ -1,0 +1,150 @@
+"""Voice in over WebRTC: a real aiortc peer whose microphone plays speech in real time."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+from collections import deque
+
+import av
+import httpx
+import numpy as np
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+
+from fake_openai import FakeOpenAI, Reply
+from rtlipsync.media.frames import PACKET_SAMPLES, SAMPLE_RATE
+from rtlipsync.server import ServerConfig
+from rtlipsync.speech.espeak import EspeakTTS
+from rtlipsync.speech.llm import LLMConfig
+
+from conftest import serving, serving_app
+
+
+class Microphone(MediaStreamTrack):
+    """Silence, or whatever `say` queued, in 20 ms frames paced in real time."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: deque[np.ndarray] = deque()
+        self._start: float | None = None
+        self._n = 0
+
+    def say(self, pcm: np.ndarray) -> float:
+        """Queue speech; returns its duration."""
+        for i in range(0, len(pcm), PACKET_SAMPLES):
+            chunk = np.zeros(PACKET_SAMPLES, np.int16)
+            part = pcm[i : i + PACKET_SAMPLES]
+            chunk[: len(part)] = part
+            self._queue.append(chunk)
+        return len(pcm) / SAMPLE_RATE
+
+    async def recv(self) -> av.AudioFrame:
+        if self._start is None:
+            self._start = time.monotonic()
+        wait = self._start + self._n * 0.02 - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        pcm = self._queue.popleft() if self._queue else np.zeros(PACKET_SAMPLES, np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._n * PACKET_SAMPLES
+        frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
+        self._n += 1
+        return frame
+
+
+async def open_call(base: str) -> tuple[RTCPeerConnection, Microphone, int]:
+    pc = RTCPeerConnection()
+    mic = Microphone()
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTrack(mic)  # audio sendrecv: our microphone out, the avatar's voice in
+    received: list[asyncio.Future] = []
+
+    @pc.on("track")
+    def on_track(track) -> None:  # noqa: ANN001
+        async def drain() -> None:
+            try:
+                while True:
+                    await track.recv()
+            except Exception:  # noqa: BLE001 - the call ended
+                return
+
+        received.append(asyncio.ensure_future(drain()))
+
+    await pc.setLocalDescription(await pc.createOffer())
+    async with httpx.AsyncClient() as http:
+        r = await http.post(f"{base}/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+    answer = r.json()
+    await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+    pc._test_tasks = received  # type: ignore[attr-defined]
+    return pc, mic, answer["sessionid"]
+
+
+async def hang_up(pc: RTCPeerConnection) -> None:
+    await pc.close()
+    for task in pc._test_tasks:  # type: ignore[attr-defined]
+        task.cancel()
+    await asyncio.gather(*pc._test_tasks, return_exceptions=True)  # type: ignore[attr-defined]
+
+
+def speech(text: str) -> np.ndarray:
+    return EspeakTTS(rate_wpm=140).synthesize(text).at_rate(SAMPLE_RATE).pcm
+
+
+def test_spoken_question_gets_a_spoken_answer(default_avatar) -> None:
+    fake = FakeOpenAI([Reply(["[happy] I heard you count, thank you."])])
+
+    async def scenario(base: str) -> None:
+        pc, mic, sid = await open_call(base)
+        async with httpx.AsyncClient(base_url=base) as http:
+            await asyncio.sleep(1.0)
+            mic.say(speech("one two three four five"))
+            state = {}
+
+            async def answered() -> bool:
+                state.update((await http.get(f"/sessions/{sid}")).json())
+                return state["caption"] == "I heard you count, thank you."
+
+            deadline = time.monotonic() + 10
+            while not await answered():
+                assert time.monotonic() < deadline, state
+                await asyncio.sleep(0.2)
+        assert len({"one", "two", "three", "four", "five"} & set(state["heard"].split())) >= 3
+        user = fake.requests[0]["messages"][-1]
+        assert user["role"] == "user" and user["content"] == state["heard"]
+        await hang_up(pc)
+
+    with serving_app(fake.app()) as llm:
+        with serving(ServerConfig(llm=LLMConfig(base_url=f"{llm}/v1", api_key="k"))) as base:
+            asyncio.run(scenario(base))
+
+
+def test_barge_in_and_a_cough_that_does_not(default_avatar) -> None:
+    async def scenario(base: str) -> None:
+        pc, mic, sid = await open_call(base)
+        long_text = "I am going to talk for quite a while now, " * 6
+        async with httpx.AsyncClient(base_url=base) as http:
+
+            async def speaking() -> bool:
+                return (await http.get(f"/sessions/{sid}")).json()["speaking"]
+
+            await asyncio.sleep(0.5)
+            await http.post("/human", json={"sessionid": sid, "text": long_text})
+            await asyncio.sleep(1.0)
+            assert await speaking()
+            mic.say(speech("Hm.")[: int(0.15 * SAMPLE_RATE)])  # a cough: too short
+            await asyncio.sleep(1.0)
+            assert await speaking(), "a cough cut the avatar off"
+            t0 = time.monotonic()
+            mic.say(speech("Wait, stop please, I have a question."))
+            while await speaking():
+                assert time.monotonic() - t0 < 1.5, "the user's voice did not interrupt"
+                await asyncio.sleep(0.05)
+            assert time.monotonic() - t0 >= 0.2  # it waited for real speech (250 ms minimum)
+        await hang_up(pc)
+
+    with serving() as base:
+        asyncio.run(scenario(base))
