@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -131,5 +132,28 @@ def test_page_uploads_an_avatar_and_starts_with_it(default_avatar, tmp_path: Pat
         )
         sid = page.inner_text("#status").rsplit(" ", 1)[-1]
         assert httpx.get(f"{base}/sessions/{sid}").json()["avatar"] == "from-page"
+        page.click("#stop")
+        browser.close()
+
+
+def test_page_microphone_joins_the_session(default_avatar) -> None:
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    with serving() as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        page.goto(base)
+        page.click("#mic")
+        assert page.inner_text("#mic") == "Mic on"
+        page.click("#start")
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('Connected')", timeout=30_000
+        )
+        sid = page.inner_text("#status").rsplit(" ", 1)[-1]
+        deadline = time.monotonic() + 10
+        while not httpx.get(f"{base}/sessions/{sid}").json()["listening"]:
+            assert time.monotonic() < deadline, "the microphone never reached the session"
+            time.sleep(0.2)
         page.click("#stop")
         browser.close()

@@ -81,6 +81,7 @@ class Session:
         self.asr: ASRProvider | None = None  # set when the session listens to a microphone
         self._vad: VoiceActivity | None = None
         self.heard = ""  # the last thing the user was heard to say
+        self.listening = False  # a microphone is connected
         self.last_turn: dict[str, int] = {}  # its marks in ms, once its first frame went out
         self.notice = ""  # the last thing the user should be told (a failure, a fallback)
         self.speaking = False

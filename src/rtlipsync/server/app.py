@@ -676,6 +676,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             "notice": s.notice,
             "last_turn": s.last_turn,
             "heard": s.heard,
+            "listening": s.listening,
             "chat": s.chat is not None,
         }
 
@@ -729,6 +730,7 @@ async def _receive_commands(ws: WebSocket, session: Session) -> None:
 async def _listen(track: MediaStreamTrack, session: Session) -> None:
     """Feed a peer's microphone to its session, resampled to 16 kHz mono."""
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    session.listening = True
     try:
         while True:
             frame = await track.recv()
@@ -736,3 +738,5 @@ async def _listen(track: MediaStreamTrack, session: Session) -> None:
                 session.listen(out.to_ndarray().reshape(-1))
     except (MediaStreamError, asyncio.CancelledError):
         return
+    finally:
+        session.listening = False
