@@ -190,3 +190,37 @@ def test_chat_over_http_and_without_an_llm(default_avatar) -> None:
     assert state["chat"] is False and "No language model" in state["notice"]
     assert state["caption"] == "Hello!"
     assert 'rtlipsync_turn_first_frame_seconds_count{mode="repeat"} 1.0' in state["metrics"]
+
+
+def test_replies_in_chinese_and_japanese_get_their_voices(default_avatar) -> None:
+    from rtlipsync.speech.espeak import EspeakTTS
+    from rtlipsync.speech.sentences import language_of
+
+    assert [language_of(t) for t in ("Hello.", "你好。", "こんにちは。", "東京へようこそ。")] == [
+        "en", "zh", "ja", "ja",
+    ]  # fmt: skip
+
+    class Voices(EspeakTTS):  # the real voice, noting which voice each sentence asked for
+        asked: list = []
+
+        def synthesize(self, text, voice=None):  # noqa: ANN001, ANN201
+            Voices.asked.append((text, voice))
+            return super().synthesize(text, voice)
+
+    fake = FakeOpenAI(
+        [Reply(["[happy] 你好，很高兴见到你。", "こんにちは、元気ですか。", "And in English."])]
+    )
+
+    async def scenario(base: str) -> None:
+        client = ChatLLM(LLMConfig(base_url=f"{base}/v1", api_key="k"))
+        session = Session(default_avatar)
+        session.chat = ChatBrain(client, Voices())
+        session.start()
+        session.converse("Say hello in three languages.")
+        assert await wait_for(lambda: len(Voices.asked) == 3, 10)
+        await session.close()
+        await client.close()
+
+    with serving_app(fake.app()) as base:
+        asyncio.run(scenario(base))
+    assert [voice for _, voice in Voices.asked] == ["zh", "ja", None]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.speech.llm import ChatLLM, LLMError
-from rtlipsync.speech.sentences import SentenceSplitter, split_emotion
+from rtlipsync.speech.sentences import SentenceSplitter, language_of, split_emotion
 from rtlipsync.speech.tts import TTSProvider
 
 if TYPE_CHECKING:
@@ -57,9 +57,12 @@ class ChatBrain:
             sentence = sentence.strip()
             if not sentence:
                 return
+            # English replies use the configured voice; Chinese and Japanese get their own.
+            language = language_of(sentence)
+            voice = None if language == "en" else language
             t0 = time.monotonic()
             speech = await asyncio.to_thread(
-                lambda: self.tts.synthesize(sentence).at_rate(SAMPLE_RATE)
+                lambda: self.tts.synthesize(sentence, voice).at_rate(SAMPLE_RATE)
             )
             if not spoken:
                 session.observe_tts(time.monotonic() - t0)

@@ -44,3 +44,19 @@ def split_emotion(text: str) -> tuple[str | None, str]:
     if not match:
         return None, text
     return match.group(1).lower(), text[match.end() :]
+
+
+_KANA = re.compile(r"[\u3040-\u30ff]")
+
+
+def language_of(text: str) -> str:
+    """ "ja" for text with kana, "zh" for Han characters without kana, else "en".
+
+    Enough to pick a voice for each sentence of a reply: a model answering in Chinese must
+    not be read out by an English voice.
+    """
+    if _KANA.search(text):
+        return "ja"
+    if _CJK.search(text):
+        return "zh"
+    return "en"
