@@ -19,8 +19,8 @@ import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,7 +28,7 @@ from rtlipsync.engines.base import EngineStream, LipSyncEngine
 from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import Avatar
-from rtlipsync.media.frames import FPS, FRAME_SAMPLES, SAMPLE_RATE, AVFrame, chunk_speech
+from rtlipsync.media.frames import FPS, FRAME_SAMPLES, SAMPLE_RATE, AVFrame, Phoneme, chunk_speech
 from rtlipsync.metrics import Metrics, Turn
 from rtlipsync.speech.asr import ASRProvider
 from rtlipsync.speech.chat import ChatBrain
@@ -91,8 +91,6 @@ class Session:
         self._queued_samples = 0  # speech samples pushed since the last interruption
         self._played_samples = 0  # speech samples sent since the last interruption
         self.last_index = -1
-        self.interrupted_at: int | None = None
-        self.created = time.monotonic()
         self.history: deque[tuple[int, bool]] = deque(maxlen=500)  # (frame index, speaking)
         self.on_frame: Callable[[AVFrame], None] | None = None
 
@@ -211,7 +209,7 @@ class Session:
         if self.metrics is not None:
             self.metrics.tts_first_audio.observe(seconds)
 
-    def _track(self, work) -> None:  # type: ignore[no-untyped-def]
+    def _track(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._say_tasks.add(task)
         task.add_done_callback(self._say_tasks.discard)
@@ -226,8 +224,12 @@ class Session:
         self.push_speech(speech.pcm, speech.phonemes, text, emotion)
 
     def push_speech(
-        self, pcm, phonemes=(), text: str | None = None, emotion: str | None = None
-    ) -> None:  # type: ignore[no-untyped-def]
+        self,
+        pcm: np.ndarray,
+        phonemes: Sequence[Phoneme] = (),
+        text: str | None = None,
+        emotion: str | None = None,
+    ) -> None:
         """Queue one utterance of 16 kHz int16 PCM (with optional phoneme timings)."""
         with self._lock:
             # A whole utterance at once: 250 ms chunks give the same frames as 20 ms ones.
@@ -253,7 +255,6 @@ class Session:
             self._queued_samples = self._played_samples = 0
         for sink in self._sinks:
             sink.flush()
-        self.interrupted_at = self.last_index
         log.info("interrupted at frame %d", self.last_index, extra={"session": self.id})
         return self.last_index
 

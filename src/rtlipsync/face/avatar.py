@@ -98,9 +98,6 @@ class Avatar:
         """(width, height) of every frame."""
         return int(self.manifest["width"]), int(self.manifest["height"])
 
-    def has_face(self, index: int) -> bool:
-        return not np.isnan(self.landmarks[index, 0, 0])
-
 
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name):

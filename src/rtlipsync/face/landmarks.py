@@ -140,8 +140,6 @@ FACE_OVAL = [
     109,
 ]
 CHIN = 152
-NOSE_TIP = 1
-FOREHEAD = 10
 
 # Ask MediaPipe's C++ logging to keep quiet (it prints some start-up notices regardless, from
 # its worker threads; `rtlipsync.logs.native_logs_hidden` keeps those off a terminal).

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import secrets
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ class Task:
     error: str | None = None
     result: dict[str, Any] = field(default_factory=dict)
     webhook: str | None = None
-    created: float = field(default_factory=time.time)
 
     def public(self) -> dict[str, Any]:
         return {
