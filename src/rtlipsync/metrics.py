@@ -1,8 +1,9 @@
 """Per-turn latency, logged with the session id and exported in Prometheus format.
 
-A turn starts when the request arrives (text now; end of the user's speech once voice
-input lands). Its marks: the LLM's first token (chat), the TTS's first audio, and the first
-lip-synced frame handed to the transports. Each server has its own registry, so several
+A turn starts when the user stops speaking (or a typed request arrives). Its marks: the
+recognised text (``heard``), the LLM's first token (chat), the TTS's first audio, the
+realtime service's first reply audio (``provider_first_audio``), and the first lip-synced
+frame handed to the transports (``first_frame``). Each server has its own registry, so several
 apps in one process (tests) never collide.
 """
 
@@ -21,7 +22,7 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.first_frame = Histogram(
             "rtlipsync_turn_first_frame_seconds",
-            "request to first lip-synced frame sent",
+            "end of user speech (or request) to first lip-synced frame sent",
             ["mode"],
             buckets=BUCKETS,
             registry=self.registry,
@@ -35,6 +36,13 @@ class Metrics:
         self.tts_first_audio = Histogram(
             "rtlipsync_tts_first_audio_seconds",
             "TTS request to its audio",
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.provider_first_audio = Histogram(
+            "rtlipsync_turn_provider_first_audio_seconds",
+            "end of user speech to the realtime service's first reply audio",
+            ["mode"],
             buckets=BUCKETS,
             registry=self.registry,
         )

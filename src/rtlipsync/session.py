@@ -8,6 +8,10 @@ receiver's A/V sync holds and idle frames keep flowing when nothing is said.
 
 `interrupt` stops speech within one frame: the stream drops what it holds, every sink drops
 what it has queued, and any speech still being synthesized is discarded when it arrives.
+
+A session's mode says who answers: ``repeat`` speaks the user's words, ``chat`` answers them
+through a language model (`ChatBrain`), ``realtime`` hands the microphone to a speech-to-speech
+service (`RealtimeBrain`) and lip-syncs its audio as it streams in.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -28,7 +32,15 @@ from rtlipsync.engines.base import EngineStream, LipSyncEngine
 from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import Avatar
-from rtlipsync.media.frames import FPS, FRAME_SAMPLES, SAMPLE_RATE, AVFrame, Phoneme, chunk_speech
+from rtlipsync.media.frames import (
+    FPS,
+    FRAME_SAMPLES,
+    SAMPLE_RATE,
+    AVFrame,
+    Phoneme,
+    SpeechChunk,
+    chunk_speech,
+)
 from rtlipsync.metrics import Metrics, Turn
 from rtlipsync.speech.asr import ASRProvider
 from rtlipsync.speech.chat import ChatBrain
@@ -36,10 +48,15 @@ from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.tts import TTSProvider
 from rtlipsync.speech.vad import VoiceActivity
 
+if TYPE_CHECKING:
+    from rtlipsync.speech.realtime import RealtimeBrain
+
 log = logging.getLogger(__name__)
 
 FRAME_PERIOD = 1.0 / FPS
 MAX_TEXT = 2000  # characters a single say() accepts
+MODES = ("repeat", "chat", "realtime")
+MAX_PERSONA = 4000  # characters of a persona (system prompt)
 
 
 class FrameSink(Protocol):
@@ -76,6 +93,11 @@ class Session:
         self._say_tasks: set[asyncio.Task[None]] = set()
         self._generation = 0  # bumped by interrupt: older speech is dropped
         self.chat: ChatBrain | None = None  # set when a language model is configured
+        self.realtime: RealtimeBrain | None = None  # set in realtime mode
+        self.mode = "repeat"  # who answers the user: see MODES
+        self.persona: str | None = None  # this session's system prompt, when it has its own
+        self.vad_options: dict[str, float] = {}  # min_speech, min_silence for VoiceActivity
+        self.user_stopped_at: float | None = None  # monotonic time the user last stopped
         self.metrics: Metrics | None = None  # the server's, when there is one
         self.turn: Turn | None = None  # the turn being answered
         self.asr: ASRProvider | None = None  # set when the session listens to a microphone
@@ -89,6 +111,7 @@ class Session:
         # Captions follow playback: (speech sample at which an utterance starts, its text).
         self._captions: deque[tuple[int, str]] = deque()
         self._queued_samples = 0  # speech samples pushed since the last interruption
+        self._open_samples = 0  # samples of a streamed utterance not yet ended (push_stream)
         self._played_samples = 0  # speech samples sent since the last interruption
         self.last_index = -1
         self.history: deque[tuple[int, bool]] = deque(maxlen=500)  # (frame index, speaking)
@@ -102,6 +125,8 @@ class Session:
             )
 
     async def close(self) -> None:
+        if self.realtime is not None:
+            await self.realtime.close()
         for task in [*self._say_tasks, self._task]:
             if task is not None:
                 task.cancel()
@@ -127,8 +152,18 @@ class Session:
             self._sinks.remove(sink)
 
     # -- speech ---------------------------------------------------------------------------
-    def say(self, text: str, interrupt: bool = False, emotion: str | None = None) -> None:
-        """Speak ``text`` after whatever is already queued (or instead of it)."""
+    def say(
+        self,
+        text: str,
+        interrupt: bool = False,
+        emotion: str | None = None,
+        started: float | None = None,
+    ) -> None:
+        """Speak ``text`` after whatever is already queued (or instead of it).
+
+        ``started`` is when the turn began (the monotonic time the user stopped speaking, for
+        a spoken request), so the turn's latency counts recognition too; default: now.
+        """
         text = text.strip()
         if not text:
             raise InputError("text is empty")
@@ -136,7 +171,7 @@ class Session:
             raise InputError(f"text is {len(text)} characters; the limit is {MAX_TEXT}")
         if interrupt:
             self.interrupt()
-        self._begin_turn("repeat")
+        self._begin_turn("repeat", started)
         self._track(self._say(text, emotion, self._generation))
 
     @property
@@ -148,37 +183,68 @@ class Session:
         self.notice = text
         log.info("notice: %s", text, extra={"session": self.id})
 
-    def converse(self, text: str, interrupt: bool = True) -> None:
-        """Answer ``text`` through the chat brain (the LLM), or repeat it if there is none."""
+    def converse(self, text: str, interrupt: bool = True, started: float | None = None) -> None:
+        """Answer ``text`` in the session's mode: through the chat brain (the LLM), the
+        realtime service, or by repeating it when no model is configured."""
         text = text.strip()
         if not text:
             raise InputError("text is empty")
+        if len(text) > MAX_TEXT:
+            raise InputError(f"text is {len(text)} characters; the limit is {MAX_TEXT}")
+        if self.mode == "realtime" and self.realtime is not None and self.realtime.connected:
+            self.realtime.send_text(text)
+            return
         if self.chat is None:
             self.set_notice(
                 "No language model is configured, so the avatar repeats your words "
                 "(set llm.base_url or RTLIPSYNC_LLM_BASE_URL)"
             )
-            self.say(text, interrupt=interrupt)
+            self.say(text, interrupt=interrupt, started=started)
             return
         if interrupt:
             self.interrupt()
         self.notice = ""
-        self._begin_turn("chat")
+        self._begin_turn("chat", started)
         self._track(self.chat.reply(self, text, self._generation))
+
+    def set_persona(self, text: str) -> None:
+        """Who the avatar is (the LLM's system prompt, the realtime instructions), from the
+        next reply on; "" goes back to the configured default."""
+        text = text.strip()
+        if len(text) > MAX_PERSONA:
+            raise InputError(f"persona is {len(text)} characters; the limit is {MAX_PERSONA}")
+        self.persona = text or None
+        if self.chat is not None:
+            self.chat.system_prompt = text or self.chat.llm.config.system_prompt
+        if self.realtime is not None:
+            self.realtime.set_instructions(text or self.realtime.config.instructions)
 
     def listen(self, pcm: np.ndarray) -> None:
         """Take 16 kHz int16 microphone audio: speech interrupts the avatar (barge-in) once it
-        has lasted the minimum duration, and each finished utterance becomes a turn."""
+        has lasted the minimum duration, and each finished utterance becomes a turn.
+
+        In realtime mode the audio goes to the service, whose own VAD starts the barge-in;
+        the local VAD only confirms that it was speech and not a cough.
+        """
         if self._vad is None:
-            self._vad = VoiceActivity()
-        for event in self._vad.push(pcm):
-            if event.kind == "start" and self.is_speaking:
+            self._vad = VoiceActivity(**self.vad_options)
+        vad = self._vad
+        realtime = self.realtime if self.mode == "realtime" else None
+        if realtime is not None:
+            realtime.send_audio(pcm)
+        for event in vad.push(pcm):
+            if event.kind == "end":
+                # The user stopped at event.at on the stream; the VAD knew it only now.
+                self.user_stopped_at = time.monotonic() - (vad.elapsed - event.at)
+            if realtime is not None:
+                realtime.local_speech(event.kind == "start")
+            elif event.kind == "start" and self.is_speaking:
                 log.info("barge-in: the user started speaking", extra={"session": self.id})
                 self.interrupt()
             elif event.kind == "end" and event.audio is not None:
-                self._track(self._understand(event.audio))
+                self._track(self._understand(event.audio, self.user_stopped_at))
 
-    async def _understand(self, audio: np.ndarray) -> None:
+    async def _understand(self, audio: np.ndarray, stopped: float | None) -> None:
         asr = self.asr
         if asr is None:
             return
@@ -188,12 +254,22 @@ class Session:
         self.heard = text
         log.info("heard: %s", text, extra={"session": self.id})
         loop = asyncio.get_running_loop()
-        loop.call_soon(lambda: self.converse(text, interrupt=True) if self.chat else self.say(text))
+        if self.mode == "chat":
+            loop.call_soon(lambda: self.converse(text, interrupt=True, started=stopped))
+        else:
+            loop.call_soon(lambda: self.say(text, started=stopped))
 
-    def _begin_turn(self, mode: str) -> None:
-        self.turn = Turn(mode)
+    def _begin_turn(self, mode: str, started: float | None = None) -> None:
+        """A new turn; a spoken one began when the user stopped, and was heard just now."""
+        self.turn = Turn(mode) if started is None else Turn(mode, start=started)
+        if started is not None:
+            self.mark("heard")
         if self.metrics is not None:
             self.metrics.turns.labels(mode).inc()
+
+    def begin_turn(self, mode: str, started: float | None = None) -> None:
+        """Start timing a turn that a brain answers outside `say`/`converse` (realtime)."""
+        self._begin_turn(mode, started)
 
     def mark(self, name: str) -> None:
         """Note a moment of the current turn (llm_first_token, tts_first_audio, first_frame)."""
@@ -202,6 +278,8 @@ class Session:
             return
         if name == "llm_first_token":
             self.metrics.llm_first_token.observe(elapsed)
+        elif name == "provider_first_audio":
+            self.metrics.provider_first_audio.labels(turn.mode).observe(elapsed)
         elif name == "first_frame":
             self.metrics.first_frame.labels(turn.mode).observe(elapsed)
 
@@ -244,15 +322,54 @@ class Session:
             self._queued_samples += -(-len(pcm) // FRAME_SAMPLES) * FRAME_SAMPLES
         log.info("speech queued: %.2f s", len(pcm) / SAMPLE_RATE, extra={"session": self.id})
 
+    def push_stream(self, pcm: np.ndarray, end: bool = False) -> None:
+        """Queue speech that arrives in pieces (a realtime reply): no padding between pieces,
+        and ``end`` closes the utterance so the engine flushes its look-ahead."""
+        with self._lock:
+            if len(pcm):
+                self.stream.push(SpeechChunk(np.asarray(pcm, np.int16)))
+                self._open_samples += len(pcm)
+            if end:
+                self.stream.push(SpeechChunk(np.zeros(0, np.int16), end_of_utterance=True))
+                padded = -(-self._open_samples // FRAME_SAMPLES) * FRAME_SAMPLES
+                self._queued_samples += padded
+                self._open_samples = 0
+
+    @property
+    def queued_samples(self) -> int:
+        """Speech samples queued since the last interruption (an open stream included)."""
+        return self._queued_samples + self._open_samples
+
+    @property
+    def played_samples(self) -> int:
+        """Speech samples handed to the sinks since the last interruption."""
+        return self._played_samples
+
+    def caption_from(self, sample: int, text: str) -> None:
+        """Show ``text`` once playback reaches ``sample`` (see `queued_samples`), or now if it
+        already has; a later call for the same sample updates the text (a growing transcript).
+        """
+        with self._lock:
+            if sample < self._played_samples:
+                self.caption = text
+                return
+            for i, (at, _) in enumerate(self._captions):
+                if at == sample:
+                    self._captions[i] = (sample, text)
+                    return
+            self._captions.append((sample, text))
+
     def interrupt(self) -> int:
         """Stop speaking now; returns the index of the last frame that may still carry speech."""
+        if self.realtime is not None:
+            self.realtime.stop_reply()  # before the counters of what was played are reset
         self._generation += 1
         for task in list(self._say_tasks):  # a reply being generated stops too (LLM, TTS)
             task.cancel()
         with self._lock:
             self.stream.reset()
             self._captions.clear()
-            self._queued_samples = self._played_samples = 0
+            self._queued_samples = self._played_samples = self._open_samples = 0
         for sink in self._sinks:
             sink.flush()
         log.info("interrupted at frame %d", self.last_index, extra={"session": self.id})

@@ -57,10 +57,13 @@ from rtlipsync.paths import (
 )
 from rtlipsync.render import render
 from rtlipsync.server.tasks import Progress, Task, Tasks
-from rtlipsync.session import Session
+from rtlipsync.session import MODES, Session
 from rtlipsync.speech.asr import ASRProvider, PocketSphinxASR
 from rtlipsync.speech.chat import ChatBrain
+from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.llm import ChatLLM, LLMConfig
+from rtlipsync.speech.realtime import RealtimeBrain, RealtimeConfig
+from rtlipsync.speech.tts import TTSProvider
 from rtlipsync.transport.recorder import Recorder
 from rtlipsync.transport.webrtc import WebRTCSink, rtc_configuration
 from rtlipsync.transport.websocket import WebSocketSink, encode_frame
@@ -91,6 +94,12 @@ class ServerConfig:
     engine: Callable[[], LipSyncEngine] = CpuEngine  # makes each session's engine
     llm: LLMConfig | None = None  # chat mode's language model; None: chat repeats instead
     asr: Callable[[], ASRProvider] = PocketSphinxASR  # for sessions that send a microphone
+    tts: Callable[[], TTSProvider] = EspeakTTS  # each session's voice
+    realtime: RealtimeConfig | None = None  # realtime mode's service; None: no realtime mode
+    mode: str = "chat"  # for sessions that do not choose one
+    # The microphone's VAD: speech shorter than min_speech (s) never interrupts the avatar;
+    # min_silence (s) of quiet ends the user's turn.
+    vad: dict[str, float] = field(default_factory=dict)
 
 
 class ApiError(Exception):
@@ -104,6 +113,18 @@ class Offer(BaseModel):
     sdp: str
     type: str = "offer"
     avatar: str | None = None
+    mode: str | None = None  # repeat | chat | realtime; default: the server's
+    persona: str | None = None  # the system prompt (chat) or instructions (realtime)
+
+
+class ModeRequest(BaseModel):
+    sessionid: int
+    mode: str
+
+
+class PersonaRequest(BaseModel):
+    sessionid: int
+    text: str
 
 
 class HumanRequest(BaseModel):
@@ -202,7 +223,11 @@ class Sessions:
         log.info("recording saved: %d frames", recorder.frames, extra={"session": session_id})
         return recorder.path
 
-    async def _new_session(self, avatar_name: str | None) -> Session:
+    async def _new_session(
+        self, avatar_name: str | None, mode: str | None = None, persona: str | None = None
+    ) -> Session:
+        mode = mode or self.config.mode
+        self._check_mode(mode)
         if len(self._live) >= self.config.max_sessions:
             raise ApiError(
                 503, f"server is full ({self.config.max_sessions} sessions); try again later"
@@ -211,14 +236,46 @@ class Sessions:
             avatar = await asyncio.to_thread(load_avatar, avatar_name or self.config.avatar)
         except InputError as exc:
             raise ApiError(404, str(exc)) from exc
-        session = Session(avatar, self.config.engine())
+        session = Session(avatar, self.config.engine(), self.config.tts())
         while session.id in self._live:
-            session = Session(avatar, self.config.engine())
+            session = Session(avatar, self.config.engine(), self.config.tts())
         if self.llm is not None:
             session.chat = ChatBrain(self.llm, session.tts)
+        if persona:
+            session.set_persona(persona)
         session.metrics = self.metrics
         session.asr = self.asr
+        session.vad_options = dict(self.config.vad)
+        await self.set_mode(session, mode)
         return session
+
+    def _check_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise ApiError(400, f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode == "realtime" and self.config.realtime is None:
+            raise ApiError(
+                400,
+                "realtime mode needs a realtime service: set realtime.url in the config, or "
+                "RTLIPSYNC_REALTIME_URL or OPENAI_API_KEY",
+            )
+
+    async def set_mode(self, session: Session, mode: str) -> None:
+        """Switch who answers; realtime mode opens (and leaving it closes) the service's
+        socket. A service that cannot be reached leaves the session in repeat mode with a
+        notice that says why."""
+        self._check_mode(mode)
+        if mode == "realtime" and session.realtime is None:
+            assert self.config.realtime is not None
+            session.realtime = RealtimeBrain(session, self.config.realtime, session.persona)
+            session.mode = mode
+            if not await session.realtime.start():
+                await session.realtime.close()
+                session.realtime = None
+            return
+        if mode != "realtime" and session.realtime is not None:
+            brain, session.realtime = session.realtime, None
+            await brain.close()
+        session.mode = mode
 
     def _register(self, session: Session, pc: RTCPeerConnection | None = None) -> None:
         live = self._live[session.id] = _Live(session, pc)
@@ -234,8 +291,10 @@ class Sessions:
             extra={"session": session.id},
         )
 
-    async def open_websocket(self, avatar_name: str | None, sink: WebSocketSink) -> Session:
-        session = await self._new_session(avatar_name)
+    async def open_websocket(
+        self, avatar_name: str | None, sink: WebSocketSink, mode: str | None = None
+    ) -> Session:
+        session = await self._new_session(avatar_name, mode)
         session.add_sink(sink)
         self._register(session)
         return session
@@ -245,7 +304,7 @@ class Sessions:
             raise ApiError(400, f"expected an SDP offer, got type {offer.type!r}")
         if "m=" not in offer.sdp or not offer.sdp.lstrip().startswith("v="):
             raise ApiError(400, "malformed SDP: it must start with v= and hold m= lines")
-        session = await self._new_session(offer.avatar)
+        session = await self._new_session(offer.avatar, offer.mode, offer.persona)
         pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
         sink = WebRTCSink()
 
@@ -524,6 +583,19 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         session, answer = await sessions.open(body)
         return {"sdp": answer.sdp, "type": answer.type, "sessionid": session.id}
 
+    @app.post("/mode")
+    async def set_mode(body: ModeRequest) -> dict[str, Any]:
+        """Who answers this session: repeat, chat or realtime."""
+        session = sessions.get(body.sessionid)
+        await sessions.set_mode(session, body.mode)
+        return {"code": 0, "msg": "ok", "mode": session.mode, "notice": session.notice}
+
+    @app.post("/persona")
+    async def set_persona(body: PersonaRequest) -> dict[str, Any]:
+        """The persona (system prompt / instructions) from the next reply on."""
+        sessions.get(body.sessionid).set_persona(body.text)
+        return {"code": 0, "msg": "ok"}
+
     @app.post("/human")
     async def human(body: HumanRequest) -> dict[str, Any]:
         session = sessions.get(body.sessionid)
@@ -632,12 +704,14 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         return {"code": 0, "msg": "ok"}
 
     @app.websocket("/ws")
-    async def websocket_session(ws: WebSocket, avatar: str | None = None) -> None:
+    async def websocket_session(
+        ws: WebSocket, avatar: str | None = None, mode: str | None = None
+    ) -> None:
         """A whole session over one WebSocket (see `rtlipsync.transport.websocket`)."""
         await ws.accept()
         sink = WebSocketSink()
         try:
-            session = await sessions.open_websocket(avatar, sink)
+            session = await sessions.open_websocket(avatar, sink, mode)
         except ApiError as exc:
             await ws.send_json({"type": "error", "msg": exc.message})
             await ws.close(code=1008)
@@ -651,6 +725,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                 "height": h,
                 "fps": 25,
                 "sample_rate": 16000,
+                "mode": session.mode,
+                "notice": session.notice,
             }
         )
         sender = asyncio.create_task(_send_frames(ws, session, sink))
@@ -678,6 +754,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             "heard": s.heard,
             "listening": s.listening,
             "chat": s.chat is not None,
+            "mode": s.mode,
+            "persona": s.persona or "",
         }
 
     return app
@@ -715,12 +793,15 @@ async def _receive_commands(ws: WebSocket, session: Session) -> None:
                 session.converse(str(command.get("text", "")), bool(command.get("interrupt", True)))
             elif kind == "interrupt":
                 session.interrupt()
+            elif kind == "persona":
+                session.set_persona(str(command.get("text", "")))
             elif kind == "close":
                 await ws.close()
                 raise WebSocketDisconnect(1000)
             else:
                 raise ApiError(
-                    400, f"unknown message type {kind!r}: use say, chat, interrupt or close"
+                    400,
+                    f"unknown message type {kind!r}: use say, chat, interrupt, persona or close",
                 )
         except (ApiError, InputError) as exc:
             msg = exc.message if isinstance(exc, ApiError) else str(exc)

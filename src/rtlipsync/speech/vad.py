@@ -63,6 +63,12 @@ class VoiceActivity:
     def speaking(self) -> bool:
         return self._speaking
 
+    @property
+    def elapsed(self) -> float:
+        """Seconds of audio pushed so far: "now" on the stream's clock, where events' ``at``
+        live."""
+        return (self._windows * WINDOW + len(self._pending)) / SAMPLE_RATE
+
     def push(self, pcm: np.ndarray) -> list[VADEvent]:
         self._pending = np.concatenate([self._pending, np.asarray(pcm, np.int16)])
         events: list[VADEvent] = []

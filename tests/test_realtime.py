@@ -1,0 +1,250 @@
+"""Realtime mode against a local server speaking the Realtime GA protocol over a WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import numpy as np
+
+from fake_realtime import FakeRealtime
+from rtlipsync.media.frames import SAMPLE_RATE
+from rtlipsync.session import Session
+from rtlipsync.speech.espeak import EspeakTTS
+from rtlipsync.speech.realtime import RealtimeBrain, RealtimeConfig
+
+from conftest import serving_app, wait_for
+
+LONG = "I am the realtime service and I am talking for quite a while now, so you can cut me off."
+
+
+def spoken(text: str, rate: int = SAMPLE_RATE) -> np.ndarray:
+    return EspeakTTS(rate_wpm=150).synthesize(text).at_rate(rate).pcm
+
+
+class Timeline:
+    """Every frame the session sent, with when."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[float, bool, np.ndarray]] = []
+
+    def __call__(self, frame) -> None:  # noqa: ANN001
+        self.frames.append((time.monotonic(), frame.speaking, frame.audio))
+
+    def speaking(self, after: float = 0.0) -> int:
+        return sum(1 for t, s, _ in self.frames if s and t > after)
+
+    def first_speaking(self) -> float | None:
+        return next((t for t, s, _ in self.frames if s), None)
+
+
+def run_realtime(default_avatar, fake: FakeRealtime, scenario, **config) -> None:  # noqa: ANN001
+    with serving_app(fake.app()) as base:
+        url = base.replace("http://", "ws://") + "/v1/realtime"
+
+        async def main() -> None:
+            session = Session(default_avatar)
+            session.mode = "realtime"
+            rt = RealtimeConfig(url=url, api_key="test-key", model="fake-realtime", **config)
+            session.realtime = RealtimeBrain(session, rt)
+            timeline = Timeline()
+            session.on_frame = timeline
+            session.start()
+            try:
+                await scenario(session, timeline, await session.realtime.start())
+            finally:
+                await session.close()
+
+        asyncio.run(main())
+
+
+async def feed(session: Session, pcm: np.ndarray, pace: float = 1.0) -> None:
+    """Microphone audio in 20 ms pieces, ``pace`` times real time."""
+    for i in range(0, len(pcm), 320):
+        session.listen(pcm[i : i + 320])
+        await asyncio.sleep(0.02 / pace)
+
+
+def test_typed_turn_streams_the_reply_into_the_lips(default_avatar) -> None:
+    reply = spoken(LONG, 24_000)
+    fake = FakeRealtime(reply, transcript=LONG, speed=3.0)
+
+    async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
+        assert connected and session.realtime.connected
+        assert fake.handshakes[0]["authorization"] == "Bearer test-key"
+        assert fake.handshakes[0]["model"] == "fake-realtime"
+        update = fake.of_type("session.update")[0]["session"]
+        assert update["type"] == "realtime" and update["output_modalities"] == ["audio"]
+        assert update["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+        assert update["audio"]["output"]["format"] == {"type": "audio/pcm", "rate": 24000}
+        assert update["audio"]["output"]["voice"] == "marin" and update["instructions"]
+        assert update["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+
+        session.converse("Tell me something.")
+        assert await wait_for(lambda: timeline.first_speaking() is not None, 5)
+        item = fake.of_type("conversation.item.create")[0]["item"]
+        assert item["content"] == [{"type": "input_text", "text": "Tell me something."}]
+        assert len(fake.of_type("response.create")) == 1
+        # The lips moved while the reply was still streaming in.
+        assert await wait_for(lambda: len(fake.delta_times) * 100 >= len(reply) / 24, 10)
+        assert timeline.first_speaking() < fake.delta_times[-1] - 0.5
+        assert await wait_for(lambda: session.caption.startswith("I am the realtime"), 5)
+        assert await wait_for(lambda: not session.is_speaking, 15)
+        # All of the reply was played, once, and nothing was cancelled.
+        frames = timeline.speaking()
+        assert abs(frames * 0.04 - len(reply) / 24_000) <= 0.08
+        audio = np.concatenate([a for _, s, a in timeline.frames if s]).astype(np.float64)
+        assert np.sqrt(np.mean(audio**2)) > 500
+        assert not fake.of_type("response.cancel") and not fake.of_type(
+            "conversation.item.truncate"
+        )
+        assert session.caption.endswith("cut me off.")
+        assert {"provider_first_audio", "first_frame"} <= set(session.last_turn)
+        assert session.notice == ""
+
+    run_realtime(default_avatar, fake, scenario)
+
+
+def test_spoken_turn_is_sent_as_24k_audio_and_answered(default_avatar) -> None:
+    fake = FakeRealtime(spoken("Sunny and warm.", 24_000), transcript="Sunny and warm.")
+    question = spoken("What is the weather like today?")
+    silence = np.zeros(SAMPLE_RATE, np.int16)
+
+    async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
+        assert connected
+        await feed(session, np.concatenate([silence, question, silence]), pace=2.0)
+        assert await wait_for(lambda: timeline.first_speaking() is not None, 5)
+        sent = b"".join(
+            base64.b64decode(e["audio"]) for e in fake.of_type("input_audio_buffer.append")
+        )
+        fed = 2 * SAMPLE_RATE + len(question)
+        # Resampled to 24 kHz, nothing lost but the streaming filter's delay (< 50 ms).
+        assert 0 <= fed * 3 // 2 - len(sent) // 2 <= 1200
+        assert len(fake.of_type("response.create")) == 1
+        assert await wait_for(lambda: "first_frame" in session.last_turn, 5)
+        marks = session.last_turn
+        assert marks["heard"] <= marks["provider_first_audio"] <= marks["first_frame"]
+        assert await wait_for(lambda: session.caption == "Sunny and warm.", 5)
+
+    run_realtime(default_avatar, fake, scenario)
+
+
+def test_barge_in_cancels_and_truncates_to_what_was_heard(default_avatar) -> None:
+    reply = spoken(LONG, 24_000)
+    fake = FakeRealtime(reply, transcript=LONG, speed=1.5, late_deltas=3)
+    interruption = spoken("Wait, stop, I have a question.")
+
+    async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
+        assert connected
+        session.converse("Talk to me.")
+        assert await wait_for(lambda: timeline.speaking() >= 30, 5)  # 1.2 s heard
+        task = asyncio.ensure_future(feed(session, interruption))
+        assert await wait_for(lambda: fake.of_type("response.cancel"), 5)
+        cut = time.monotonic()
+        heard_frames = timeline.speaking()
+        truncate = fake.of_type("conversation.item.truncate")
+        assert len(truncate) == 1
+        item = fake.sent_audio_ms
+        assert truncate[0]["item_id"] in item and truncate[0]["content_index"] == 0
+        end_ms = truncate[0]["audio_end_ms"]
+        assert abs(end_ms - 40 * heard_frames) <= 80, (end_ms, heard_frames)
+        assert end_ms < len(reply) * 1000 // 24_000 - 500  # it really was cut short
+        assert end_ms <= item[truncate[0]["item_id"]]
+        await task
+        # Not a frame of the cancelled reply plays afterwards, late deltas included.
+        await asyncio.sleep(0.2)
+        assert timeline.speaking(after=cut + 0.045) == 0
+        assert session.notice == ""  # the truncate was valid: the service did not complain
+        # The user's question is answered once they stop.
+        await feed(session, np.zeros(SAMPLE_RATE, np.int16), pace=4.0)
+        assert await wait_for(lambda: len(fake.of_type("response.create")) == 2, 5)
+        assert await wait_for(lambda: timeline.speaking(after=cut + 0.5) > 0, 5)
+
+    run_realtime(default_avatar, fake, scenario)
+
+
+def test_a_cough_does_not_interrupt(default_avatar) -> None:
+    reply = spoken(LONG, 24_000)
+    fake = FakeRealtime(reply, transcript=LONG, speed=1.5)
+    cough = spoken("Hm.")[: int(0.15 * SAMPLE_RATE)]
+
+    async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
+        session.converse("Talk to me.")
+        assert await wait_for(lambda: timeline.speaking() >= 25, 5)
+        await feed(session, np.concatenate([cough, np.zeros(SAMPLE_RATE, np.int16)]))
+        deleted = fake.of_type("conversation.item.delete")
+        assert len(deleted) == 1  # the service heard it, and it was taken back out
+        assert await wait_for(lambda: not session.is_speaking, 15)
+        assert not fake.of_type("response.cancel") and not fake.of_type(
+            "conversation.item.truncate"
+        )
+        assert len(fake.of_type("response.create")) == 1
+        assert abs(timeline.speaking() * 0.04 - len(reply) / 24_000) <= 0.08  # all of it
+
+    run_realtime(default_avatar, fake, scenario)
+
+
+def test_dropped_socket_reconnects(default_avatar) -> None:
+    fake = FakeRealtime(spoken(LONG, 24_000), transcript=LONG, speed=2.0, drop_after=8)
+
+    async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
+        session.converse("Talk to me.")
+        assert await wait_for(lambda: "reopened" in session.notice, 10), session.notice
+        assert len(fake.handshakes) == 2 and len(fake.of_type("session.update")) == 2
+        # What had arrived is played to its end; the session is not stuck speaking.
+        assert await wait_for(lambda: not session.is_speaking, 10)
+        played = timeline.speaking()
+        assert 0 < played * 40 <= 8 * 100 + 80
+        session.converse("Are you back?")
+        assert await wait_for(lambda: timeline.speaking() > played + 10, 10)
+        assert session.mode == "realtime"
+
+    run_realtime(default_avatar, fake, scenario)
+
+
+def test_service_gone_is_a_clear_end_and_the_session_lives(default_avatar) -> None:
+    fake = FakeRealtime(spoken(LONG, 24_000), transcript=LONG, speed=2.0, drop_after=4)
+
+    async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
+        assert connected
+        fake.refuse = True  # from now on every connection is turned away
+        session.converse("Talk to me.")
+        assert await wait_for(lambda: "could not be reopened" in session.notice, 15)
+        assert "HTTP 403" in session.notice and session.mode == "repeat"
+        assert await wait_for(lambda: not session.is_speaking, 10)
+        before = timeline.speaking()
+        session.converse("Hello again.")  # repeated now
+        assert await wait_for(lambda: timeline.speaking() > before + 5, 10)
+
+    run_realtime(default_avatar, fake, scenario, reconnects=2)
+
+
+def test_unreachable_service_is_told_at_start(default_avatar) -> None:
+    fake = FakeRealtime(np.zeros(2400, np.int16), refuse=True)
+
+    async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
+        assert not connected
+        assert "refused us: HTTP 403" in session.notice and session.mode == "repeat"
+        session.converse("Anyone there?")
+        assert await wait_for(lambda: timeline.speaking() > 5, 10)
+
+    run_realtime(default_avatar, fake, scenario)
+
+
+def test_config_from_env(monkeypatch) -> None:  # noqa: ANN001
+    for name in ("RTLIPSYNC_REALTIME_URL", "RTLIPSYNC_REALTIME_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    assert RealtimeConfig.from_env() is None
+    monkeypatch.setenv("RTLIPSYNC_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime")
+    monkeypatch.setenv("RTLIPSYNC_REALTIME_MODEL", "local-model")
+    config = RealtimeConfig.from_env(voice="cedar", silence_ms="300")
+    assert config.endpoint() == "ws://127.0.0.1:9/v1/realtime?model=local-model"
+    assert (config.voice, config.silence_ms) == ("cedar", 300)
+    monkeypatch.setenv("RTLIPSYNC_REALTIME_URL", "http://example.org")
+    try:
+        RealtimeConfig.from_env()
+    except ValueError as exc:
+        assert "ws://" in str(exc)
+    else:
+        raise AssertionError("an http URL was accepted")
