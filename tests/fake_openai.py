@@ -1,9 +1,10 @@
-"""A local server that speaks OpenAI's HTTP protocol: POST /v1/chat/completions, streamed.
+"""A local server that speaks OpenAI's HTTP protocol: chat completions (streamed SSE),
+``/v1/audio/transcriptions`` and ``/v1/audio/speech`` (raw 24 kHz PCM, streamed).
 
-It answers with Server-Sent Events exactly as the API does (``chat.completion.chunk``
-objects, then ``data: [DONE]``), so the official ``openai`` client talks to it unchanged.
-A test scripts each reply: its text pieces, a pause after one of them, a dropped connection,
-an HTTP error, or a slow start.
+It answers exactly as the API does (``chat.completion.chunk`` objects, then ``data: [DONE]``;
+chunked PCM bytes), so the official ``openai`` client talks to it unchanged. A test scripts
+each reply: its text pieces, a pause after one of them, a dropped connection, an HTTP error,
+or a slow start; and the speech it says, how fast it streams, or that it fails.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -36,12 +38,18 @@ class FakeOpenAI:
     finished: list[float] = field(default_factory=list)  # when each stream ended
     transcript: str = "hello there"
     uploads: list[dict] = field(default_factory=list)  # what /v1/audio/transcriptions got
+    speech: np.ndarray | None = None  # 24 kHz int16 audio /v1/audio/speech answers with
+    speech_speed: float = 4.0  # streamed this many times faster than real time
+    speech_status: int = 200
+    speech_requests: list[dict] = field(default_factory=list)
+    speech_finished: list[float] = field(default_factory=list)
 
     def app(self) -> Starlette:
         return Starlette(
             routes=[
                 Route("/v1/chat/completions", self._complete, methods=["POST"]),
                 Route("/v1/audio/transcriptions", self._transcribe, methods=["POST"]),
+                Route("/v1/audio/speech", self._speak, methods=["POST"]),
             ]
         )
 
@@ -52,6 +60,25 @@ class FakeOpenAI:
             {"model": form.get("model"), "name": upload.filename, "bytes": await upload.read()}
         )
         return JSONResponse({"text": self.transcript})
+
+    async def _speak(self, request: Request):  # noqa: ANN202
+        body = await request.json()
+        self.speech_requests.append(body)
+        if self.speech_status != 200:
+            error = {"error": {"message": "scripted failure", "type": "server_error", "code": None}}
+            return JSONResponse(error, status_code=self.speech_status)
+        if body.get("response_format") != "pcm" or self.speech is None:
+            return JSONResponse({"error": {"message": "this fake speaks pcm only"}}, 400)
+        pcm = self.speech.astype("<i2").tobytes()
+        step = 4800  # 100 ms of 24 kHz int16
+
+        async def chunks():  # noqa: ANN202
+            for i in range(0, len(pcm), step):
+                yield pcm[i : i + step]
+                await asyncio.sleep(0.1 / self.speech_speed)
+            self.speech_finished.append(time.monotonic())
+
+        return StreamingResponse(chunks(), media_type="audio/pcm")
 
     async def _complete(self, request: Request):  # noqa: ANN202
         body = await request.json()

@@ -43,7 +43,7 @@ def run_chat(default_avatar, base: str, scenario, **llm) -> None:  # noqa: ANN00
         config = LLMConfig(base_url=f"{base}/v1", api_key="test-key", model="fake-model", **llm)
         client = ChatLLM(config)
         session = Session(default_avatar)
-        session.chat = ChatBrain(client, session.tts)
+        session.chat = ChatBrain(client)
         frames = []
         session.on_frame = frames.append
         session.start()
@@ -213,8 +213,8 @@ def test_replies_in_chinese_and_japanese_get_their_voices(default_avatar) -> Non
 
     async def scenario(base: str) -> None:
         client = ChatLLM(LLMConfig(base_url=f"{base}/v1", api_key="k"))
-        session = Session(default_avatar)
-        session.chat = ChatBrain(client, Voices())
+        session = Session(default_avatar, tts=Voices())
+        session.chat = ChatBrain(client)
         session.start()
         session.converse("Say hello in three languages.")
         assert await wait_for(lambda: len(Voices.asked) == 3, 10)

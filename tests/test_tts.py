@@ -51,3 +51,45 @@ def test_bad_requests() -> None:
         EspeakTTS().synthesize("   ")
     with pytest.raises(InputError, match="no voice"):
         EspeakTTS().synthesize("hello", voice="klingon-xx")
+
+
+def test_openai_compatible_speech_streams_into_the_lips(default_avatar) -> None:
+    import asyncio
+    import time
+
+    from fake_openai import FakeOpenAI
+    from rtlipsync.session import Session
+    from rtlipsync.speech.openai_tts import OpenAITTS
+    from rtlipsync.speech.tts import StreamingTTS
+
+    from conftest import serving_app, wait_for
+
+    said = EspeakTTS(rate_wpm=150).synthesize("Streaming speech reaches the lips early.")
+    fake = FakeOpenAI(speech=said.at_rate(24_000).pcm, speech_speed=2.0)
+
+    async def main(base: str) -> None:
+        tts = OpenAITTS(base_url=f"{base}/v1", api_key="k", model="tts-fake", voice="coral")
+        assert isinstance(tts, StreamingTTS)
+        session = Session(default_avatar, tts=tts)
+        speaking: list[float] = []
+        session.on_frame = lambda f: speaking.append(time.monotonic()) if f.speaking else None
+        session.start()
+        try:
+            session.say("Streaming speech reaches the lips early.")
+            assert await wait_for(lambda: bool(fake.speech_finished), 10)
+            assert speaking and speaking[0] < fake.speech_finished[0] - 0.5  # before the end
+            assert session.caption == "Streaming speech reaches the lips early."
+            assert await wait_for(lambda: not session.is_speaking, 10)
+            assert abs(len(speaking) * 0.04 - said.duration) <= 0.08  # all of it, once
+            request = fake.speech_requests[0]
+            assert request["model"] == "tts-fake" and request["voice"] == "coral"
+            assert request["input"] == "Streaming speech reaches the lips early."
+            fake.speech_status = 500  # the service fails: the user is told, nothing hangs
+            session.say("This will not be heard.")
+            assert await wait_for(lambda: "HTTP 500" in session.notice, 10), session.notice
+            assert await wait_for(lambda: not session.is_speaking, 5)
+        finally:
+            await session.close()
+
+    with serving_app(fake.app()) as base:
+        asyncio.run(main(base))

@@ -45,7 +45,7 @@ from rtlipsync.metrics import Metrics, Turn
 from rtlipsync.speech.asr import ASRProvider
 from rtlipsync.speech.chat import ChatBrain
 from rtlipsync.speech.espeak import EspeakTTS
-from rtlipsync.speech.tts import TTSProvider
+from rtlipsync.speech.tts import StreamingTTS, TTSError, TTSProvider
 from rtlipsync.speech.vad import VoiceActivity
 
 if TYPE_CHECKING:
@@ -88,6 +88,7 @@ class Session:
         self.showing = avatar  # what the idle loop plays now: the avatar or an action clip
         self.tts = tts or EspeakTTS()
         self._lock = threading.Lock()  # the stream is used from worker threads
+        self._utterance = asyncio.Lock()  # one utterance is queued at a time, whole
         self._sinks: list[FrameSink] = []
         self._task: asyncio.Task[None] | None = None
         self._say_tasks: set[asyncio.Task[None]] = set()
@@ -293,13 +294,71 @@ class Session:
         task.add_done_callback(self._say_tasks.discard)
 
     async def _say(self, text: str, emotion: str | None, generation: int) -> None:
+        try:
+            await self.speak(text, None, emotion, generation)
+        except TTSError as exc:
+            log.warning("TTS failed: %s", exc, extra={"session": self.id})
+            self.set_notice(f"{exc}; the avatar could not speak")
+
+    async def speak(
+        self, text: str, voice: str | None, emotion: str | None, generation: int
+    ) -> bool:
+        """Synthesize ``text`` and queue it; False if an interruption came first.
+
+        A streaming TTS's audio is queued piece by piece as it arrives, so the lips start
+        with the first words; utterances are queued whole and in order either way.
+        """
         t0 = time.monotonic()
-        speech = await asyncio.to_thread(lambda: self.tts.synthesize(text).at_rate(SAMPLE_RATE))
-        self.observe_tts(time.monotonic() - t0)
+        if not isinstance(self.tts, StreamingTTS):
+            speech = await asyncio.to_thread(self.tts.synthesize, text, voice)
+            speech = speech.at_rate(SAMPLE_RATE)
+            self._first_audio(t0)
+            if generation != self._generation:
+                return False  # interrupted while synthesizing
+            async with self._utterance:
+                self.push_speech(speech.pcm, speech.phonemes, text, emotion)
+            return True
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue[np.ndarray | BaseException | None] = asyncio.Queue()
+        stop = threading.Event()
+        stream = self.tts.stream
+
+        def work() -> None:  # a worker thread: the provider's client blocks
+            try:
+                for piece in stream(text, voice):
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+                    if stop.is_set():
+                        return
+            except BaseException as exc:  # noqa: BLE001 - handed to the session's task
+                loop.call_soon_threadsafe(pieces.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(pieces.put_nowait, None)
+
+        worker = loop.run_in_executor(None, work)
+        started = False
+        try:
+            async with self._utterance:
+                while (piece := await pieces.get()) is not None:
+                    if isinstance(piece, BaseException):
+                        raise piece
+                    if generation != self._generation:
+                        return False
+                    if not started:
+                        started = True
+                        self._first_audio(t0)
+                        self.caption_from(self.queued_samples, text)
+                    self.push_stream(piece, emotion=emotion)
+                return started
+        finally:
+            stop.set()
+            if started and generation == self._generation:
+                self.push_stream(np.zeros(0, np.int16), end=True)
+            worker.add_done_callback(lambda f: f.exception())
+
+    def _first_audio(self, t0: float) -> None:
+        if self.turn is not None and "tts_first_audio" not in self.turn.marks:
+            self.observe_tts(time.monotonic() - t0)
         self.mark("tts_first_audio")
-        if generation != self._generation:
-            return  # interrupted while synthesizing
-        self.push_speech(speech.pcm, speech.phonemes, text, emotion)
 
     def push_speech(
         self,
@@ -322,12 +381,12 @@ class Session:
             self._queued_samples += -(-len(pcm) // FRAME_SAMPLES) * FRAME_SAMPLES
         log.info("speech queued: %.2f s", len(pcm) / SAMPLE_RATE, extra={"session": self.id})
 
-    def push_stream(self, pcm: np.ndarray, end: bool = False) -> None:
+    def push_stream(self, pcm: np.ndarray, end: bool = False, emotion: str | None = None) -> None:
         """Queue speech that arrives in pieces (a realtime reply): no padding between pieces,
         and ``end`` closes the utterance so the engine flushes its look-ahead."""
         with self._lock:
             if len(pcm):
-                self.stream.push(SpeechChunk(np.asarray(pcm, np.int16)))
+                self.stream.push(SpeechChunk(np.asarray(pcm, np.int16), emotion=emotion))
                 self._open_samples += len(pcm)
             if end:
                 self.stream.push(SpeechChunk(np.zeros(0, np.int16), end_of_utterance=True))

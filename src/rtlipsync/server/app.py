@@ -240,7 +240,7 @@ class Sessions:
         while session.id in self._live:
             session = Session(avatar, self.config.engine(), self.config.tts())
         if self.llm is not None:
-            session.chat = ChatBrain(self.llm, session.tts)
+            session.chat = ChatBrain(self.llm)
         if persona:
             session.set_persona(persona)
         session.metrics = self.metrics

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING
 
-from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.speech.llm import ChatLLM, LLMError
 from rtlipsync.speech.sentences import SentenceSplitter, language_of, split_emotion
-from rtlipsync.speech.tts import TTSProvider
+from rtlipsync.speech.tts import TTSError
 
 if TYPE_CHECKING:
     from rtlipsync.session import Session
@@ -27,9 +25,8 @@ log = logging.getLogger(__name__)
 class ChatBrain:
     """One session's conversation with a language model."""
 
-    def __init__(self, llm: ChatLLM, tts: TTSProvider, system_prompt: str | None = None) -> None:
+    def __init__(self, llm: ChatLLM, system_prompt: str | None = None) -> None:
         self.llm = llm
-        self.tts = tts
         self.system_prompt = system_prompt or llm.config.system_prompt
         self.history: list[dict[str, str]] = []
 
@@ -60,16 +57,8 @@ class ChatBrain:
             # English replies use the configured voice; Chinese and Japanese get their own.
             language = language_of(sentence)
             voice = None if language == "en" else language
-            t0 = time.monotonic()
-            speech = await asyncio.to_thread(
-                lambda: self.tts.synthesize(sentence, voice).at_rate(SAMPLE_RATE)
-            )
-            if not spoken:
-                session.observe_tts(time.monotonic() - t0)
-                session.mark("tts_first_audio")
-            if generation != session.generation:
+            if not await session.speak(sentence, voice, emotion, generation):
                 raise asyncio.CancelledError
-            session.push_speech(speech.pcm, speech.phonemes, sentence, emotion)
             spoken.append(sentence)
 
         try:
@@ -79,7 +68,7 @@ class ChatBrain:
                     await speak(sentence)
             for sentence in splitter.flush():
                 await speak(sentence)
-        except LLMError as exc:
+        except (LLMError, TTSError) as exc:
             log.warning("chat failed: %s", exc, extra={"session": session.id})
             session.set_notice(f"{exc}; the avatar could not answer")
         finally:

@@ -7,6 +7,7 @@ provider can speak at whatever rate it likes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -44,3 +45,18 @@ class TTSProvider(Protocol):
     name: str
 
     def synthesize(self, text: str, voice: str | None = None) -> Speech: ...
+
+
+class TTSError(Exception):
+    """The TTS could not speak; the message says why, for the user."""
+
+
+@runtime_checkable
+class StreamingTTS(Protocol):
+    """A provider that can hand over audio while it is still being made."""
+
+    name: str
+
+    def stream(self, text: str, voice: str | None = None) -> Iterator[np.ndarray]:
+        """16 kHz int16 pieces of the spoken text, as they arrive."""
+        ...
