@@ -82,3 +82,53 @@ def test_vad_hears_english_and_chinese(voice: str, text: str) -> None:
     speech = EspeakTTS().synthesize(text, voice=voice).at_rate(SAMPLE_RATE).pcm
     pcm = np.concatenate([silence(0.5), speech, silence(1.0)])
     assert [e.kind for e in events_of(pcm)] == ["start", "end"]
+
+
+def test_providers_by_name_and_faster_whisper_extra() -> None:
+    import importlib.util
+
+    from rtlipsync.errors import InputError
+    from rtlipsync.speech.providers import asr_factory, tts_factory
+
+    assert isinstance(asr_factory({})(), PocketSphinxASR)
+    asr = asr_factory({"provider": "openai", "base_url": "http://127.0.0.1:9/v1"})()
+    assert isinstance(asr, OpenAIASR)
+    assert tts_factory({"voice": "en-gb"})().voice == "en-gb"
+    with pytest.raises(InputError, match="unknown asr provider 'whisperx'; known: pocketsphinx"):
+        asr_factory({"provider": "whisperx"})
+    with pytest.raises(
+        InputError, match=r"unknown tts option\(s\) for openai: speed; known: api_key"
+    ):
+        tts_factory({"provider": "openai", "speed": 2})
+    if importlib.util.find_spec("faster_whisper") is None:
+        with pytest.raises(InputError, match=r'pip install -e "\.\[whisper\]"'):
+            asr_factory({"provider": "faster-whisper", "model": "tiny"})()
+    else:  # installed, but offline and without the model: it says where to put it
+        import os
+
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            with pytest.raises(InputError, match="Systran/faster-whisper-tiny"):
+                asr_factory({"provider": "faster-whisper", "model": "tiny"})()
+        finally:
+            del os.environ["HF_HUB_OFFLINE"]
+
+
+def test_settings_sections(tmp_path) -> None:  # noqa: ANN001
+    from rtlipsync.config import load_settings
+    from rtlipsync.errors import InputError
+
+    path = tmp_path / "settings.yaml"
+    path.write_text("mode: realtime\nvad: {min_speech: 0.4}\ntts: {provider: espeak}\n")
+    settings = load_settings(path)
+    assert (settings.mode, settings.vad, settings.tts) == (
+        "realtime",
+        {"min_speech": 0.4},
+        {"provider": "espeak"},
+    )
+    path.write_text("mode: karaoke\n")
+    with pytest.raises(InputError, match="mode must be repeat, chat or realtime"):
+        load_settings(path)
+    path.write_text("vad: {min_speach: 0.4}\n")
+    with pytest.raises(InputError, match="unknown vad option"):
+        load_settings(path)

@@ -248,3 +248,57 @@ def test_config_from_env(monkeypatch) -> None:  # noqa: ANN001
         assert "ws://" in str(exc)
     else:
         raise AssertionError("an http URL was accepted")
+
+
+def test_realtime_session_over_the_server(default_avatar) -> None:
+    """A /ws session in realtime mode: typed text is answered by the service, the persona
+    reaches it, and leaving realtime mode closes its socket."""
+    import json
+
+    import httpx
+    import websockets
+
+    from rtlipsync.server import ServerConfig
+    from rtlipsync.transport.websocket import decode_frame
+
+    from conftest import serving
+
+    reply = spoken("Hello from the service.", 24_000)
+    fake = FakeRealtime(reply, transcript="Hello from the service.")
+
+    async def scenario(base: str) -> None:
+        url = base.replace("http://", "ws://") + "/ws?mode=realtime"
+        async with websockets.connect(url) as ws, httpx.AsyncClient(base_url=base) as http:
+            hello = json.loads(await ws.recv())
+            assert hello["mode"] == "realtime" and hello["notice"] == ""
+            sid = hello["sessionid"]
+            await ws.send(json.dumps({"type": "persona", "text": "You are a pirate."}))
+            await ws.send(json.dumps({"type": "chat", "text": "Hi!"}))
+            loud, caption = 0, ""
+            deadline = time.monotonic() + 8
+            while time.monotonic() < deadline and not (loud > 10 and caption):
+                message = await ws.recv()
+                if isinstance(message, bytes):
+                    _, _, audio = decode_frame(message)
+                    loud += np.sqrt(np.mean(audio.astype(np.float64) ** 2)) > 300
+                elif json.loads(message).get("caption"):
+                    caption = json.loads(message)["caption"]
+            assert loud > 10 and caption.startswith("Hello from")
+            updates = fake.of_type("session.update")
+            assert updates[-1]["session"]["instructions"] == "You are a pirate."
+            assert (
+                fake.of_type("conversation.item.create")[0]["item"]["content"][0]["text"] == "Hi!"
+            )
+            state = (await http.get(f"/sessions/{sid}")).json()
+            assert state["mode"] == "realtime" and state["persona"] == "You are a pirate."
+            r = await http.post("/mode", json={"sessionid": sid, "mode": "repeat"})
+            assert r.json()["mode"] == "repeat"
+            r = await http.post("/mode", json={"sessionid": sid, "mode": "dance"})
+            assert r.status_code == 400 and "mode must be one of" in r.json()["msg"]
+            r = await http.post("/persona", json={"sessionid": sid, "text": "x" * 5000})
+            assert r.status_code == 400 and "limit" in r.json()["msg"]
+
+    with serving_app(fake.app()) as fake_base:
+        realtime = RealtimeConfig(url=fake_base.replace("http://", "ws://") + "/v1/realtime")
+        with serving(ServerConfig(realtime=realtime)) as base:
+            asyncio.run(scenario(base))

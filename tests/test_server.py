@@ -164,6 +164,15 @@ def test_frames_on_the_wire_stop_within_two_frames_of_an_interrupt(default_avata
         ("/interrupt_talk", {"sessionid": 1}, 404, "unknown session"),
         ("/is_speaking", {"sessionid": 1}, 404, "unknown session"),
         ("/human", {"text": "no session id"}, 422, ""),
+        ("/offer", {"sdp": "v=0\r\nm=video 9 UDP\r\n", "mode": "dance"}, 400, "mode must be"),
+        (
+            "/offer",
+            {"sdp": "v=0\r\nm=video 9 UDP\r\n", "mode": "realtime"},
+            400,
+            "realtime mode needs a realtime service",
+        ),
+        ("/mode", {"sessionid": 1, "mode": "chat"}, 404, "unknown session"),
+        ("/persona", {"sessionid": 1, "text": "You are kind."}, 404, "unknown session"),
     ],
 )
 def test_bad_requests_get_a_4xx_with_a_reason(default_avatar, path, body, status, message) -> None:

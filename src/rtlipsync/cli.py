@@ -7,6 +7,7 @@ partial output is left behind.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -83,6 +84,8 @@ def _serve(args: argparse.Namespace) -> None:
     from rtlipsync.face.avatar import load_avatar
     from rtlipsync.server import ServerConfig, create_app
     from rtlipsync.speech.llm import LLMConfig
+    from rtlipsync.speech.providers import asr_factory, tts_factory
+    from rtlipsync.speech.realtime import RealtimeConfig
 
     settings = load_settings(
         args.config,
@@ -90,6 +93,7 @@ def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         avatar=args.avatar,
         max_sessions=args.max_sessions,
+        mode=args.mode,
     )
     load_avatar(settings.avatar)  # prepare the default avatar now, or fail with a clear line
     unknown = set(settings.llm) - {"base_url", "api_key", "model", "system_prompt", "max_turns"}
@@ -100,12 +104,32 @@ def _serve(args: argparse.Namespace) -> None:
         "chat mode: %s",
         f"{llm.model} at {llm.base_url or 'OpenAI'}" if llm else "no LLM configured",
     )
+    known = {f.name for f in dataclasses.fields(RealtimeConfig)}
+    if unknown := set(settings.realtime) - known:
+        raise InputError(f"unknown realtime setting(s): {', '.join(sorted(unknown))}")
+    try:
+        realtime = RealtimeConfig.from_env(**settings.realtime)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"realtime settings: {exc}") from exc
+    log.info(
+        "realtime mode: %s",
+        f"{realtime.model} at {realtime.url}" if realtime else "no realtime service configured",
+    )
+    if settings.mode == "realtime" and realtime is None:
+        raise InputError("mode is realtime but no realtime service is configured (realtime.url)")
+    tts = tts_factory(settings.tts)
+    tts()  # a bad voice or provider fails now, with its message, not in a session
     app = create_app(
         ServerConfig(
             avatar=settings.avatar,
             max_sessions=settings.max_sessions,
             ice_servers=settings.ice_servers,
             llm=llm,
+            realtime=realtime,
+            mode=settings.mode,
+            tts=tts,
+            asr=asr_factory(settings.asr),
+            vad={k: float(v) for k, v in settings.vad.items()},
         )
     )
     log.info(
@@ -165,6 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default 8010)")
     serve.add_argument("--avatar", help="avatar for sessions that name none (default: built-in)")
     serve.add_argument("--max-sessions", type=int, help="sessions at once (default 8)")
+    serve.add_argument(
+        "--mode",
+        choices=["repeat", "chat", "realtime"],
+        help="who answers in sessions that don't choose (default chat)",
+    )
     serve.add_argument("--config", type=Path, help="YAML settings file")
     serve.set_defaults(func=_serve)
 

@@ -4,10 +4,30 @@ host: 127.0.0.1          # RTLIPSYNC_HOST; use 0.0.0.0 to serve other machines
 port: 8010               # RTLIPSYNC_PORT
 avatar: default          # RTLIPSYNC_AVATAR
 max_sessions: 8          # RTLIPSYNC_MAX_SESSIONS
+mode: chat               # RTLIPSYNC_MODE; repeat | chat | realtime, for sessions that don't say
 ice_servers:             # none by default: no public STUN server is contacted
   - urls: turn:turn.example.org:3478
     username: user
     credential: secret
+llm:                     # chat mode (or RTLIPSYNC_LLM_BASE_URL / _MODEL / _API_KEY)
+  base_url: http://localhost:11434/v1
+  model: llama3.2
+  system_prompt: You are a museum guide.
+realtime:                # realtime mode (or RTLIPSYNC_REALTIME_URL / _MODEL / _VOICE / _API_KEY)
+  url: wss://api.openai.com/v1/realtime
+  model: gpt-realtime
+  voice: marin
+tts:                     # espeak (default, offline) | openai (any /v1/audio/speech)
+  provider: openai
+  base_url: http://localhost:8880/v1
+  model: kokoro
+  voice: af_heart
+asr:                     # pocketsphinx (default, offline) | openai | faster-whisper
+  provider: faster-whisper
+  model: small
+vad:                     # the microphone's voice activity detection
+  min_speech: 0.25       # s of speech before the avatar is interrupted (a cough is shorter)
+  min_silence: 0.5       # s of quiet that ends the user's turn
 """
 
 from __future__ import annotations
@@ -28,8 +48,16 @@ class Settings:
     port: int = 8010
     avatar: str = "default"
     max_sessions: int = 8
+    mode: str = "chat"
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     llm: dict[str, Any] = field(default_factory=dict)
+    realtime: dict[str, Any] = field(default_factory=dict)
+    tts: dict[str, Any] = field(default_factory=dict)
+    asr: dict[str, Any] = field(default_factory=dict)
+    vad: dict[str, Any] = field(default_factory=dict)
+
+
+SECTIONS = ("llm", "realtime", "tts", "asr", "vad")  # mappings, from the YAML file only
 
 
 def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
@@ -48,7 +76,7 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
     known = {f.name: f for f in fields(Settings)}
     for name in known:
         env = os.environ.get(f"RTLIPSYNC_{name.upper()}")
-        if env is not None and name not in ("ice_servers", "llm"):
+        if env is not None and name not in ("ice_servers", *SECTIONS):
             values[name] = env
     values.update({k: v for k, v in flags.items() if v is not None})
     unknown = sorted(set(values) - set(known))
@@ -62,6 +90,14 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
         raise InputError(f"port and max_sessions must be whole numbers: {exc}") from exc
     if not isinstance(values.get("ice_servers", []), list):
         raise InputError("ice_servers must be a list of {urls, username, credential}")
-    if not isinstance(values.get("llm", {}), dict):
-        raise InputError("llm must be a mapping: base_url, api_key, model, system_prompt")
+    if values.get("mode", "chat") not in ("repeat", "chat", "realtime"):
+        raise InputError(f"mode must be repeat, chat or realtime, got {values['mode']!r}")
+    for name in SECTIONS:
+        if not isinstance(values.get(name, {}), dict):
+            raise InputError(f"{name} must be a mapping of options (see rtlipsync.config)")
+    unknown_vad = sorted(set(values.get("vad", {})) - {"min_speech", "min_silence"})
+    if unknown_vad:
+        raise InputError(
+            f"unknown vad option(s) {', '.join(unknown_vad)}: use min_speech, min_silence"
+        )
     return Settings(**values)

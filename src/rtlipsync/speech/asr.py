@@ -1,5 +1,5 @@
-"""Speech recognition behind one interface: offline pocketsphinx, or any OpenAI-compatible
-``/v1/audio/transcriptions`` endpoint (OpenAI, a local whisper server).
+"""Speech recognition behind one interface: offline pocketsphinx, any OpenAI-compatible
+``/v1/audio/transcriptions`` endpoint (OpenAI, a local whisper server), or faster-whisper.
 
 pocketsphinx ships its en-us acoustic model, language model and dictionary in the wheel, so
 the default needs no download; it is rough on unusual voices, and the better recognisers plug
@@ -15,7 +15,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from rtlipsync.errors import InputError
 from rtlipsync.media.frames import SAMPLE_RATE
+from rtlipsync.paths import data_dir
 
 
 @runtime_checkable
@@ -85,3 +87,52 @@ class OpenAIASR:
             model=self.model, file=("speech.wav", wav_bytes(pcm), "audio/wav"), **extra
         )
         return result.text.strip()
+
+
+class FasterWhisperASR:
+    """Whisper on CTranslate2 (``pip install -e ".[whisper]"``): far better than pocketsphinx,
+    in any language, near real time on a CPU with the small models.
+
+    The model is fetched once from Hugging Face (``Systran/faster-whisper-<size>``) into the
+    data root, or read from a local folder given as ``model``.
+    """
+
+    name = "faster-whisper"
+
+    def __init__(
+        self,
+        model: str = "base",
+        device: str = "auto",
+        compute_type: str = "int8",
+        language: str | None = None,
+    ) -> None:
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError:
+            raise InputError(
+                'faster-whisper is not installed: pip install -e ".[whisper]"'
+            ) from None
+        root = data_dir("models") / "faster-whisper"
+        self.language = language
+        try:
+            self._model = WhisperModel(
+                model, device=device, compute_type=compute_type, download_root=str(root)
+            )
+        except Exception as exc:  # noqa: BLE001 - hub, network and file errors alike
+            raise InputError(
+                f"the faster-whisper model {model!r} is not in {root} and could not be "
+                f"downloaded ({type(exc).__name__}: {exc}); download Systran/faster-whisper-"
+                f"{model} there when online, or set model to a local model folder"
+            ) from exc
+        self._lock = threading.Lock()
+
+    def transcribe(self, pcm: np.ndarray, language: str | None = None) -> str:
+        audio = np.asarray(pcm, np.int16).astype(np.float32) / 32768.0
+        with self._lock:
+            segments, _ = self._model.transcribe(
+                audio,
+                language=language or self.language,
+                beam_size=1,
+                condition_on_previous_text=False,
+            )
+            return " ".join(s.text.strip() for s in segments).strip()
