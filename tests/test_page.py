@@ -157,3 +157,43 @@ def test_page_microphone_joins_the_session(default_avatar) -> None:
             time.sleep(0.2)
         page.click("#stop")
         browser.close()
+
+
+def test_page_realtime_mode_with_a_persona(default_avatar) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from fake_realtime import FakeRealtime
+    from rtlipsync.server import ServerConfig
+    from rtlipsync.speech.espeak import EspeakTTS
+    from rtlipsync.speech.realtime import RealtimeConfig
+
+    from conftest import serving_app
+
+    reply = EspeakTTS().synthesize("Ahoy, welcome aboard.").at_rate(24_000).pcm
+    fake = FakeRealtime(reply, transcript="Ahoy, welcome aboard.")
+    with serving_app(fake.app()) as fake_base:
+        realtime = RealtimeConfig(url=fake_base.replace("http://", "ws://") + "/v1/realtime")
+        with serving(ServerConfig(realtime=realtime)) as base, sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page()
+            page.goto(base)
+            page.click("summary")
+            page.fill("#persona", "You are a cheerful pirate.")
+            page.select_option("#mode", "realtime")
+            page.click("#start")
+            page.wait_for_function(f"({FRAME_STATS})() !== null", timeout=30_000)
+            page.fill("#text", "Who are you?")
+            page.press("#text", "Enter")
+            page.wait_for_function(
+                "document.getElementById('caption').textContent.includes('Ahoy')", timeout=10_000
+            )
+            page.select_option("#mode", "chat")  # leaving realtime closes the service's socket
+            page.wait_for_function(
+                "document.getElementById('status').textContent.includes('Mode: chat')",
+                timeout=5000,
+            )
+            browser.close()
+    update = fake.of_type("session.update")[0]["session"]
+    assert update["instructions"] == "You are a cheerful pirate."
+    said = fake.of_type("conversation.item.create")[0]["item"]["content"][0]["text"]
+    assert said == "Who are you?"
