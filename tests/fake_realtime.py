@@ -112,7 +112,10 @@ class FakeRealtime:
 
     async def _vad(self, pcm: np.ndarray, send, vad) -> None:  # noqa: ANN001
         silence_ms = 500
-        for i in range(0, len(pcm) - BLOCK + 1, BLOCK):
+        pcm = np.concatenate([vad.pop("carry", np.zeros(0, np.int16)), pcm])
+        whole = len(pcm) // BLOCK * BLOCK
+        vad["carry"] = pcm[whole:]  # appends need not be whole blocks: nothing is skipped
+        for i in range(0, whole, BLOCK):
             block = pcm[i : i + BLOCK].astype(np.float64)
             loud = np.sqrt(np.mean(block**2)) > self.speech_rms
             vad["ms"] += 20

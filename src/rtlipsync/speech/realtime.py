@@ -413,10 +413,10 @@ class RealtimeBrain:
                 self._send({"type": "conversation.item.delete", "item_id": item})
             return
         self._barge_in()
-        stopped = self.session.user_stopped_at
-        recent = stopped is not None and time.monotonic() - stopped < 5.0
+        # The service declares the end after silence_ms of quiet: the user stopped that long ago.
+        stopped = time.monotonic() - self.config.silence_ms / 1000
         self.session.notice = ""
-        self.session.begin_turn("realtime", stopped if recent else None)
+        self.session.begin_turn("realtime", stopped)
         self._send({"type": "response.create"})
 
     def _on_audio(self, event: dict[str, Any]) -> None:
