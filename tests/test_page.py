@@ -136,14 +136,15 @@ def test_page_uploads_an_avatar_and_starts_with_it(default_avatar, tmp_path: Pat
         browser.close()
 
 
-def test_page_microphone_joins_the_session(default_avatar) -> None:
+@pytest.mark.parametrize("query", ["", "?transport=ws"])
+def test_page_microphone_joins_the_session(default_avatar, query: str) -> None:
     import httpx
     from playwright.sync_api import sync_playwright
 
     with serving() as base, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()
-        page.goto(base)
+        page.goto(base + query)
         page.click("#mic")
         assert page.inner_text("#mic") == "Mic on"
         page.click("#start")

@@ -61,7 +61,7 @@ def test_websocket_session(default_avatar) -> None:
 
             for garbage in ("not json", json.dumps([1, 2]), json.dumps({"type": "dance"})):
                 await ws.send(garbage)
-            await ws.send(b"\x00\x01binary")
+            await ws.send(b"\x00\x01\x02")  # microphone audio, but not whole samples
             errors = []
             deadline = time.monotonic() + 3
             while len(errors) < 4 and time.monotonic() < deadline:
@@ -210,3 +210,51 @@ def test_action_clips_and_humanecho(default_avatar, tmp_path) -> None:
 
     with serving() as base:
         asyncio.run(scenario(base))
+
+
+def test_microphone_over_the_websocket(default_avatar) -> None:
+    """Where WebRTC cannot connect, the microphone rides the same socket: barge-in and turns."""
+    from fake_openai import FakeOpenAI
+    from rtlipsync.server import ServerConfig
+    from rtlipsync.speech.asr import OpenAIASR
+    from rtlipsync.speech.espeak import EspeakTTS
+
+    from conftest import serving_app
+
+    fake = FakeOpenAI(transcript="good morning to you")
+    question = EspeakTTS(rate_wpm=140).synthesize("Good morning to you.").at_rate(16000).pcm
+
+    async def scenario(base: str) -> None:
+        url = base.replace("http://", "ws://") + "/ws?mode=repeat"
+        async with websockets.connect(url) as ws, httpx.AsyncClient(base_url=base) as http:
+            sid = json.loads(await ws.recv())["sessionid"]
+            long_text = "I am going to talk for quite a while now, " * 4
+            await ws.send(json.dumps({"type": "say", "text": long_text}))
+            await frames_for(ws, 1.0)
+            assert (await http.get(f"/sessions/{sid}")).json()["speaking"]
+            pcm = np.concatenate([question, np.zeros(16000, np.int16)])
+            for i in range(0, len(pcm), 640):  # 40 ms messages, in real time
+                await ws.send(pcm[i : i + 640].astype("<i2").tobytes())
+                await frames_for(ws, 0.04)
+            state = {}
+            for _ in range(100):
+                state = (await http.get(f"/sessions/{sid}")).json()
+                if state["caption"] == "good morning to you":
+                    break
+                await asyncio.sleep(0.05)
+            assert state["heard"] == "good morning to you" and state["listening"]
+            assert state["caption"] == "good morning to you", state  # the long speech was cut
+            with_audio = fake.uploads[0]["bytes"]
+            assert len(with_audio) > 2 * 0.8 * len(question)  # the utterance, as WAV
+            await ws.send(b"\x00" * 40_000)  # too much at once: refused, the session lives
+            error = ""
+            while not error:
+                message = await ws.recv()
+                if isinstance(message, str) and json.loads(message)["type"] == "error":
+                    error = json.loads(message)["msg"]
+            assert "microphone audio" in error
+
+    with serving_app(fake.app()) as api:
+        asr = lambda: OpenAIASR(base_url=f"{api}/v1", api_key="k")  # noqa: E731
+        with serving(ServerConfig(asr=asr)) as base:
+            asyncio.run(scenario(base))

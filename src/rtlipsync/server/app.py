@@ -66,7 +66,7 @@ from rtlipsync.speech.realtime import RealtimeBrain, RealtimeConfig
 from rtlipsync.speech.tts import TTSProvider
 from rtlipsync.transport.recorder import Recorder
 from rtlipsync.transport.webrtc import WebRTCSink, rtc_configuration
-from rtlipsync.transport.websocket import WebSocketSink, encode_frame
+from rtlipsync.transport.websocket import WebSocketSink, decode_microphone, encode_frame
 
 log = logging.getLogger(__name__)
 
@@ -779,7 +779,13 @@ async def _receive_commands(ws: WebSocket, session: Session) -> None:
         text = message.get("text")
         try:
             if text is None:
-                raise ApiError(400, "send JSON text messages, not binary")
+                try:
+                    audio = decode_microphone(message.get("bytes") or b"")
+                except ValueError as exc:
+                    raise ApiError(400, str(exc)) from exc
+                session.listening = True
+                session.listen(audio)
+                continue
             try:
                 command = json.loads(text)
             except json.JSONDecodeError as exc:

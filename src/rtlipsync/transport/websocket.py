@@ -9,7 +9,12 @@ message, so picture and sound can never drift apart:
     9 .. 9+n    the frame as JPEG
     the rest    its 40 ms of audio: 640 samples of 16 kHz mono int16, little-endian
 
+Binary messages from the client are its microphone: raw 16 kHz mono int16 little-endian
+PCM, any length (20-100 ms is usual), which the session hears exactly as it hears a WebRTC
+microphone (barge-in, turns).
+
 Text messages are JSON. Client to server: ``{"type": "say", "text": ..., "interrupt": bool}``,
+``{"type": "chat", "text": ...}``, ``{"type": "persona", "text": ...}``,
 ``{"type": "interrupt"}``, ``{"type": "close"}``. Server to client: ``{"type": "session", ...}``
 first, ``{"type": "state", "speaking": bool, "caption": str}`` on changes, and
 ``{"type": "error", "msg": ...}`` for a bad message (the session carries on).
@@ -74,3 +79,16 @@ class WebSocketSink:
             self._ready.clear()
             await self._ready.wait()
         return None if self._closed else self._frames.popleft()
+
+
+MAX_MIC_BYTES = 32_000  # one second of microphone audio per message at most
+
+
+def decode_microphone(data: bytes) -> np.ndarray:
+    """A client's binary message as 16 kHz int16 samples; ValueError says what is wrong."""
+    if len(data) % 2 or len(data) > MAX_MIC_BYTES:
+        raise ValueError(
+            "binary messages are microphone audio: 16 kHz mono int16 PCM, an even number "
+            f"of bytes up to {MAX_MIC_BYTES} (got {len(data)})"
+        )
+    return np.frombuffer(data, "<i2").astype(np.int16)
