@@ -188,6 +188,11 @@ def test_page_realtime_mode_with_a_persona(default_avatar) -> None:
             page.wait_for_function(
                 "document.getElementById('caption').textContent.includes('Ahoy')", timeout=10_000
             )
+            page.wait_for_function(  # the turn's timings: the service's audio, the lips
+                "/service \\d+ \\/ lips \\d+ ms/"
+                ".test(document.getElementById('readout').textContent)",
+                timeout=5000,
+            )
             page.select_option("#mode", "chat")  # leaving realtime closes the service's socket
             page.wait_for_function(
                 "document.getElementById('status').textContent.includes('Mode: chat')",

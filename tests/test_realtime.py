@@ -28,9 +28,11 @@ class Timeline:
 
     def __init__(self) -> None:
         self.frames: list[tuple[float, bool, np.ndarray]] = []
+        self.smiles: list[float] = []
 
     def __call__(self, frame) -> None:  # noqa: ANN001
         self.frames.append((time.monotonic(), frame.speaking, frame.audio))
+        self.smiles.append(frame.mouth.get("smile", 0.0))
 
     def speaking(self, after: float = 0.0) -> int:
         return sum(1 for t, s, _ in self.frames if s and t > after)
@@ -302,3 +304,23 @@ def test_realtime_session_over_the_server(default_avatar) -> None:
         realtime = RealtimeConfig(url=fake_base.replace("http://", "ws://") + "/v1/realtime")
         with serving(ServerConfig(realtime=realtime)) as base:
             asyncio.run(scenario(base))
+
+
+def test_the_transcript_gives_the_reply_its_expression(default_avatar) -> None:
+    from rtlipsync.speech.sentences import estimate_emotion
+
+    assert estimate_emotion("Wonderful, I am so glad you asked!") == "happy"
+    assert estimate_emotion("I am sorry, that is a difficult problem.") == "concerned"
+    assert estimate_emotion("The station is two streets away.") is None
+    assert estimate_emotion("太好了，我很高兴。") == "happy"
+    text = "Wonderful, I am so glad you asked!"
+    fake = FakeRealtime(spoken(text, 24_000), transcript=text)
+
+    async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
+        session.converse("Can I ask you something?")
+        assert await wait_for(lambda: timeline.speaking() > 10, 5)
+        assert await wait_for(lambda: not session.is_speaking, 10)
+        smiles = [m for (_, s, _), m in zip(timeline.frames, timeline.smiles, strict=True) if s]
+        assert max(smiles) > 0.5  # a smile, from the words of the reply
+
+    run_realtime(default_avatar, fake, scenario)

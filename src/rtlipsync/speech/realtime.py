@@ -39,6 +39,8 @@ import soxr
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from rtlipsync.speech.sentences import estimate_emotion
+
 if TYPE_CHECKING:
     from rtlipsync.session import Session
 
@@ -442,7 +444,11 @@ class RealtimeBrain:
             log.warning("realtime: undecodable audio delta", extra={"session": self.session.id})
             return
         reply.received += len(pcm)
-        self.session.push_stream(reply.resampler.resample_chunk(pcm.astype(np.int16)))
+        # No tag can be taken off spoken audio: the expression comes from the transcript.
+        emotion = estimate_emotion(self._transcripts.get(item_id, ""))
+        self.session.push_stream(
+            reply.resampler.resample_chunk(pcm.astype(np.int16)), emotion=emotion
+        )
 
     def _end_reply(self) -> None:
         reply = self._reply

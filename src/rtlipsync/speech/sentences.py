@@ -60,3 +60,26 @@ def language_of(text: str) -> str:
     if _CJK.search(text):
         return "zh"
     return "en"
+
+
+_HAPPY = re.compile(
+    r"\b(glad|happy|great|wonderful|love|delighted|congratulations|awesome|excellent|"
+    r"fantastic|nice to|welcome|thank)\w*|[高开][兴心]|太好|嬉し|楽し|よかった|おめでとう",
+    re.IGNORECASE,
+)
+_CONCERNED = re.compile(
+    r"\b(sorry|unfortunately|afraid|sad|worr|concern|difficult|trouble|problem|can't|cannot|"
+    r"apolog)\w*|抱歉|对不起|遗憾|难过|残念|すみません|ごめん|心配",
+    re.IGNORECASE,
+)
+
+
+def estimate_emotion(text: str) -> str | None:
+    """A crude expression for text that carries no tag (a realtime service's transcript):
+    "happy" or "concerned" when the words say so, else None. The LLM's own tag is better."""
+    happy, concerned = len(_HAPPY.findall(text)), len(_CONCERNED.findall(text))
+    if happy > concerned:
+        return "happy"
+    if concerned > happy:
+        return "concerned"
+    return None
