@@ -257,7 +257,31 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--audio", type=Path, help="speech to compare with (default: the video's)")
     sync.add_argument("--json", action="store_true", help="print one JSON object")
     sync.set_defaults(func=_eval_sync)
+    models = sub.add_parser("models", help="download and list model weights")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    get = models_sub.add_parser("download", help="fetch a model's official files (resumable)")
+    get.add_argument("model", choices=["musetalk"])
+    get.add_argument("--version", choices=["v15", "v10", "all"], default="v15")
+    get.set_defaults(func=_models_download)
+    have = models_sub.add_parser("list", help="what is present under the data root")
+    have.set_defaults(func=_models_list)
     return parser
+
+
+def _models_download(args: argparse.Namespace) -> None:
+    from rtlipsync.engines.musetalk import weights
+
+    root = weights.download(args.version, progress=not args.quiet)
+    print(f"MuseTalk {args.version}: all files present in {root}")
+
+
+def _models_list(args: argparse.Namespace) -> None:
+    from rtlipsync.engines.musetalk import weights
+
+    print(f"MuseTalk, under {weights.models_root()}:")
+    for f, ok in weights.status():
+        versions = "/".join(f.versions)
+        print(f"  {'present' if ok else 'missing':8} {f.path:45} {versions:8} {f.purpose}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,168 @@
+"""MuseTalk's official files: the download's offline behaviour, and strict loading of
+checkpoints synthesized here in the official format (random weights, official shapes)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from rtlipsync.engines.musetalk import weights
+from rtlipsync.errors import InputError
+
+torch = pytest.importorskip("torch", reason="the musetalk extra is not installed")
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from rtlipsync.engines.musetalk.model import (  # noqa: E402
+    UNET_CONFIG,
+    WeightsError,
+    load_unet,
+    load_vae,
+    load_whisper_encoder,
+    unet_from_config,
+)
+
+VAE_CONFIG = {  # stabilityai/sd-vae-ft-mse's config.json
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 256,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+
+
+@pytest.fixture(scope="module")
+def official(tmp_path_factory) -> Path:  # noqa: ANN001
+    """A models folder in the official layout, every network at its real size, random."""
+    from diffusers import AutoencoderKL
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    unet = unet_from_config(UNET_CONFIG)
+    for folder in ("musetalkV15", "musetalk"):
+        (root / folder).mkdir()
+        (root / folder / "musetalk.json").write_text(json.dumps(UNET_CONFIG, indent=2) + "\n")
+    torch.save(unet.state_dict(), root / "musetalkV15" / "unet.pth")
+    os.link(root / "musetalkV15" / "unet.pth", root / "musetalk" / "pytorch_model.bin")
+    del unet
+    AutoencoderKL(**VAE_CONFIG).save_pretrained(root / "sd-vae", safe_serialization=False)
+    # The published 2022 file names the mid-block attention the old way.
+    vae_file = root / "sd-vae" / "diffusion_pytorch_model.bin"
+    legacy = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+    state = {}
+    for key, value in torch.load(vae_file, weights_only=True).items():
+        for new, old in legacy.items():
+            key = key.replace(f"attentions.0.{new}.", f"attentions.0.{old}.")
+        state[key] = value
+    assert any(".attentions.0.query." in k for k in state)
+    torch.save(state, vae_file)
+    whisper_tiny = WhisperConfig(
+        vocab_size=51865, num_mel_bins=80, d_model=384, encoder_layers=4, decoder_layers=4,
+        encoder_attention_heads=6, decoder_attention_heads=6, encoder_ffn_dim=1536,
+        decoder_ffn_dim=1536, max_source_positions=1500, max_target_positions=448,
+    )  # fmt: skip
+    (root / "whisper").mkdir()
+    # openai/whisper-tiny is a whole speech-to-text model: "model.encoder.*", "proj_out", ...
+    model = WhisperForConditionalGeneration(whisper_tiny)
+    model.config.save_pretrained(root / "whisper")
+    torch.save(model.state_dict(), root / "whisper" / "pytorch_model.bin")
+    assert "model.encoder.conv1.weight" in model.state_dict()
+    return root
+
+
+def test_the_config_is_the_official_file() -> None:
+    assert len(json.dumps(UNET_CONFIG, indent=2) + "\n") == 748  # the published size
+
+
+@pytest.mark.parametrize("version", ["v15", "v10"])
+def test_official_unet_loads_strictly(official: Path, version: str) -> None:
+    unet = load_unet(official, version)
+    params = dict(unet.named_parameters())
+    assert 845e6 < sum(p.numel() for p in params.values()) < 855e6  # ~850 M, 3.4 GB fp32
+    assert params["conv_in.weight"].shape == (320, 8, 3, 3)
+    assert params["conv_out.weight"].shape == (4, 320, 3, 3)
+    to_k = [p for k, p in params.items() if k.endswith("attn2.to_k.weight")]
+    assert to_k and all(p.shape[1] == 384 for p in to_k)
+    assert params["down_blocks.0.attentions.0.proj_in.weight"].shape == (320, 320, 1, 1)
+    saved = torch.load(official / "musetalkV15" / "unet.pth", mmap=True, weights_only=True)
+    assert torch.equal(params["conv_in.weight"], saved["conv_in.weight"])  # the file's values
+
+
+def test_a_wrong_unet_file_fails_clearly(official: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "models"
+    (bad / "musetalkV15").mkdir(parents=True)
+    config = (official / "musetalkV15" / "musetalk.json").read_text()
+    (bad / "musetalkV15" / "musetalk.json").write_text(config)
+    unet_file = bad / "musetalkV15" / "unet.pth"
+    unet_file.write_bytes(b"<html>rate limited</html>")
+    with pytest.raises(WeightsError, match="is not a PyTorch checkpoint"):
+        load_unet(bad)
+    state = torch.load(official / "musetalkV15" / "unet.pth", mmap=True, weights_only=True)
+    partial = {k: v for k, v in state.items() if not k.startswith("up_blocks.3")}
+    partial["module.extra"] = torch.zeros(1)
+    torch.save(partial, unet_file)
+    with pytest.raises(WeightsError, match=r"missing keys .*unexpected keys \['module.extra'\]"):
+        load_unet(bad)
+    del partial
+    (bad / "musetalkV15" / "musetalk.json").write_text(
+        json.dumps({**UNET_CONFIG, "cross_attention_dim": 768})
+    )
+    os.link(official / "musetalkV15" / "unet.pth", bad / "musetalkV15" / "unet2.pth")
+    os.replace(bad / "musetalkV15" / "unet2.pth", unet_file)
+    with pytest.raises(WeightsError, match="does not fit the MuseTalk UNet: size mismatch"):
+        load_unet(bad)
+    with pytest.raises(WeightsError, match="musetalk/musetalk.json is missing"):
+        load_unet(bad, "v10")
+
+
+def test_vae_and_whisper_load_strictly(official: Path, tmp_path: Path) -> None:
+    vae = load_vae(official)
+    assert vae.config.latent_channels == 4 and vae.config.scaling_factor == pytest.approx(0.18215)
+    encoder = load_whisper_encoder(official)
+    assert encoder.conv1.weight.shape == (384, 80, 3) and len(encoder.layers) == 4
+    assert encoder.embed_positions.weight.shape == (1500, 384)
+    broken = tmp_path / "models" / "whisper"
+    broken.mkdir(parents=True)
+    (broken / "config.json").write_text((official / "whisper" / "config.json").read_text())
+    state = torch.load(official / "whisper" / "pytorch_model.bin", weights_only=True)
+    torch.save(
+        {k: v for k, v in state.items() if "layers.3" not in k}, broken / "pytorch_model.bin"
+    )
+    with pytest.raises(WeightsError, match="is not whisper-tiny: .* missing keys"):
+        load_whisper_encoder(broken.parent)
+
+
+def test_download_offline_says_what_is_missing_and_where(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(InputError) as exc:
+        weights.download("v15", root=tmp_path)
+    message = str(exc.value)
+    assert "HF_HUB_OFFLINE" in message and str(tmp_path) in message
+    assert (
+        "musetalkV15/unet.pth <- https://huggingface.co/TMElyralab/MuseTalk/resolve/main/musetalkV15/unet.pth"
+        in message
+    )
+    assert "resnet18-5c106cde.pth (46,827,520 bytes) <- https://download.pytorch.org" in message
+    assert "musetalk/pytorch_model.bin" not in message  # v1.0 only
+    assert not any(tmp_path.iterdir())  # nothing half-written
+    with pytest.raises(InputError, match="unknown MuseTalk version"):
+        weights.download("v2", root=tmp_path)
+
+
+def test_files_present_by_size(tmp_path: Path) -> None:
+    config = weights.FILES[2]  # musetalk/musetalk.json, 748 bytes
+    assert config.path == "musetalk/musetalk.json" and not weights.present(config, tmp_path)
+    (tmp_path / "musetalk").mkdir()
+    (tmp_path / "musetalk" / "musetalk.json").write_text("{}")
+    assert not weights.present(config, tmp_path)  # a truncated file does not count
+    (tmp_path / "musetalk" / "musetalk.json").write_text(json.dumps(UNET_CONFIG, indent=2) + "\n")
+    assert weights.present(config, tmp_path)
