@@ -1,0 +1,102 @@
+"""MuseTalk's frame pipeline on tiny random-weight networks of the same architecture:
+latent layout, one UNet pass, decode, and paste-back geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the musetalk extra is not installed")
+diffusers = pytest.importorskip("diffusers")
+
+from rtlipsync.engines.musetalk.pipeline import (  # noqa: E402
+    Generator,
+    crop_face,
+    encode_crops,
+    masked,
+    paste,
+    to_tensor,
+)
+from rtlipsync.face.geometry import blend_box  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def nets():  # noqa: ANN201
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=32, in_channels=8, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), cross_attention_dim=384, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    ).eval()  # fmt: skip
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        sample_size=256,
+    ).eval()  # fmt: skip
+    return unet, vae
+
+
+def faces(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 256, 256, 3), dtype=np.uint8)
+
+
+def test_latents_are_masked_then_reference(nets) -> None:  # noqa: ANN001
+    _, vae = nets
+    crops = faces(2)
+    x = to_tensor(crops)
+    assert x.shape == (2, 3, 256, 256) and -1 <= x.min() and x.max() <= 1
+    assert float(x[0, 0, 5, 7]) == pytest.approx(crops[0, 5, 7, 2] / 127.5 - 1)  # R from BGR
+    hidden = masked(x)
+    assert (hidden[:, :, 128:] == -1).all() and torch.equal(hidden[:, :, :128], x[:, :, :128])
+    latents = encode_crops(vae, crops)
+    assert latents.shape == (2, 8, 32, 32)
+    with torch.no_grad():
+        scale = vae.config.scaling_factor
+        ref = vae.encode(x).latent_dist.mode() * scale
+        mask = vae.encode(hidden).latent_dist.mode() * scale
+    torch.testing.assert_close(latents[:, :4], mask)
+    torch.testing.assert_close(latents[:, 4:], ref)
+    assert torch.equal(encode_crops(vae, crops), latents)  # deterministic (the mean, not a sample)
+
+
+def test_one_pass_to_faces(nets) -> None:  # noqa: ANN001
+    unet, vae = nets
+    generate = Generator(unet, vae)
+    latents = encode_crops(vae, faces(3))
+    windows = np.random.default_rng(1).normal(size=(3, 50, 384)).astype(np.float32)
+    out = generate(latents, windows)
+    assert out.shape == (3, 256, 256, 3) and out.dtype == np.uint8
+    assert np.array_equal(out, generate(latents, windows))
+    single = generate(latents[1:2], windows[1:2])
+    assert np.abs(single[0].astype(int) - out[1].astype(int)).max() <= 1  # batching changes nothing
+    other = generate(latents[1:2], windows[2:3])
+    assert not np.array_equal(single, other)  # the audio matters
+
+
+def test_paste_back_geometry() -> None:
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (300, 320, 3), dtype=np.uint8)
+    box = (100, 80, 200, 220)
+    mask = np.zeros((256, 256), np.uint8)
+    mask[128:] = 255  # the lower half of the blend box, hard-edged for the test
+    face = np.full((256, 256, 3), 7, np.uint8)
+    out = paste(frame, face, box, mask, blend_box(box))
+    bx1, by1, bx2, by2 = blend_box(box)
+    yc = (by1 + by2) // 2
+    assert np.array_equal(out[: yc - 2], frame[: yc - 2])  # above the blend line: untouched
+    assert (out[yc + 2 : 220, 102:198] == 7).all()  # inside the box, below the line: the face
+    assert np.array_equal(out[:, :bx1], frame[:, :bx1])  # outside the blend box: untouched
+    assert np.array_equal(out[230:], frame[230:])  # below the crop box: the frame (mask × box)
+    edge = (0, 150, 90, 290)  # a box at the frame's corner: its blend box leaves the frame
+    assert blend_box(edge)[0] < 0 and blend_box(edge)[3] > 300
+    cut = paste(frame, face, edge, mask, blend_box(edge))
+    assert cut.shape == frame.shape and (cut[250:290, 2:88] == 7).all()
+
+
+def test_crop_face() -> None:
+    frame = np.zeros((300, 320, 3), np.uint8)
+    frame[80:220, 100:200] = 200
+    crop = crop_face(frame, (100, 80, 200, 220))
+    assert crop.shape == (256, 256, 3) and crop.min() >= 190
