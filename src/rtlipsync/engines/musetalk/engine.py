@@ -1,0 +1,220 @@
+"""The MuseTalk engine: the `LipSyncEngine` protocol over MuseTalk's networks.
+
+- ``prepare`` adds the avatar's crop latents ([masked, reference] per frame, from the VAE)
+  to its folder, once; the crop boxes and blend masks are already there (every avatar has
+  them, by MuseTalk's rules).
+- A stream takes speech as it comes: Whisper rows are computed in fixed blocks (so streamed
+  and batch output are the same frames), each ready frame's window goes through the UNet and
+  the VAE in batches, and the face is pasted back into the avatar's own frame.
+- Silence is not sent through the network (MuseTalk moves the lips in silence, a known
+  artefact of its training data): a silent frame is the avatar's own frame.
+- ``reset`` drops everything at once; the idle loop position keeps running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rtlipsync.engines.musetalk.features import AudioFeatures
+from rtlipsync.engines.musetalk.pipeline import Generator, crop_face, encode_crops, paste
+from rtlipsync.errors import InputError
+from rtlipsync.face.avatar import Avatar
+from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE, AVFrame, SpeechChunk
+
+SILENCE_RMS = 100.0  # int16 RMS below which a frame's 40 ms is silence (about -50 dBFS)
+_SILENCE = np.zeros(FRAME_SAMPLES, np.int16)
+
+
+class MuseTalkNets:
+    """The loaded networks (shared by every stream of an engine)."""
+
+    def __init__(self, unet: Any, vae: Any, encoder: Any, extractor: Any, version: str) -> None:
+        self.unet, self.vae, self.encoder, self.extractor = unet, vae, encoder, extractor
+        self.version = version
+        self.generate = Generator(unet, vae)
+
+    @classmethod
+    def load(
+        cls,
+        models: Path | None = None,
+        version: str = "v15",
+        device: str = "auto",
+        dtype: torch.dtype | None = None,
+    ) -> MuseTalkNets:
+        """The official networks; fp16 on a GPU, fp32 on the CPU unless told otherwise."""
+        from transformers import WhisperFeatureExtractor
+
+        from rtlipsync.engines.musetalk import weights
+        from rtlipsync.engines.musetalk.model import load_unet, load_vae, load_whisper_encoder
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            raise InputError("device cuda was asked for but no GPU is visible to torch")
+        dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
+        models = weights.check(version, models)
+        extractor = WhisperFeatureExtractor.from_pretrained(models / "whisper")
+        return cls(
+            load_unet(models, version, dtype, device),
+            load_vae(models, dtype, device),
+            load_whisper_encoder(models, dtype, device),
+            extractor,
+            version,
+        )
+
+
+class MuseTalkEngine:
+    name = "musetalk"
+
+    def __init__(self, nets: MuseTalkNets, batch_size: int = 8) -> None:
+        self.nets = nets
+        self.batch_size = batch_size
+
+    def prepare(self, avatar: Avatar, **options: Any) -> None:
+        _latents(avatar, self.nets)
+
+    def open_stream(self, avatar: Avatar) -> MuseTalkStream:
+        return MuseTalkStream(avatar, self.nets, _latents(avatar, self.nets), self.batch_size)
+
+
+def _vae_key(vae: Any) -> str:
+    """A fingerprint of the VAE's weights: latents made by another VAE are not reused."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items())[:8]:
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes()[:4096])
+    return digest.hexdigest()[:16]
+
+
+def _latents(avatar: Avatar, nets: MuseTalkNets) -> np.ndarray:
+    """(N, 8, 32, 32) float32 crop latents of every frame (zeros where no face), cached."""
+    key = _vae_key(nets.vae)
+    cached = avatar.extras.get("musetalk")
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    folder = avatar.path / "musetalk"
+    info = folder / "latents.json"
+    path = folder / "latents.npy"
+    if info.exists() and path.exists() and json.loads(info.read_text()).get("vae") == key:
+        latents = np.load(path)
+    else:
+        latents = np.zeros((len(avatar.frames), 8, 32, 32), np.float32)
+        faces = [i for i, box in enumerate(avatar.boxes) if box[0] >= 0]
+        for start in range(0, len(faces), 8):
+            batch = faces[start : start + 8]
+            crops = np.stack([crop_face(avatar.frames[i], avatar.boxes[i]) for i in batch])
+            latents[batch] = encode_crops(nets.vae, crops).float().cpu().numpy()
+        folder.mkdir(exist_ok=True)
+        tmp = folder / "latents.tmp.npy"
+        np.save(tmp, latents)
+        tmp.replace(path)
+        info.write_text(json.dumps({"vae": key, "frames": len(latents)}))
+    masks = np.load(avatar.path / "masks.npz")
+    avatar.extras["musetalk_masks"] = (masks["masks"], masks["boxes"])
+    avatar.extras["musetalk"] = (key, latents)
+    return latents
+
+
+class _Utterance:
+    def __init__(self, nets: MuseTalkNets) -> None:
+        self.features = AudioFeatures(nets.encoder, nets.extractor, str(nets.generate.device))
+        self.audio = np.zeros(0, np.int16)
+        self.made = 0  # frames produced
+        self.ended = False
+
+    @property
+    def frames_total(self) -> int:
+        # Ended utterances were padded to whole frames.
+        return len(self.audio) // FRAME_SAMPLES
+
+
+class MuseTalkStream:
+    """One session's MuseTalk stream (see `rtlipsync.engines.base.EngineStream`)."""
+
+    lookahead = 0.44  # a frame waits for its 8-frame block and 80 ms of look-ahead
+
+    def __init__(
+        self, avatar: Avatar, nets: MuseTalkNets, latents: np.ndarray, batch_size: int
+    ) -> None:
+        self.avatar = avatar
+        self.nets = nets
+        self.latents = latents
+        self.masks, self.mask_boxes = avatar.extras["musetalk_masks"]
+        self.batch_size = batch_size
+        self._index = 0  # frames produced on this stream's timeline
+        self._utterances: deque[_Utterance] = deque()
+
+    @property
+    def pending(self) -> float:
+        return sum(len(u.audio) - u.made * FRAME_SAMPLES for u in self._utterances) / SAMPLE_RATE
+
+    def push(self, chunk: SpeechChunk) -> None:
+        if not self._utterances or self._utterances[-1].ended:
+            self._utterances.append(_Utterance(self.nets))
+        u = self._utterances[-1]
+        u.audio = np.concatenate([u.audio, chunk.pcm])
+        u.features.push(chunk.pcm)
+        if chunk.end_of_utterance:
+            pad = (-len(u.audio)) % FRAME_SAMPLES
+            u.audio = np.concatenate([u.audio, np.zeros(pad, np.int16)])
+            u.features.push(np.zeros(pad, np.int16))  # the last part-frame is played too
+            u.features.end()
+            u.ended = True
+
+    def frames(self) -> Iterator[AVFrame]:
+        while self._utterances:
+            u = self._utterances[0]
+            ready = min(u.features.frames_ready(), u.frames_total)
+            if u.made >= ready:
+                if u.ended and u.made >= u.frames_total:
+                    self._utterances.popleft()
+                    continue
+                return
+            count = min(self.batch_size, ready - u.made)
+            yield from self._render(u, count)
+
+    def _render(self, u: _Utterance, count: int) -> Iterator[AVFrame]:
+        loop = self.avatar.loop
+        plan = []
+        for k in range(count):
+            f = u.made + k
+            audio = u.audio[f * FRAME_SAMPLES : (f + 1) * FRAME_SAMPLES]
+            source = int(loop[(self._index + k) % len(loop)])
+            rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
+            talk = rms >= SILENCE_RMS and self.avatar.boxes[source][0] >= 0
+            plan.append((f, audio, source, talk))
+        talking = [p for p in plan if p[3]]
+        faces: dict[int, np.ndarray] = {}
+        if talking:
+            latents = torch.from_numpy(np.stack([self.latents[p[2]] for p in talking]))
+            windows = np.stack([u.features.window(p[0]) for p in talking])
+            for p, face in zip(talking, self.nets.generate(latents, windows), strict=True):
+                faces[p[0]] = face
+        for f, audio, source, talk in plan:
+            base = self.avatar.frames[source]
+            image = base.copy()
+            if talk:
+                box = tuple(int(v) for v in self.avatar.boxes[source])
+                image = paste(base, faces[f], box, self.masks[source], self.mask_boxes[source])
+            frame = AVFrame(image=image, audio=audio, index=self._index, speaking=True)
+            self._index += 1
+            u.made += 1
+            yield frame
+
+    def idle(self) -> AVFrame:
+        loop = self.avatar.loop
+        source = int(loop[self._index % len(loop)])
+        frame = AVFrame(image=self.avatar.frames[source].copy(), audio=_SILENCE, index=self._index)
+        self._index += 1
+        return frame
+
+    def reset(self) -> None:
+        self._utterances.clear()

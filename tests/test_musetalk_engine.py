@@ -1,0 +1,98 @@
+"""The MuseTalk engine through the engine protocol, on tiny random-weight networks of the
+official architectures: streamed output equals batch output, silence shows the avatar's own
+frames, the mouth is changed only inside its mask, reset drops everything, latents cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the musetalk extra is not installed")
+diffusers = pytest.importorskip("diffusers")
+transformers = pytest.importorskip("transformers")
+
+from rtlipsync.engines.base import EngineStream, LipSyncEngine, render_speech  # noqa: E402
+from rtlipsync.engines.musetalk.engine import MuseTalkEngine, MuseTalkNets  # noqa: E402
+from rtlipsync.face.geometry import blend_box  # noqa: E402
+from rtlipsync.media.frames import SpeechChunk  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def engine() -> MuseTalkEngine:
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=32, in_channels=8, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), cross_attention_dim=384, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    ).eval()  # fmt: skip
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        sample_size=256,
+    ).eval()  # fmt: skip
+    config = transformers.WhisperConfig(
+        d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
+        decoder_layers=1, decoder_attention_heads=6, decoder_ffn_dim=1536, num_mel_bins=80,
+    )  # fmt: skip
+    encoder = transformers.WhisperModel(config).encoder.eval()
+    extractor = transformers.WhisperFeatureExtractor(feature_size=80)
+    return MuseTalkEngine(MuseTalkNets(unet, vae, encoder, extractor, "v15"), batch_size=4)
+
+
+def test_protocol_and_streaming_equals_batch(engine, default_avatar, speech16k) -> None:  # noqa: ANN001
+    assert isinstance(engine, LipSyncEngine)
+    pcm = speech16k.pcm[: int(1.5 * 16000)]
+    batch = engine.open_stream(default_avatar)
+    assert isinstance(batch, EngineStream)
+    whole = list(render_speech(batch, pcm, chunk_samples=16000))
+    streamed_stream = engine.open_stream(default_avatar)
+    streamed = list(render_speech(streamed_stream, pcm))  # 20 ms chunks
+    assert len(whole) == len(streamed) == -(-len(pcm) // 640)
+    for a, b in zip(whole, streamed, strict=True):
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.audio, b.audio)
+    assert np.array_equal(np.concatenate([f.audio for f in whole])[: len(pcm)], pcm)
+    assert batch.pending == 0
+
+
+def test_silence_shows_the_avatar_and_speech_only_the_mouth(
+    engine, default_avatar, speech16k
+) -> None:  # noqa: ANN001
+    stream = engine.open_stream(default_avatar)
+    pcm = np.concatenate([np.zeros(16000 // 2, np.int16), speech16k.pcm[:16000]])
+    frames = list(render_speech(stream, pcm))
+    own = default_avatar.frames[0]
+    silent, spoken = frames[:10], frames[14:]
+    assert all(np.array_equal(f.image, own) for f in silent)  # no hallucinated lip motion
+    changed = [f for f in spoken if not np.array_equal(f.image, own)]
+    assert len(changed) >= 0.8 * len(spoken)
+    x1, y1, x2, y2 = (int(v) for v in default_avatar.boxes[0])
+    diff = np.abs(changed[0].image.astype(int) - own.astype(int)).sum(axis=2)
+    ys, xs = np.nonzero(diff)
+    side = blend_box((x1, y1, x2, y2))[2] - blend_box((x1, y1, x2, y2))[0]
+    # Only below the crop's centre line (the mouth), less the mask's feathered edge.
+    assert ys.min() >= (y1 + y2) // 2 - side // 20 - 2
+    assert x1 - 2 <= xs.min() and xs.max() <= x2 + 2
+
+
+def test_reset_and_idle(engine, default_avatar, speech16k) -> None:  # noqa: ANN001
+    stream = engine.open_stream(default_avatar)
+    for i in range(0, 16000, 320):
+        stream.push(SpeechChunk(speech16k.pcm[i : i + 320]))
+    assert stream.pending > 0.9
+    stream.reset()
+    assert stream.pending == 0 and list(stream.frames()) == []
+    idle = stream.idle()
+    assert not idle.speaking and not idle.audio.any()
+
+
+def test_latents_are_cached_with_the_vae_that_made_them(engine, default_avatar) -> None:  # noqa: ANN001
+    path = default_avatar.path / "musetalk" / "latents.npy"
+    engine.prepare(default_avatar)
+    assert path.exists()
+    latents = np.load(path)
+    assert latents.shape == (len(default_avatar.frames), 8, 32, 32) and latents.any()
+    stamp = path.stat().st_mtime_ns
+    default_avatar.extras.pop("musetalk")
+    engine.prepare(default_avatar)  # from disk, not recomputed
+    assert path.stat().st_mtime_ns == stamp
