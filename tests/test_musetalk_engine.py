@@ -96,3 +96,28 @@ def test_latents_are_cached_with_the_vae_that_made_them(engine, default_avatar) 
     default_avatar.extras.pop("musetalk")
     engine.prepare(default_avatar)  # from disk, not recomputed
     assert path.stat().st_mtime_ns == stamp
+
+
+def test_render_with_the_musetalk_engine(engine, default_avatar, speech, tmp_path) -> None:  # noqa: ANN001
+    import av
+
+    from rtlipsync.render import render
+
+    from conftest import write_wav
+
+    wav = write_wav(
+        tmp_path / "speech.wav", speech.pcm[: 2 * speech.sample_rate], speech.sample_rate
+    )
+    result = render("default", tmp_path / "out.mp4", audio=wav, progress=False, engine=engine)
+    assert result.frames == 50 and abs(result.audio_seconds - 2.0) < 0.01
+    with av.open(str(result.path)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 50
+
+
+def test_weights_check_wants_the_networks_not_the_optional_parser(tmp_path) -> None:  # noqa: ANN001
+    from rtlipsync.engines.musetalk import weights
+    from rtlipsync.errors import InputError
+
+    with pytest.raises(InputError) as exc:
+        weights.check("v15", tmp_path)
+    assert "musetalkV15/unet.pth" in str(exc.value) and "79999_iter" not in str(exc.value)

@@ -30,12 +30,33 @@ def _avatar_prepare(args: argparse.Namespace) -> None:
         max_seconds=args.max_seconds,
     )
     m = prepare_avatar(args.name, args.source, options, force=args.force, progress=not args.quiet)
+    if args.engine != "cpu":  # the engine's own assets (MuseTalk: crop latents)
+        from rtlipsync.engines import make_engine
+        from rtlipsync.face.avatar import load_avatar
+
+        make_engine(args.engine, args.musetalk_version, args.device).prepare(load_avatar(args.name))
     missing = len(m["faces_missing"])
     lo, hi = m["bbox_shift_range"]
     print(
         f"avatar {m['name']}: {m['frame_count']} frames at {m['fps']} fps, "
         f"{m['width']}x{m['height']}, {missing} without a face; "
         f"bbox_shift range [{lo}, {hi}]"
+    )
+
+
+def _engine(args: argparse.Namespace):  # noqa: ANN202
+    from rtlipsync.engines import make_engine
+
+    return make_engine(args.engine, args.musetalk_version, args.device)
+
+
+def _engine_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=["cpu", "musetalk"], default="cpu")
+    parser.add_argument(
+        "--musetalk-version", choices=["v15", "v10"], default="v15", help="MuseTalk's weights"
+    )
+    parser.add_argument(
+        "--device", default="auto", help="MuseTalk: auto (a GPU if torch sees one), cpu, cuda"
     )
 
 
@@ -68,6 +89,7 @@ def _render(args: argparse.Namespace) -> None:
                 emotion=args.emotion,
                 progress=not args.quiet,
                 preset=args.preset,
+                engine=_engine(args),
             )
         ]
     for r in results:
@@ -94,6 +116,7 @@ def _serve(args: argparse.Namespace) -> None:
         avatar=args.avatar,
         max_sessions=args.max_sessions,
         mode=args.mode,
+        engine=args.engine,
     )
     load_avatar(settings.avatar)  # prepare the default avatar now, or fail with a clear line
     unknown = set(settings.llm) - {"base_url", "api_key", "model", "system_prompt", "max_turns"}
@@ -117,6 +140,10 @@ def _serve(args: argparse.Namespace) -> None:
     )
     if settings.mode == "realtime" and realtime is None:
         raise InputError("mode is realtime but no realtime service is configured (realtime.url)")
+    from rtlipsync.engines import make_engine
+
+    engine = make_engine(settings.engine, args.musetalk_version, args.device)  # shared: one model
+    log.info("lip-sync engine: %s", engine.name)
     tts = tts_factory(settings.tts)
     tts()  # a bad voice or provider fails now, with its message, not in a session
     app = create_app(
@@ -127,6 +154,7 @@ def _serve(args: argparse.Namespace) -> None:
             llm=llm,
             realtime=realtime,
             mode=settings.mode,
+            engine=(lambda: engine),
             tts=tts,
             asr=asr_factory(settings.asr),
             vad={k: float(v) for k, v in settings.vad.items()},
@@ -195,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="who answers in sessions that don't choose (default chat)",
     )
     serve.add_argument("--config", type=Path, help="YAML settings file")
+    serve.add_argument(
+        "--engine", choices=["cpu", "musetalk"], help="lip-sync engine (default cpu)"
+    )
+    serve.add_argument("--musetalk-version", choices=["v15", "v10"], default="v15")
+    serve.add_argument("--device", default="auto", help="MuseTalk: auto, cpu or cuda")
     serve.set_defaults(func=_serve)
 
     avatar = sub.add_parser("avatar", help="prepare and list avatars")
@@ -202,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep = avatar_sub.add_parser("prepare", help="prepare an avatar from an image, video or folder")
     prep.add_argument("name")
     prep.add_argument("source", type=Path, help="image, video (any fps) or folder of images")
-    prep.add_argument("--engine", choices=["cpu"], default="cpu")
+    _engine_flags(prep)
     prep.add_argument(
         "--bbox-shift",
         type=int,
@@ -241,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="x264 speed/size trade-off: superfast is ~1.8x faster to encode, files ~2x larger",
     )
     ren.add_argument("--emotion", choices=["neutral", "happy", "concerned"], help="expression")
+    _engine_flags(ren)
     ren.add_argument(
         "-o",
         "--output",
@@ -281,7 +315,8 @@ def _models_list(args: argparse.Namespace) -> None:
     print(f"MuseTalk, under {weights.models_root()}:")
     for f, ok in weights.status():
         versions = "/".join(f.versions)
-        print(f"  {'present' if ok else 'missing':8} {f.path:45} {versions:8} {f.purpose}")
+        purpose = f.purpose + (" (optional)" if f.optional else "")
+        print(f"  {'present' if ok else 'missing':8} {f.path:45} {versions:8} {purpose}")
 
 
 def main(argv: list[str] | None = None) -> int:

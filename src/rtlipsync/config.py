@@ -5,6 +5,7 @@ port: 8010               # RTLIPSYNC_PORT
 avatar: default          # RTLIPSYNC_AVATAR
 max_sessions: 8          # RTLIPSYNC_MAX_SESSIONS
 mode: chat               # RTLIPSYNC_MODE; repeat | chat | realtime, for sessions that don't say
+engine: cpu              # RTLIPSYNC_ENGINE; cpu | musetalk (the musetalk extra and its weights)
 ice_servers:             # none by default: no public STUN server is contacted
   - urls: turn:turn.example.org:3478
     username: user
@@ -49,6 +50,7 @@ class Settings:
     avatar: str = "default"
     max_sessions: int = 8
     mode: str = "chat"
+    engine: str = "cpu"  # cpu | musetalk
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     llm: dict[str, Any] = field(default_factory=dict)
     realtime: dict[str, Any] = field(default_factory=dict)

@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from rtlipsync.engines.base import render_speech
+from rtlipsync.engines.base import LipSyncEngine, render_speech
 from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import PrepareOptions, load_avatar, prepare_avatar
@@ -87,8 +87,10 @@ def render(
     progress: bool = True,
     preset: str = "veryfast",
     on_progress: Callable[[int, int], None] | None = None,
+    engine: LipSyncEngine | None = None,
 ) -> RenderResult:
-    """Render ``avatar`` saying ``audio`` (a file) or ``text`` (spoken offline) into ``output``."""
+    """Render ``avatar`` saying ``audio`` (a file) or ``text`` (spoken offline) into ``output``
+    with ``engine`` (the CPU engine by default)."""
     if (audio is None) == (text is None):
         raise InputError("give exactly one of --audio FILE or --text TEXT")
     out = check_output(output)
@@ -96,7 +98,7 @@ def render(
         _speech_from_audio(audio) if audio is not None else _speech_from_text(text or "", voice)
     )
     av = load_avatar(avatar)
-    stream = CpuEngine().open_stream(av)
+    stream = (engine or CpuEngine()).open_stream(av)
     width, height = av.size
     n_frames = -(-len(speech.engine_pcm) // FRAME_SAMPLES)
     written = 0

@@ -1,1 +1,28 @@
 """Lip-sync engines behind one protocol (see `rtlipsync.engines.base`)."""
+
+from __future__ import annotations
+
+from rtlipsync.engines.base import LipSyncEngine
+from rtlipsync.errors import InputError
+
+ENGINES = ("cpu", "musetalk")
+
+
+def make_engine(name: str = "cpu", version: str = "v15", device: str = "auto") -> LipSyncEngine:
+    """An engine by name; MuseTalk loads its official weights once (``version``, ``device``)."""
+    if name == "cpu":
+        from rtlipsync.engines.cpu import CpuEngine
+
+        return CpuEngine()
+    if name == "musetalk":
+        try:
+            import diffusers  # noqa: F401
+            import torch  # noqa: F401
+        except ImportError:
+            raise InputError(
+                'the MuseTalk engine needs its extra: pip install -e ".[musetalk]"'
+            ) from None
+        from rtlipsync.engines.musetalk.engine import MuseTalkEngine, MuseTalkNets
+
+        return MuseTalkEngine(MuseTalkNets.load(version=version, device=device))
+    raise InputError(f"unknown engine {name!r}: use {' or '.join(ENGINES)}")

@@ -32,6 +32,7 @@ class WeightFile:
     size: int | None = None  # bytes, where the official listing gives it
     versions: tuple[str, ...] = VERSIONS
     purpose: str = ""
+    optional: bool = False  # used when present (face parsing; landmark masks otherwise)
 
     @property
     def source(self) -> str:
@@ -60,10 +61,11 @@ FILES = (
     WeightFile("whisper/preprocessor_config.json", "openai/whisper-tiny",
                "preprocessor_config.json", purpose="log-mel settings"),
     WeightFile("face-parse-bisent/79999_iter.pth", "ManyOtherFunctions/face-parse-bisent",
-               "79999_iter.pth", size=53_289_463, purpose="face parsing (blend masks)"),
+               "79999_iter.pth", size=53_289_463, purpose="face parsing (blend masks)",
+               optional=True),
     WeightFile("face-parse-bisent/resnet18-5c106cde.pth",
                url="https://download.pytorch.org/models/resnet18-5c106cde.pth",
-               size=46_827_520, purpose="face parsing backbone"),
+               size=46_827_520, purpose="face parsing backbone", optional=True),
 )  # fmt: skip
 
 
@@ -89,7 +91,7 @@ def missing(version: str = "v15", root: Path | None = None) -> list[WeightFile]:
 def check(version: str = "v15", root: Path | None = None) -> Path:
     """The models folder, or an error naming every missing file and where to get it."""
     root = root or models_root()
-    gone = missing(version, root)
+    gone = [f for f in missing(version, root) if not f.optional]
     if gone:
         raise InputError(_missing_message(gone, root, "MuseTalk's weights are not all here"))
     return root
