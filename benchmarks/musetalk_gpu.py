@@ -1,0 +1,141 @@
+"""MuseTalk throughput: UNet (t = 0) + VAE decode per frame, at batch sizes 1-64.
+
+Prints frames per second per batch size, how many 25 fps sessions that sustains, the time to
+the first frame of an utterance (its first Whisper block + one batch), and the fp16 output's
+PSNR against fp32 on the same inputs. Uses the official weights when they are in the data
+root; ``--random`` times networks of the official architecture with random weights instead
+(the same arithmetic, so the same speed; the PSNR is then only indicative).
+
+    python benchmarks/musetalk_gpu.py [--device cuda] [--batches 1,4,8,16,32,64] [--random]
+Goal on an H100: >= 400 fps aggregate at PSNR >= 35 dB against fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from rtlipsync.engines.musetalk import weights
+from rtlipsync.engines.musetalk.features import AudioFeatures
+from rtlipsync.engines.musetalk.model import (
+    UNET_CONFIG,
+    load_unet,
+    load_vae,
+    load_whisper_encoder,
+    unet_from_config,
+)
+from rtlipsync.engines.musetalk.pipeline import Generator
+
+from _common import machine
+
+
+def networks(device: str, dtype: torch.dtype, random: bool):  # noqa: ANN201
+    if not random:
+        root = weights.check("v15")
+        return (
+            load_unet(root, "v15", dtype, device),
+            load_vae(root, dtype, device),
+            load_whisper_encoder(root, dtype, device),
+        )
+    from diffusers import AutoencoderKL
+    from transformers import WhisperConfig, WhisperModel
+
+    torch.manual_seed(0)
+    unet = unet_from_config(UNET_CONFIG).to(device, dtype).eval()
+    vae = AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        sample_size=256,
+    ).to(device, dtype).eval()  # fmt: skip
+    whisper = WhisperModel(
+        WhisperConfig(d_model=384, encoder_layers=4, encoder_attention_heads=6,
+                      encoder_ffn_dim=1536, decoder_layers=1, num_mel_bins=80)
+    ).encoder.to(device, dtype).eval()  # fmt: skip
+    return unet, vae, whisper
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batches", default="1,2,4,8,16,32,64")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--random", action="store_true", help="random weights, same networks")
+    parser.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16")
+    parser.add_argument("--json", type=str, help="also write the figures to this file")
+    args = parser.parse_args()
+    device = args.device
+    fast = getattr(torch, args.dtype) if device.startswith("cuda") else torch.float32
+    print(machine())
+    if device.startswith("cuda"):
+        print(f"GPU: {torch.cuda.get_device_name(0)}, torch {torch.__version__}")
+    unet, vae, encoder = networks(device, fast, args.random)
+    generate = Generator(unet, vae)
+    rng = np.random.default_rng(0)
+    figures: dict[str, object] = {"device": device, "dtype": str(fast), "random": args.random}
+    per_batch = {}
+    for batch in [int(b) for b in args.batches.split(",")]:
+        latents = torch.from_numpy(rng.normal(size=(batch, 8, 32, 32)).astype(np.float32))
+        windows = rng.normal(size=(batch, 50, 384)).astype(np.float32)
+        try:
+            generate(latents, windows)  # warm-up (and cuDNN autotune)
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.repeats):
+                generate(latents, windows)
+            sync(device)
+        except torch.OutOfMemoryError:
+            print(f"batch {batch:3d}: out of GPU memory")
+            break
+        fps = batch * args.repeats / (time.perf_counter() - t0)
+        per_batch[batch] = round(fps, 1)
+        print(f"batch {batch:3d}: {fps:8.1f} fps  -> {int(fps // 25)} sessions at 25 fps")
+    figures["fps"] = per_batch
+    # Time to first frame: the first Whisper block (8 frames + 80 ms of look-ahead) and one
+    # batch of 8 through the UNet and the VAE.
+    from transformers import WhisperFeatureExtractor
+
+    extractor = WhisperFeatureExtractor(feature_size=80)
+    features = AudioFeatures(encoder, extractor, device)
+    audio = (rng.normal(size=16000) * 3000).astype(np.int16)
+    sync(device)
+    t0 = time.perf_counter()
+    features.push(audio[:7040])
+    ready = features.frames_ready()
+    windows = np.stack([features.window(f) for f in range(min(ready, 8))])
+    latents = torch.from_numpy(rng.normal(size=(len(windows), 8, 32, 32)).astype(np.float32))
+    generate(latents, windows)
+    sync(device)
+    figures["first_frame_ms"] = round(1000 * (time.perf_counter() - t0), 1)
+    print(f"time to first frame (features + one batch of {len(windows)}): "
+          f"{figures['first_frame_ms']} ms")  # fmt: skip
+    if fast != torch.float32:
+        reference = Generator(unet.float(), vae.float())
+        latents = torch.from_numpy(rng.normal(size=(8, 8, 32, 32)).astype(np.float32))
+        windows = rng.normal(size=(8, 50, 384)).astype(np.float32)
+        exact = reference(latents, windows)
+        unet.to(fast)
+        vae.to(fast)
+        approx = Generator(unet, vae)(latents, windows)
+        figures["psnr_db"] = round(psnr(approx, exact), 2)
+        print(f"{args.dtype} vs float32 on the same inputs: PSNR {figures['psnr_db']} dB")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
