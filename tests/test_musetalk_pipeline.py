@@ -100,3 +100,36 @@ def test_crop_face() -> None:
     frame[80:220, 100:200] = 200
     crop = crop_face(frame, (100, 80, 200, 220))
     assert crop.shape == (256, 256, 3) and crop.min() >= 190
+
+
+def test_sessions_share_batches(nets) -> None:  # noqa: ANN001
+    import threading
+
+    from rtlipsync.engines.musetalk.pipeline import Batcher
+
+    unet, vae = nets
+    generate = Generator(unet, vae)
+    batcher = Batcher(generate, max_batch=16, wait=0.2)
+    rng = np.random.default_rng(5)
+    jobs = [
+        (encode_crops(vae, faces(2, seed=i)), rng.normal(size=(2, 50, 384)).astype(np.float32))
+        for i in range(3)
+    ]
+    results: dict[int, np.ndarray] = {}
+
+    def session(i: int) -> None:
+        results[i] = batcher(*jobs[i])
+
+    threads = [threading.Thread(target=session, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert batcher.batches == 1  # three sessions' frames, one forward pass
+    for i, (latents, windows) in enumerate(jobs):
+        alone = generate(latents, windows)
+        assert np.abs(results[i].astype(int) - alone.astype(int)).max() <= 1  # its own rows
+    broken = Batcher(lambda latents, windows: 1 / 0, wait=0)  # a failure reaches the caller
+    with pytest.raises(ZeroDivisionError):
+        broken(*jobs[0])
+    assert broken._leading is False  # and nothing is left stuck

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from rtlipsync.engines.musetalk.features import AudioFeatures
-from rtlipsync.engines.musetalk.pipeline import Generator, crop_face, encode_crops, paste
+from rtlipsync.engines.musetalk.pipeline import Batcher, Generator, crop_face, encode_crops, paste
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import Avatar
 from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE, AVFrame, SpeechChunk
@@ -40,6 +40,9 @@ class MuseTalkNets:
         self.unet, self.vae, self.encoder, self.extractor = unet, vae, encoder, extractor
         self.version = version
         self.generate = Generator(unet, vae)
+        # Frames of every session on this device go through the networks together.
+        gpu = self.generate.device.type == "cuda"
+        self.batcher = Batcher(self.generate, max_batch=64 if gpu else 8, wait=0.003 if gpu else 0)
 
     @classmethod
     def load(
@@ -196,7 +199,7 @@ class MuseTalkStream:
         if talking:
             latents = torch.from_numpy(np.stack([self.latents[p[2]] for p in talking]))
             windows = np.stack([u.features.window(p[0]) for p in talking])
-            for p, face in zip(talking, self.nets.generate(latents, windows), strict=True):
+            for p, face in zip(talking, self.nets.batcher(latents, windows), strict=True):
                 faces[p[0]] = face
         for f, audio, source, talk in plan:
             base = self.avatar.frames[source]

@@ -8,6 +8,9 @@ step is two network calls per batch.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import cv2
 import numpy as np
 import torch
@@ -101,3 +104,75 @@ def paste(
     blended = m * large[region].astype(np.float32) + (1 - m) * frame[region].astype(np.float32)
     out[region] = np.round(blended).astype(np.uint8)
     return out
+
+
+class Batcher:
+    """One batch for every session's ready frames: many sessions, one model, one GPU queue.
+
+    Streams call it from their own threads. The first caller becomes the leader: it waits
+    ``wait`` seconds for other sessions' frames to join, runs batches of up to ``max_batch``
+    until nothing is pending, and hands each caller its own rows. No thread lives on between
+    calls, and a failure reaches every caller whose frames were in the failed batch.
+    """
+
+    def __init__(self, generate: Generator, max_batch: int = 32, wait: float = 0.003) -> None:
+        self.generate = generate
+        self.max_batch = max_batch
+        self.wait = wait
+        self._lock = threading.Lock()
+        self._pending: list[_Job] = []
+        self._leading = False
+        self.batches = 0  # forward passes run (for tests and logs)
+
+    def __call__(self, latents: torch.Tensor, windows: np.ndarray) -> np.ndarray:
+        job = _Job(latents, np.asarray(windows))
+        with self._lock:
+            self._pending.append(job)
+            lead = not self._leading
+            self._leading = True
+        if lead:
+            if self.wait > 0:
+                time.sleep(self.wait)
+            self._drain()
+        job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.result is not None
+        return job.result
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                batch: list[_Job] = []
+                rows = 0
+                while self._pending and (
+                    not batch or rows + len(self._pending[0].windows) <= self.max_batch
+                ):
+                    batch.append(self._pending.pop(0))
+                    rows += len(batch[-1].windows)
+                if not batch:
+                    self._leading = False
+                    return
+            try:
+                out = self.generate(
+                    torch.cat([j.latents for j in batch]),
+                    np.concatenate([j.windows for j in batch]),
+                )
+                self.batches += 1
+                start = 0
+                for j in batch:
+                    j.result = out[start : start + len(j.windows)]
+                    start += len(j.windows)
+            except Exception as exc:  # noqa: BLE001 - handed to each caller
+                for j in batch:
+                    j.error = exc
+            for j in batch:
+                j.done.set()
+
+
+class _Job:
+    def __init__(self, latents: torch.Tensor, windows: np.ndarray) -> None:
+        self.latents, self.windows = latents, windows
+        self.result: np.ndarray | None = None
+        self.error: Exception | None = None
+        self.done = threading.Event()
