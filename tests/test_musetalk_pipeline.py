@@ -133,3 +133,24 @@ def test_sessions_share_batches(nets) -> None:  # noqa: ANN001
     with pytest.raises(ZeroDivisionError):
         broken(*jobs[0])
     assert broken._leading is False  # and nothing is left stuck
+
+
+def test_out_of_gpu_memory_halves_the_batch_then_says_so() -> None:
+    from rtlipsync.engines.musetalk.pipeline import Batcher
+
+    calls: list[int] = []
+
+    def generate(latents, windows):  # noqa: ANN001, ANN202 - a GPU that fits 2 frames
+        calls.append(len(windows))
+        if len(windows) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return np.stack([np.full((256, 256, 3), int(w[0, 0]), np.uint8) for w in windows])
+
+    batcher = Batcher(generate, max_batch=8, wait=0)
+    windows = np.arange(6, dtype=np.float32)[:, None, None] * np.ones((6, 50, 384), np.float32)
+    out = batcher(torch.zeros(6, 8, 32, 32), windows)
+    assert [int(face[0, 0, 0]) for face in out] == [0, 1, 2, 3, 4, 5]  # every frame, in order
+    assert batcher.max_batch <= 3 and calls[0] == 6
+    tiny = Batcher(lambda latents, windows: (_ for _ in ()).throw(torch.OutOfMemoryError()), wait=0)
+    with pytest.raises(RuntimeError, match="out of memory even for one MuseTalk frame"):
+        tiny(torch.zeros(1, 8, 32, 32), np.zeros((1, 50, 384), np.float32))

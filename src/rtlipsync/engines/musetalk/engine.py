@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +29,8 @@ from rtlipsync.engines.musetalk.pipeline import Batcher, Generator, crop_face, e
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import Avatar
 from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE, AVFrame, SpeechChunk
+
+log = logging.getLogger(__name__)
 
 SILENCE_RMS = 100.0  # int16 RMS below which a frame's 40 ms is silence (about -50 dBFS)
 _SILENCE = np.zeros(FRAME_SAMPLES, np.int16)
@@ -199,12 +202,16 @@ class MuseTalkStream:
         if talking:
             latents = torch.from_numpy(np.stack([self.latents[p[2]] for p in talking]))
             windows = np.stack([u.features.window(p[0]) for p in talking])
-            for p, face in zip(talking, self.nets.batcher(latents, windows), strict=True):
-                faces[p[0]] = face
+            try:
+                for p, face in zip(talking, self.nets.batcher(latents, windows), strict=True):
+                    faces[p[0]] = face
+            except RuntimeError as exc:
+                # The speech goes on with the avatar's own face rather than stopping the clock.
+                log.error("MuseTalk could not render %d frames: %s", len(talking), exc)
         for f, audio, source, talk in plan:
             base = self.avatar.frames[source]
             image = base.copy()
-            if talk:
+            if talk and f in faces:
                 box = tuple(int(v) for v in self.avatar.boxes[source])
                 image = paste(base, faces[f], box, self.masks[source], self.mask_boxes[source])
             frame = AVFrame(image=image, audio=audio, index=self._index, speaking=True)

@@ -8,6 +8,7 @@ step is two network calls per batch.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -16,6 +17,8 @@ import numpy as np
 import torch
 
 from rtlipsync.engines.musetalk.features import positional_encoding
+
+log = logging.getLogger(__name__)
 
 CROP = 256  # MuseTalk generates faces at 256 x 256
 LATENT = CROP // 8
@@ -154,11 +157,10 @@ class Batcher:
                     self._leading = False
                     return
             try:
-                out = self.generate(
+                out = self._run(
                     torch.cat([j.latents for j in batch]),
                     np.concatenate([j.windows for j in batch]),
                 )
-                self.batches += 1
                 start = 0
                 for j in batch:
                     j.result = out[start : start + len(j.windows)]
@@ -168,6 +170,26 @@ class Batcher:
                     j.error = exc
             for j in batch:
                 j.done.set()
+
+    def _run(self, latents: torch.Tensor, windows: np.ndarray) -> np.ndarray:
+        """One forward pass; out of GPU memory, the batch is halved (and the limit lowered)
+        until it fits, and a single frame that does not fit is a clear error."""
+        try:
+            out = self.generate(latents, windows)
+            self.batches += 1
+            return out
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if len(windows) == 1:
+                raise RuntimeError(
+                    "the GPU is out of memory even for one MuseTalk frame: free the GPU or "
+                    "use a smaller model precision"
+                ) from None
+            half = len(windows) // 2
+            self.max_batch = max(1, min(self.max_batch, half))
+            log.warning("GPU out of memory: MuseTalk batches now at most %d", self.max_batch)
+            first = self._run(latents[:half], windows[:half])
+            return np.concatenate([first, self._run(latents[half:], windows[half:])])
 
 
 class _Job:
