@@ -121,3 +121,38 @@ def test_weights_check_wants_the_networks_not_the_optional_parser(tmp_path) -> N
     with pytest.raises(InputError) as exc:
         weights.check("v15", tmp_path)
     assert "musetalkV15/unet.pth" in str(exc.value) and "79999_iter" not in str(exc.value)
+
+
+def test_a_baked_bank_is_served_by_the_cpu_engine(
+    engine, default_avatar, speech16k, tmp_path
+) -> None:  # noqa: ANN001
+    import cv2
+
+    from rtlipsync.engines.cpu import CpuEngine
+    from rtlipsync.engines.cpu.engine import BankStream
+    from rtlipsync.engines.cpu.features import MouthParams
+    from rtlipsync.engines.musetalk.bank import bake, grid, load_bank
+    from rtlipsync.face.avatar import load_avatar, prepare_avatar
+
+    source = tmp_path / "face.png"  # a copy of the default face: the shared one stays unbaked
+    cv2.imwrite(str(source), default_avatar.frames[0])
+    prepare_avatar("baked", source, progress=False)
+    avatar = load_avatar("baked")
+    assert not isinstance(CpuEngine().open_stream(avatar), BankStream)
+    path = bake(avatar, engine, progress=False)
+    assert path.name == "bank.npz" and not list(path.parent.glob("*.tmp*"))
+    bank = load_bank(avatar)
+    states = grid()
+    assert len(states) == 15 and bank.has(0)
+    exact = bank.mouth(0, MouthParams(open=float(states[7][0]), width=float(states[7][1])))
+    assert np.array_equal(exact, bank.face(0, 7))  # on a state: that state's face
+    between = bank.mouth(0, MouthParams(open=0.375, width=0.0))  # between two: flow-blended
+    assert between.shape == (256, 256, 3)
+    stream = CpuEngine().open_stream(avatar)
+    assert isinstance(stream, BankStream)
+    pcm = np.concatenate([speech16k.pcm[:16000], np.zeros(8000, np.int16)])
+    frames = list(render_speech(stream, pcm))
+    own = avatar.frames[0]
+    spoken = [f for f in frames if f.speaking and f.mouth["open"] > 0.2]
+    assert spoken and all(not np.array_equal(f.image, own) for f in spoken)
+    assert np.array_equal(CpuEngine().open_stream(avatar).idle().image, own)

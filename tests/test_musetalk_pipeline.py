@@ -11,13 +11,11 @@ diffusers = pytest.importorskip("diffusers")
 
 from rtlipsync.engines.musetalk.pipeline import (  # noqa: E402
     Generator,
-    crop_face,
     encode_crops,
     masked,
-    paste,
     to_tensor,
 )
-from rtlipsync.face.geometry import blend_box  # noqa: E402
+from rtlipsync.face.geometry import blend_box, crop_face, paste  # noqa: E402
 
 
 @pytest.fixture(scope="module")

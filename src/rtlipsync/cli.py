@@ -44,6 +44,17 @@ def _avatar_prepare(args: argparse.Namespace) -> None:
     )
 
 
+def _avatar_bake(args: argparse.Namespace) -> None:
+    from rtlipsync.engines.musetalk.bank import bake
+    from rtlipsync.face.avatar import load_avatar
+
+    if args.engine != "musetalk":
+        raise InputError("only the musetalk engine bakes a bank: --engine musetalk")
+    avatar = load_avatar(args.name)
+    path = bake(avatar, _engine(args), progress=not args.quiet)
+    print(f"baked {path}: the CPU engine now serves {args.name} with MuseTalk mouths")
+
+
 def _engine(args: argparse.Namespace):  # noqa: ANN202
     from rtlipsync.engines import make_engine
 
@@ -254,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("--force", action="store_true", help="prepare again even if up to date")
     prep.set_defaults(func=_avatar_prepare)
+    bake = avatar_sub.add_parser(
+        "bake", help="render a MuseTalk bank once (on a GPU) so the CPU engine can serve it"
+    )
+    bake.add_argument("name")
+    _engine_flags(bake)
+    bake.set_defaults(func=_avatar_bake, engine="musetalk")
     lst = avatar_sub.add_parser("list", help="list prepared avatars")
     lst.set_defaults(func=_avatar_list)
 

@@ -12,6 +12,7 @@ import numpy as np
 from rtlipsync.face.landmarks import FACE_OVAL
 
 MASK_SIZE = 256  # blend masks are stored at this size, stretched over their blend box
+CROP = 256  # MuseTalk's face crops are this size
 
 
 def crop_box(
@@ -73,3 +74,35 @@ def lower_face_mask(points: np.ndarray, box: tuple[int, int, int, int]) -> np.nd
     k = int((0.1 * side) // 2 * 2) + 1
     mask = cv2.GaussianBlur(mask, (k, k), 0)
     return cv2.resize(mask, (MASK_SIZE, MASK_SIZE), interpolation=cv2.INTER_AREA)
+
+
+def crop_face(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """The face crop MuseTalk works on: the box, stretched to 256 x 256 (Lanczos)."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    return cv2.resize(frame[y1:y2, x1:x2], (CROP, CROP), interpolation=cv2.INTER_LANCZOS4)
+
+
+def paste(
+    frame: np.ndarray,
+    face: np.ndarray,
+    box: tuple[int, int, int, int],
+    mask: np.ndarray,
+    mask_box: tuple[int, int, int, int],
+) -> np.ndarray:
+    """``frame`` with the generated 256² ``face`` resized into ``box`` and blended through
+    ``mask`` (stretched over ``mask_box``, which may reach outside the frame: clipped)."""
+    out = frame.copy()
+    x1, y1, x2, y2 = (int(v) for v in box)
+    large = frame.copy()
+    large[y1:y2, x1:x2] = cv2.resize(face, (x2 - x1, y2 - y1))
+    bx1, by1, bx2, by2 = (int(v) for v in mask_box)
+    weight = cv2.resize(mask, (bx2 - bx1, by2 - by1)).astype(np.float32) / 255.0
+    h, w = frame.shape[:2]
+    cx1, cy1, cx2, cy2 = max(bx1, 0), max(by1, 0), min(bx2, w), min(by2, h)
+    if cx1 >= cx2 or cy1 >= cy2:
+        return out
+    m = weight[cy1 - by1 : cy2 - by1, cx1 - bx1 : cx2 - bx1, None]
+    region = (slice(cy1, cy2), slice(cx1, cx2))
+    blended = m * large[region].astype(np.float32) + (1 - m) * frame[region].astype(np.float32)
+    out[region] = np.round(blended).astype(np.uint8)
+    return out

@@ -19,6 +19,7 @@ from rtlipsync.engines.cpu.features import (
 )
 from rtlipsync.engines.cpu.render import FrameRig, IdleLife
 from rtlipsync.face.avatar import Avatar
+from rtlipsync.face.geometry import paste
 from rtlipsync.media.frames import FPS, FRAME_SAMPLES, SAMPLE_RATE, AVFrame, SpeechChunk
 
 _SILENCE = np.zeros(FRAME_SAMPLES, np.int16)
@@ -167,4 +168,39 @@ class CpuEngine:
         """Nothing beyond the avatar's landmarks is needed; rigs are built on first use."""
 
     def open_stream(self, avatar: Avatar) -> CpuStream:
-        return CpuStream(avatar)
+        # An avatar baked on a GPU (`rtlipsync avatar bake`) is served from its MuseTalk bank.
+        from rtlipsync.engines.musetalk.bank import load_bank
+
+        bank = load_bank(avatar)
+        return CpuStream(avatar) if bank is None else BankStream(avatar, bank)
+
+
+class BankStream(CpuStream):
+    """The CPU engine's mouth parameters, shown with MuseTalk faces from the avatar's bank."""
+
+    def __init__(self, avatar: Avatar, bank: Any) -> None:
+        super().__init__(avatar)
+        self.bank = bank
+        masks = avatar.extras.get("blend_masks")
+        if masks is None:
+            with np.load(avatar.path / "masks.npz") as data:
+                masks = avatar.extras["blend_masks"] = (data["masks"], data["boxes"])
+        self.masks, self.mask_boxes = masks
+
+    def _frame(self, params: MouthParams, audio: np.ndarray, speaking: bool) -> AVFrame:
+        loop = self.avatar.loop
+        source = int(loop[self._index % len(loop)])
+        base = self.avatar.frames[source]
+        if speaking and self.bank.has(source):
+            box = tuple(int(v) for v in self.avatar.boxes[source])
+            face = self.bank.mouth(source, params)
+            image = paste(base, face, box, self.masks[source], self.mask_boxes[source])
+        else:
+            image = base.copy()
+        self._last = params
+        self._last_speaking = speaking
+        frame = AVFrame(
+            image=image, audio=audio, index=self._index, speaking=speaking, mouth=params.as_dict()
+        )
+        self._index += 1
+        return frame

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from rtlipsync.engines.musetalk.features import AudioFeatures
-from rtlipsync.engines.musetalk.pipeline import Batcher, Generator, crop_face, encode_crops, paste
+from rtlipsync.engines.musetalk.pipeline import Batcher, Generator, encode_crops
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import Avatar
+from rtlipsync.face.geometry import crop_face, paste
 from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE, AVFrame, SpeechChunk
 
 log = logging.getLogger(__name__)
