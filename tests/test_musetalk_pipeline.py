@@ -152,3 +152,25 @@ def test_out_of_gpu_memory_halves_the_batch_then_says_so() -> None:
     tiny = Batcher(lambda latents, windows: (_ for _ in ()).throw(torch.OutOfMemoryError()), wait=0)
     with pytest.raises(RuntimeError, match="out of memory even for one MuseTalk frame"):
         tiny(torch.zeros(1, 8, 32, 32), np.zeros((1, 50, 384), np.float32))
+
+
+def test_the_constant_time_embedding_changes_nothing() -> None:
+    from rtlipsync.engines.musetalk.features import positional_encoding
+    from rtlipsync.engines.musetalk.pipeline import ConstantEmbedding
+
+    torch.manual_seed(1)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=32, in_channels=8, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), cross_attention_dim=384, attention_head_dim=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    ).eval()  # fmt: skip
+    sample = torch.randn(3, 8, 32, 32)
+    audio = torch.randn(3, 50, 384) + positional_encoding()
+    with torch.no_grad():
+        before = unet(sample, torch.zeros(1, dtype=torch.long), encoder_hidden_states=audio).sample
+    Generator(unet, diffusers.AutoencoderKL(block_out_channels=(32,), latent_channels=4))
+    assert isinstance(unet.time_embedding, ConstantEmbedding)
+    with torch.no_grad():
+        after = unet(sample, torch.zeros(1, dtype=torch.long), encoder_hidden_states=audio).sample
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)  # (float rounding only)

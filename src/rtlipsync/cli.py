@@ -31,10 +31,9 @@ def _avatar_prepare(args: argparse.Namespace) -> None:
     )
     m = prepare_avatar(args.name, args.source, options, force=args.force, progress=not args.quiet)
     if args.engine != "cpu":  # the engine's own assets (MuseTalk: crop latents)
-        from rtlipsync.engines import make_engine
         from rtlipsync.face.avatar import load_avatar
 
-        make_engine(args.engine, args.musetalk_version, args.device).prepare(load_avatar(args.name))
+        _engine(args).prepare(load_avatar(args.name))
     missing = len(m["faces_missing"])
     lo, hi = m["bbox_shift_range"]
     print(
@@ -58,7 +57,7 @@ def _avatar_bake(args: argparse.Namespace) -> None:
 def _engine(args: argparse.Namespace):  # noqa: ANN202
     from rtlipsync.engines import make_engine
 
-    return make_engine(args.engine, args.musetalk_version, args.device)
+    return make_engine(args.engine, args.musetalk_version, args.device, args.compile)
 
 
 def _engine_flags(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +68,7 @@ def _engine_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="MuseTalk: auto (a GPU if torch sees one), cpu, cuda"
     )
+    parser.add_argument("--compile", action="store_true", help="MuseTalk: torch.compile the UNet")
 
 
 def _avatar_list(args: argparse.Namespace) -> None:
@@ -153,7 +153,7 @@ def _serve(args: argparse.Namespace) -> None:
         raise InputError("mode is realtime but no realtime service is configured (realtime.url)")
     from rtlipsync.engines import make_engine
 
-    engine = make_engine(settings.engine, args.musetalk_version, args.device)  # shared: one model
+    engine = make_engine(settings.engine, args.musetalk_version, args.device, args.compile)
     log.info("lip-sync engine: %s", engine.name)
     tts = tts_factory(settings.tts)
     tts()  # a bad voice or provider fails now, with its message, not in a session
@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--musetalk-version", choices=["v15", "v10"], default="v15")
     serve.add_argument("--device", default="auto", help="MuseTalk: auto, cpu or cuda")
+    serve.add_argument("--compile", action="store_true", help="MuseTalk: torch.compile the UNet")
     serve.set_defaults(func=_serve)
 
     avatar = sub.add_parser("avatar", help="prepare and list avatars")

@@ -8,8 +8,11 @@ from rtlipsync.errors import InputError
 ENGINES = ("cpu", "musetalk")
 
 
-def make_engine(name: str = "cpu", version: str = "v15", device: str = "auto") -> LipSyncEngine:
-    """An engine by name; MuseTalk loads its official weights once (``version``, ``device``)."""
+def make_engine(
+    name: str = "cpu", version: str = "v15", device: str = "auto", compile: bool = False
+) -> LipSyncEngine:
+    """An engine by name; MuseTalk loads its official weights once (``version``, ``device``,
+    optionally ``torch.compile``-d)."""
     if name == "cpu":
         from rtlipsync.engines.cpu import CpuEngine
 
@@ -24,5 +27,5 @@ def make_engine(name: str = "cpu", version: str = "v15", device: str = "auto") -
             ) from None
         from rtlipsync.engines.musetalk.engine import MuseTalkEngine, MuseTalkNets
 
-        return MuseTalkEngine(MuseTalkNets.load(version=version, device=device))
+        return MuseTalkEngine(MuseTalkNets.load(version=version, device=device, compile=compile))
     raise InputError(f"unknown engine {name!r}: use {' or '.join(ENGINES)}")

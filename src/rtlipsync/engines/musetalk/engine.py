@@ -55,8 +55,10 @@ class MuseTalkNets:
         version: str = "v15",
         device: str = "auto",
         dtype: torch.dtype | None = None,
+        compile: bool = False,
     ) -> MuseTalkNets:
-        """The official networks; fp16 on a GPU, fp32 on the CPU unless told otherwise."""
+        """The official networks; fp16 on a GPU, fp32 on the CPU unless told otherwise.
+        ``compile`` runs the UNet through ``torch.compile`` (slow first batches, then faster)."""
         from transformers import WhisperFeatureExtractor
 
         from rtlipsync.engines.musetalk import weights
@@ -69,13 +71,16 @@ class MuseTalkNets:
         dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
         models = weights.check(version, models)
         extractor = WhisperFeatureExtractor.from_pretrained(models / "whisper")
-        return cls(
+        nets = cls(
             load_unet(models, version, dtype, device),
             load_vae(models, dtype, device),
             load_whisper_encoder(models, dtype, device),
             extractor,
             version,
         )
+        if compile:  # after the Generator has put the constant time embedding in place
+            nets.generate.unet = torch.compile(nets.generate.unet, dynamic=True)
+        return nets
 
 
 class MuseTalkEngine:

@@ -52,8 +52,23 @@ def encode_crops(vae: torch.nn.Module, crops: np.ndarray) -> torch.Tensor:
     return torch.cat([encode(masked(images)), encode(images)], dim=1)
 
 
+class ConstantEmbedding(torch.nn.Module):
+    """Stands in for the UNet's time MLP: at timestep 0 its output never changes."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("value", value)
+
+    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
+        return self.value
+
+
 class Generator:
-    """UNet + VAE decode for batches of (latent, audio window) pairs."""
+    """UNet + VAE decode for batches of (latent, audio window) pairs.
+
+    The UNet's time embedding is computed once (MuseTalk always runs at t = 0) and put in
+    place of its time MLP; on a GPU the audio goes up through pinned memory.
+    """
 
     def __init__(self, unet: torch.nn.Module, vae: torch.nn.Module) -> None:
         self.unet = unet
@@ -62,11 +77,18 @@ class Generator:
         self.device, self.dtype = param.device, param.dtype
         self.pe = positional_encoding().to(self.device, self.dtype)
         self.timestep = torch.zeros(1, device=self.device, dtype=torch.long)
+        if not isinstance(unet.time_embedding, ConstantEmbedding):
+            with torch.no_grad():
+                t_emb = unet.time_proj(self.timestep).to(self.dtype)
+                unet.time_embedding = ConstantEmbedding(unet.time_embedding(t_emb))
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor, windows: np.ndarray) -> np.ndarray:
         """(B, 8, 32, 32) latents and (B, 50, 384) audio windows → (B, 256, 256, 3) BGR."""
-        audio = torch.as_tensor(np.asarray(windows), device=self.device, dtype=self.dtype)
+        audio = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
+        if self.device.type == "cuda":
+            audio = audio.pin_memory()
+        audio = audio.to(self.device, self.dtype, non_blocking=True)
         sample = latents.to(self.device, self.dtype)
         pred = self.unet(sample, self.timestep, encoder_hidden_states=audio + self.pe).sample
         vae_dtype = next(self.vae.parameters()).dtype
