@@ -166,3 +166,13 @@ def test_files_present_by_size(tmp_path: Path) -> None:
     assert not weights.present(config, tmp_path)  # a truncated file does not count
     (tmp_path / "musetalk" / "musetalk.json").write_text(json.dumps(UNET_CONFIG, indent=2) + "\n")
     assert weights.present(config, tmp_path)
+
+
+def test_known_hashes_are_checked(tmp_path: Path) -> None:
+    unet = next(f for f in weights.FILES if f.path == "musetalkV15/unet.pth")
+    assert unet.sha256 == "7ebf6c98c181"
+    fake = tmp_path / "unet.pth"
+    fake.write_bytes(b"not the weights")
+    assert not weights.verify(unet, fake)
+    config = next(f for f in weights.FILES if f.path == "sd-vae/config.json")
+    assert weights.verify(config, fake)  # no hash known: size only

@@ -9,6 +9,7 @@ fails at once with the list of what is missing and where to get each file by han
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import urllib.error
@@ -33,6 +34,7 @@ class WeightFile:
     versions: tuple[str, ...] = VERSIONS
     purpose: str = ""
     optional: bool = False  # used when present (face parsing; landmark masks otherwise)
+    sha256: str = ""  # the start of the file's SHA-256, where a listing gives it
 
     @property
     def source(self) -> str:
@@ -45,11 +47,12 @@ FILES = (
     WeightFile("musetalkV15/musetalk.json", "TMElyralab/MuseTalk", "musetalkV15/musetalk.json",
                versions=("v15",), purpose="UNet config (v1.5)"),
     WeightFile("musetalkV15/unet.pth", "TMElyralab/MuseTalk", "musetalkV15/unet.pth",
-               versions=("v15",), purpose="UNet weights (v1.5)"),
+               versions=("v15",), purpose="UNet weights (v1.5)", sha256="7ebf6c98c181"),
     WeightFile("musetalk/musetalk.json", "TMElyralab/MuseTalk", "musetalk/musetalk.json",
                size=748, versions=("v10",), purpose="UNet config (v1.0)"),
     WeightFile("musetalk/pytorch_model.bin", "TMElyralab/MuseTalk", "musetalk/pytorch_model.bin",
-               size=3_400_076_549, versions=("v10",), purpose="UNet weights (v1.0)"),
+               size=3_400_076_549, versions=("v10",), purpose="UNet weights (v1.0)",
+               sha256="0ee7d5ea"),
     WeightFile("sd-vae/config.json", "stabilityai/sd-vae-ft-mse", "config.json", size=547,
                purpose="VAE config"),
     WeightFile("sd-vae/diffusion_pytorch_model.bin", "stabilityai/sd-vae-ft-mse",
@@ -150,8 +153,8 @@ def download(version: str = "v15", root: Path | None = None, progress: bool = Tr
         except Exception:  # noqa: BLE001 - network, hub and disk errors alike: reported below
             failed.append(f)
             continue
-        if not present(f, root):
-            target.unlink(missing_ok=True)  # the wrong size: never leave a bad file in place
+        if not present(f, root) or not verify(f, target):
+            target.unlink(missing_ok=True)  # the wrong file: never leave it in place
             failed.append(f)
     if failed:
         raise InputError(_missing_message(failed, root, "some downloads failed"))
@@ -178,6 +181,17 @@ def _fetch(url: str, target: Path, progress: bool) -> None:
                 out.write(chunk)
                 bar.update(len(chunk))
     shutil.move(part, target)
+
+
+def verify(f: WeightFile, path: Path) -> bool:
+    """True unless the file's SHA-256 is known (in part) and this file's differs."""
+    if not f.sha256:
+        return True
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while block := stream.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest().startswith(f.sha256)
 
 
 def status(root: Path | None = None) -> list[tuple[WeightFile, bool]]:
