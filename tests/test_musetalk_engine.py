@@ -156,3 +156,28 @@ def test_a_baked_bank_is_served_by_the_cpu_engine(
     spoken = [f for f in frames if f.speaking and f.mouth["open"] > 0.2]
     assert spoken and all(not np.array_equal(f.image, own) for f in spoken)
     assert np.array_equal(CpuEngine().open_stream(avatar).idle().image, own)
+
+
+def test_parsed_blend_masks_when_the_parser_is_there(engine, default_avatar, tmp_path) -> None:  # noqa: ANN001
+    import cv2
+
+    from rtlipsync.engines.musetalk.engine import MuseTalkEngine, MuseTalkNets
+    from rtlipsync.engines.musetalk.parsing import BiSeNet
+    from rtlipsync.face.avatar import load_avatar, prepare_avatar
+
+    source = tmp_path / "face.png"
+    cv2.imwrite(str(source), default_avatar.frames[0])
+    prepare_avatar("parsed", source, progress=False)
+    avatar = load_avatar("parsed")
+    n = engine.nets
+    torch.manual_seed(0)
+    parsed = MuseTalkEngine(
+        MuseTalkNets(n.unet, n.vae, n.encoder, n.extractor, "v15", BiSeNet(19).eval())
+    )
+    stream = parsed.open_stream(avatar)
+    path = avatar.path / "musetalk" / "masks.npz"
+    assert path.exists() and not list(path.parent.glob("*.tmp*"))
+    with np.load(path) as data, np.load(avatar.path / "masks.npz") as landmark:
+        assert data["masks"].shape == landmark["masks"].shape
+        assert np.array_equal(data["boxes"], landmark["boxes"])  # same blend boxes
+    assert stream.masks.shape == (len(avatar.frames), 256, 256)

@@ -66,10 +66,20 @@ def lower_face_mask(points: np.ndarray, box: tuple[int, int, int, int]) -> np.nd
     mask = np.zeros((side, side), np.uint8)
     oval = np.round(points[FACE_OVAL] - (bx1, by1)).astype(np.int32)
     cv2.fillPoly(mask, [oval], 255, lineType=cv2.LINE_AA)
+    return finish_blend_mask(mask, box, (bx1, by1, bx2, by2))
+
+
+def finish_blend_mask(
+    raw: np.ndarray, box: tuple[int, int, int, int], mask_box: tuple[int, int, int, int]
+) -> np.ndarray:
+    """MuseTalk's last steps for any blend mask (0/255 over the blend box): keep it inside the
+    crop box and below the box's centre line, feather it, store it ``MASK_SIZE`` square."""
+    bx1, by1, bx2, _ = mask_box
+    side = bx2 - bx1
     x1, y1, x2, y2 = box
-    keep = np.zeros_like(mask)
+    keep = np.zeros_like(raw)
     keep[max(0, y1 - by1) : max(0, y2 - by1), max(0, x1 - bx1) : max(0, x2 - bx1)] = 1
-    mask *= keep
+    mask = raw * keep
     mask[: side // 2] = 0
     k = int((0.1 * side) // 2 * 2) + 1
     mask = cv2.GaussianBlur(mask, (k, k), 0)

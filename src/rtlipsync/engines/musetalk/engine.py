@@ -40,9 +40,18 @@ _SILENCE = np.zeros(FRAME_SAMPLES, np.int16)
 class MuseTalkNets:
     """The loaded networks (shared by every stream of an engine)."""
 
-    def __init__(self, unet: Any, vae: Any, encoder: Any, extractor: Any, version: str) -> None:
+    def __init__(
+        self,
+        unet: Any,
+        vae: Any,
+        encoder: Any,
+        extractor: Any,
+        version: str,
+        parser: Any = None,
+    ) -> None:
         self.unet, self.vae, self.encoder, self.extractor = unet, vae, encoder, extractor
         self.version = version
+        self.parser = parser  # BiSeNet, when its weights are present: parsed blend masks
         self.generate = Generator(unet, vae)
         # Frames of every session on this device go through the networks together.
         gpu = self.generate.device.type == "cuda"
@@ -71,12 +80,18 @@ class MuseTalkNets:
         dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
         models = weights.check(version, models)
         extractor = WhisperFeatureExtractor.from_pretrained(models / "whisper")
+        parser = None
+        if all(weights.present(f, models) for f in weights.FILES if f.optional):
+            from rtlipsync.engines.musetalk.parsing import load_parser
+
+            parser = load_parser(models, device)
         nets = cls(
             load_unet(models, version, dtype, device),
             load_vae(models, dtype, device),
             load_whisper_encoder(models, dtype, device),
             extractor,
             version,
+            parser,
         )
         if compile:  # after the Generator has put the constant time embedding in place
             nets.generate.unet = torch.compile(nets.generate.unet, dynamic=True)
@@ -129,10 +144,36 @@ def _latents(avatar: Avatar, nets: MuseTalkNets) -> np.ndarray:
         np.save(tmp, latents)
         tmp.replace(path)
         info.write_text(json.dumps({"vae": key, "frames": len(latents)}))
-    masks = np.load(avatar.path / "masks.npz")
-    avatar.extras["musetalk_masks"] = (masks["masks"], masks["boxes"])
+    with np.load(_masks_file(avatar, nets)) as masks:
+        avatar.extras["musetalk_masks"] = (masks["masks"], masks["boxes"])
     avatar.extras["musetalk"] = (key, latents)
     return latents
+
+
+def _masks_file(avatar: Avatar, nets: MuseTalkNets) -> Path:
+    """The blend masks: parsed by BiSeNet (jaw mode, cached) when the parser is loaded, else
+    the avatar's landmark masks."""
+    landmark = avatar.path / "masks.npz"
+    if nets.parser is None:
+        return landmark
+    path = avatar.path / "musetalk" / "masks.npz"
+    if path.exists():
+        return path
+    from rtlipsync.engines.musetalk.parsing import blend_mask_from_parse, crop_blend_box, parse
+
+    with np.load(landmark) as data:
+        masks, mask_boxes = data["masks"].copy(), data["boxes"]
+    for i, box in enumerate(avatar.boxes):
+        if box[0] < 0:
+            continue
+        mask_box = tuple(int(v) for v in mask_boxes[i])
+        labels = parse(nets.parser, crop_blend_box(avatar.frames[i], mask_box))
+        masks[i] = blend_mask_from_parse(labels, tuple(int(v) for v in box), mask_box)
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name("masks.tmp.npz")
+    np.savez(tmp, masks=masks, boxes=mask_boxes)
+    tmp.replace(path)
+    return path
 
 
 class _Utterance:

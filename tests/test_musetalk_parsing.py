@@ -1,0 +1,91 @@
+"""Face parsing for blend masks: BiSeNet loads strictly from files in the published format
+(sizes matching the published ones), and the jaw-mode mask follows MuseTalk v1.5's rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the musetalk extra is not installed")
+
+from rtlipsync.engines.musetalk import weights  # noqa: E402
+from rtlipsync.engines.musetalk.model import WeightsError  # noqa: E402
+from rtlipsync.engines.musetalk.parsing import (  # noqa: E402
+    LOWER_LIP,
+    MOUTH,
+    NOSE,
+    SKIN,
+    UPPER_LIP,
+    BiSeNet,
+    ResNet18,
+    blend_mask_from_parse,
+    jaw_mask,
+    load_parser,
+    parse,
+)
+
+
+@pytest.fixture(scope="module")
+def parse_files(tmp_path_factory) -> Path:  # noqa: ANN001
+    root = tmp_path_factory.mktemp("models")
+    folder = root / "face-parse-bisent"
+    folder.mkdir()
+    torch.manual_seed(0)
+    backbone = ResNet18().state_dict()  # torchvision's file also holds its classifier
+    backbone["fc.weight"] = torch.randn(1000, 512)
+    backbone["fc.bias"] = torch.randn(1000)
+    torch.save(backbone, folder / "resnet18-5c106cde.pth")
+    torch.save(BiSeNet(19).state_dict(), folder / "79999_iter.pth")
+    return root
+
+
+def test_the_files_have_the_published_sizes(parse_files: Path) -> None:
+    for f in weights.FILES:
+        if f.path.startswith("face-parse-bisent/"):
+            size = (parse_files / f.path).stat().st_size
+            assert abs(size - f.size) / f.size < 0.005, (f.path, size, f.size)
+
+
+def test_parser_loads_strictly_and_parses(parse_files: Path, tmp_path: Path) -> None:
+    net = load_parser(parse_files)
+    state = net.state_dict()
+    for key in ("cp.resnet.layer2.0.downsample.0.weight", "cp.arm16.conv_atten.weight",
+                "ffm.convblk.conv.weight", "conv_out16.conv_out.weight"):  # fmt: skip
+        assert key in state
+    saved = torch.load(parse_files / "face-parse-bisent" / "79999_iter.pth", weights_only=True)
+    assert torch.equal(state["conv_out.conv_out.weight"], saved["conv_out.conv_out.weight"])
+    image = np.random.default_rng(0).integers(0, 256, (300, 280, 3), dtype=np.uint8)
+    labels = parse(net, image)
+    assert labels.shape == (300, 280) and labels.max() < 19
+    bad = tmp_path / "face-parse-bisent"
+    bad.mkdir()
+    (bad / "resnet18-5c106cde.pth").write_bytes(
+        (parse_files / "face-parse-bisent" / "resnet18-5c106cde.pth").read_bytes()
+    )
+    torch.save({k: v for k, v in saved.items() if not k.startswith("ffm.")}, bad / "79999_iter.pth")
+    with pytest.raises(WeightsError, match="is not the face-parsing BiSeNet: .* missing keys"):
+        load_parser(tmp_path)
+
+
+def test_jaw_mask() -> None:
+    labels = np.zeros((512, 512), np.uint8)
+    labels[100:360, 120:392] = SKIN
+    labels[180:260, 230:282] = NOSE
+    labels[290:300, 200:312] = UPPER_LIP
+    labels[300:310, 200:312] = MOUTH
+    labels[310:322, 200:312] = LOWER_LIP
+    mask = jaw_mask(labels)
+    assert mask[295, 256] == 255 and mask[315, 256] == 255  # lips and mouth in
+    assert mask[220, 256] == 0  # the nose out
+    # The cone-and-bar dilation (OpenCV's, anchor at the kernel's centre) widens the skin in
+    # the middle of the face, and the erosion takes it back at the cheeks.
+    dilated_rows = np.nonzero(mask[:, 256])[0]
+    assert dilated_rows.min() < 100 - 5  # beyond the parsed skin
+    assert mask[95, 140] == 0  # not at the cheeks
+    box = (120, 100, 392, 360)
+    stored = blend_mask_from_parse(labels, box, (0, 0, 512, 512))
+    assert stored.shape == (256, 256)
+    assert stored[:100].max() == 0 and stored[:120].max() < 10  # lower half (feathered edge)
+    assert stored[155, 128] > 200  # the lips, at half scale
