@@ -1,12 +1,15 @@
-"""What the benchmarks share: the machine line every result starts with, and speech."""
+"""What the benchmarks share: the machine line every result starts with, speech, and timing
+an engine stream."""
 
 from __future__ import annotations
 
 import os
 import platform
+import time
 
 import numpy as np
 
+from rtlipsync.engines.base import EngineStream, render_speech
 from rtlipsync.media.audio import load_audio, to_int16
 from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.speech.espeak import EspeakTTS
@@ -26,3 +29,10 @@ def speech_pcm(seconds: float, audio: str | None = None) -> np.ndarray:
 def machine() -> str:
     """The line that says where a figure was measured."""
     return f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+
+
+def time_stream(stream: EngineStream, pcm: np.ndarray) -> tuple[int, float, float]:
+    """Render ``pcm`` through ``stream``: (frames, CPU seconds across threads, wall seconds)."""
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    frames = sum(1 for _ in render_speech(stream, pcm))
+    return frames, time.process_time() - cpu0, time.perf_counter() - wall0

@@ -26,34 +26,9 @@ from rtlipsync.engines.cpu import CpuEngine  # noqa: E402
 from rtlipsync.engines.musetalk.bank import bake  # noqa: E402
 from rtlipsync.face.avatar import ensure_default_avatar, load_avatar, prepare_avatar  # noqa: E402
 from rtlipsync.media.frames import SAMPLE_RATE  # noqa: E402
+from tiny_musetalk import tiny_engine  # noqa: E402
 
-from _common import machine, speech_pcm  # noqa: E402
-
-
-def tiny_engine():  # noqa: ANN201
-    import diffusers
-    import torch
-    import transformers
-
-    from rtlipsync.engines.musetalk.engine import MuseTalkEngine, MuseTalkNets
-
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=32, in_channels=8, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), cross_attention_dim=384, attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ).eval()  # fmt: skip
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-    ).eval()  # fmt: skip
-    encoder = transformers.WhisperModel(
-        transformers.WhisperConfig(d_model=384, encoder_layers=4, encoder_attention_heads=6,
-                                   encoder_ffn_dim=1536, decoder_layers=1)
-    ).encoder.eval()  # fmt: skip
-    extractor = transformers.WhisperFeatureExtractor(feature_size=80)
-    return MuseTalkEngine(MuseTalkNets(unet, vae, encoder, extractor, "v15"))
+from _common import machine, speech_pcm, time_stream  # noqa: E402
 
 
 def main() -> None:
@@ -70,17 +45,14 @@ def main() -> None:
     baked = time.perf_counter() - t0
     pcm = speech_pcm(args.seconds)
     list(render_speech(CpuEngine().open_stream(avatar), pcm[:SAMPLE_RATE]))  # decode the faces
-    stream = CpuEngine().open_stream(avatar)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    frames = list(render_speech(stream, pcm))
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    frames, cpu, wall = time_stream(CpuEngine().open_stream(avatar), pcm)
     w, h = avatar.size
     print(machine())
     print(f"bake (tiny random networks on this CPU): {baked:.1f} s for 15 states x 1 frame")
-    print(f"frames: {len(frames)} at {w}x{h} served from the bank")
-    print(f"CPU time per frame: {1000 * cpu / len(frames):.2f} ms")
-    print(f"frames per CPU-second: {len(frames) / cpu:.0f}  (25 needed for one live session)")
-    print(f"wall-clock fps: {len(frames) / wall:.0f}")
+    print(f"frames: {frames} at {w}x{h} served from the bank")
+    print(f"CPU time per frame: {1000 * cpu / frames:.2f} ms")
+    print(f"frames per CPU-second: {frames / cpu:.0f}  (25 needed for one live session)")
+    print(f"wall-clock fps: {frames / wall:.0f}")
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ Goal: >= 200 frames per CPU-second.
 from __future__ import annotations
 
 import argparse
-import time
 
 from rtlipsync.engines.base import render_speech
 from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.face.avatar import ensure_default_avatar, load_avatar
 from rtlipsync.media.frames import SAMPLE_RATE
 
-from _common import machine, speech_pcm
+from _common import machine, speech_pcm, time_stream
 
 
 def main() -> None:
@@ -31,16 +30,13 @@ def main() -> None:
     pcm = speech_pcm(args.seconds, args.audio)
     warm = CpuEngine().open_stream(avatar)
     list(render_speech(warm, pcm[:SAMPLE_RATE]))  # build the rig, warm caches
-    stream = CpuEngine().open_stream(avatar)
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    frames = list(render_speech(stream, pcm))
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    frames, cpu, wall = time_stream(CpuEngine().open_stream(avatar), pcm)
     w, h = avatar.size
     print(machine())
-    print(f"frames: {len(frames)} at {w}x{h} ({len(pcm) / SAMPLE_RATE:.1f} s of speech)")
-    print(f"CPU time per frame: {1000 * cpu / len(frames):.2f} ms")
-    print(f"frames per CPU-second: {len(frames) / cpu:.0f}  (goal >= 200)")
-    print(f"wall-clock fps: {len(frames) / wall:.0f}")
+    print(f"frames: {frames} at {w}x{h} ({len(pcm) / SAMPLE_RATE:.1f} s of speech)")
+    print(f"CPU time per frame: {1000 * cpu / frames:.2f} ms")
+    print(f"frames per CPU-second: {frames / cpu:.0f}  (goal >= 200)")
+    print(f"wall-clock fps: {frames / wall:.0f}")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ from rtlipsync.engines.musetalk import weights
 from rtlipsync.engines.musetalk.features import AudioFeatures
 from rtlipsync.engines.musetalk.model import (
     UNET_CONFIG,
+    VAE_CONFIG,
+    WHISPER_TINY_CONFIG,
     load_unet,
     load_vae,
     load_whisper_encoder,
@@ -46,15 +48,8 @@ def networks(device: str, dtype: torch.dtype, random: bool):  # noqa: ANN201
 
     torch.manual_seed(0)
     unet = unet_from_config(UNET_CONFIG).to(device, dtype).eval()
-    vae = AutoencoderKL(
-        block_out_channels=[128, 256, 512, 512], layers_per_block=2, latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        sample_size=256,
-    ).to(device, dtype).eval()  # fmt: skip
-    whisper = WhisperModel(
-        WhisperConfig(d_model=384, encoder_layers=4, encoder_attention_heads=6,
-                      encoder_ffn_dim=1536, decoder_layers=1, num_mel_bins=80)
-    ).encoder.to(device, dtype).eval()  # fmt: skip
+    vae = AutoencoderKL(**VAE_CONFIG).to(device, dtype).eval()
+    whisper = WhisperModel(WhisperConfig(**WHISPER_TINY_CONFIG)).encoder.to(device, dtype).eval()
     return unet, vae, whisper
 
 

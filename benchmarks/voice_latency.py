@@ -42,10 +42,10 @@ from rtlipsync.speech.espeak import EspeakTTS  # noqa: E402
 from rtlipsync.speech.llm import LLMConfig  # noqa: E402
 from rtlipsync.speech.openai_tts import OpenAITTS  # noqa: E402
 from rtlipsync.speech.realtime import RealtimeConfig  # noqa: E402
-from test_voice import Microphone, speech  # noqa: E402
+from test_voice import Microphone  # noqa: E402
 
 from _common import machine  # noqa: E402
-from conftest import serving_app, wait_for  # noqa: E402
+from conftest import espeak_pcm, serving_app, wait_for  # noqa: E402
 
 
 async def run(base: str, turns: int, app, mode: str) -> list[dict[str, float]]:  # noqa: ANN001
@@ -79,7 +79,7 @@ async def run(base: str, turns: int, app, mode: str) -> list[dict[str, float]]: 
         await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
         sid = answer["sessionid"]
         await asyncio.sleep(1.5)
-        question = speech("hello there")
+        question = espeak_pcm("hello there")
         results = []
         for _ in range(turns):
             await http.post("/interrupt_talk", json={"sessionid": sid})
@@ -117,13 +117,13 @@ def main() -> None:
     ensure_default_avatar()
     print(machine())
     answer = "Hi, nice to hear you."
+    reply = EspeakTTS().synthesize(answer).at_rate(24_000).pcm  # what both fakes say
     fake = FakeOpenAI(
         [Reply([f"[neutral] {answer}"]) for _ in range(args.turns)],
         transcript="hello there",
-        speech=EspeakTTS().synthesize(answer).at_rate(24_000).pcm,
+        speech=reply,
         speech_speed=1000.0,  # zero-latency: all of it at once
     )
-    reply = EspeakTTS().synthesize(answer).at_rate(24_000).pcm
     service = FakeRealtime(reply, transcript=answer, speed=1000.0)
     with serving_app(fake.app()) as api, serving_app(service.app()) as rt:
         fakes = {"base_url": f"{api}/v1", "api_key": "k"}

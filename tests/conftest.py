@@ -59,6 +59,13 @@ def default_avatar(data_root: Path):
     return load_avatar("default")
 
 
+def espeak_pcm(text: str, rate: int = 16_000, wpm: int = 140) -> np.ndarray:
+    """``text`` spoken by the offline voice: mono int16 at ``rate``."""
+    from rtlipsync.speech.espeak import EspeakTTS
+
+    return EspeakTTS(rate_wpm=wpm).synthesize(text).at_rate(rate).pcm
+
+
 @pytest.fixture(scope="session")
 def speech():
     """English speech from the offline voice, with phoneme timings (22.05 kHz)."""

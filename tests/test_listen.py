@@ -14,11 +14,7 @@ from rtlipsync.speech.asr import ASRProvider, OpenAIASR, PocketSphinxASR
 from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.vad import VoiceActivity
 
-from conftest import serving_app
-
-
-def spoken(text: str) -> np.ndarray:
-    return EspeakTTS(rate_wpm=140).synthesize(text).at_rate(SAMPLE_RATE).pcm
+from conftest import espeak_pcm, serving_app
 
 
 def silence(seconds: float) -> np.ndarray:
@@ -34,7 +30,7 @@ def events_of(pcm: np.ndarray, chunk: int = 320, **options) -> list:  # noqa: AN
 
 
 def test_one_utterance_gives_one_start_and_one_end() -> None:
-    speech = spoken("Excuse me, could you tell me the way to the station?")
+    speech = espeak_pcm("Excuse me, could you tell me the way to the station?")
     pcm = np.concatenate([silence(1.0), speech, silence(1.0)])
     events = events_of(pcm)
     assert [e.kind for e in events] == ["start", "end"]
@@ -47,7 +43,7 @@ def test_one_utterance_gives_one_start_and_one_end() -> None:
 
 
 def test_a_cough_or_noise_does_not_start_speech() -> None:
-    speech = spoken("Hm.")[: int(0.15 * SAMPLE_RATE)]  # a 150 ms vocal burst
+    speech = espeak_pcm("Hm.")[: int(0.15 * SAMPLE_RATE)]  # a 150 ms vocal burst
     pcm = np.concatenate([silence(0.5), speech, silence(1.0)])
     assert events_of(pcm) == []  # shorter than min_speech (250 ms): no barge-in
     assert [e.kind for e in events_of(pcm, min_speech=0.064)] == ["start", "end"]  # it was heard
@@ -58,14 +54,14 @@ def test_a_cough_or_noise_does_not_start_speech() -> None:
 def test_pocketsphinx_recognises_offline() -> None:
     asr = PocketSphinxASR()
     assert isinstance(asr, ASRProvider)
-    words = asr.transcribe(spoken("one two three four five")).split()
+    words = asr.transcribe(espeak_pcm("one two three four five")).split()
     assert len({"one", "two", "three", "four", "five"} & set(words)) >= 3, words
     assert asr.transcribe(silence(1.0)) == ""
 
 
 def test_openai_compatible_transcription() -> None:
     fake = FakeOpenAI(transcript="what time is it")
-    speech = spoken("What time is it?")
+    speech = espeak_pcm("What time is it?")
     with serving_app(fake.app()) as base:
         asr = OpenAIASR(base_url=f"{base}/v1", api_key="k", model="whisper-tiny")
         assert asr.transcribe(speech) == "what time is it"

@@ -19,25 +19,9 @@ from rtlipsync.media.frames import SpeechChunk  # noqa: E402
 
 @pytest.fixture(scope="module")
 def engine() -> MuseTalkEngine:
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=32, in_channels=8, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), cross_attention_dim=384, attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ).eval()  # fmt: skip
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        sample_size=256,
-    ).eval()  # fmt: skip
-    config = transformers.WhisperConfig(
-        d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
-        decoder_layers=1, decoder_attention_heads=6, decoder_ffn_dim=1536, num_mel_bins=80,
-    )  # fmt: skip
-    encoder = transformers.WhisperModel(config).encoder.eval()
-    extractor = transformers.WhisperFeatureExtractor(feature_size=80)
-    return MuseTalkEngine(MuseTalkNets(unet, vae, encoder, extractor, "v15"), batch_size=4)
+    from tiny_musetalk import tiny_engine
+
+    return tiny_engine(batch_size=4)
 
 
 def test_protocol_and_streaming_equals_batch(engine, default_avatar, speech16k) -> None:  # noqa: ANN001
@@ -161,7 +145,7 @@ def test_a_baked_bank_is_served_by_the_cpu_engine(
 def test_parsed_blend_masks_when_the_parser_is_there(engine, default_avatar, tmp_path) -> None:  # noqa: ANN001
     import cv2
 
-    from rtlipsync.engines.musetalk.engine import MuseTalkEngine, MuseTalkNets
+    from rtlipsync.engines.musetalk.engine import MuseTalkEngine
     from rtlipsync.engines.musetalk.parsing import BiSeNet
     from rtlipsync.face.avatar import load_avatar, prepare_avatar
 

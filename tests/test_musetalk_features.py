@@ -19,15 +19,10 @@ from rtlipsync.engines.musetalk.features import (  # noqa: E402
 
 @pytest.fixture(scope="module")
 def whisper():  # noqa: ANN201
-    config = transformers.WhisperConfig(
-        vocab_size=51865, num_mel_bins=80, d_model=384, encoder_layers=4, decoder_layers=1,
-        encoder_attention_heads=6, decoder_attention_heads=6, encoder_ffn_dim=1536,
-        decoder_ffn_dim=1536, max_source_positions=1500,
-    )  # fmt: skip
+    from tiny_musetalk import whisper_tiny
+
     torch.manual_seed(0)
-    encoder = transformers.WhisperModel(config).encoder.eval()
-    extractor = transformers.WhisperFeatureExtractor(feature_size=80)
-    return encoder, extractor
+    return whisper_tiny()
 
 
 def speechlike(seconds: float, seed: int = 0) -> np.ndarray:

@@ -20,19 +20,10 @@ from rtlipsync.face.geometry import blend_box, crop_face, paste  # noqa: E402
 
 @pytest.fixture(scope="module")
 def nets():  # noqa: ANN201
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=32, in_channels=8, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), cross_attention_dim=384, attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ).eval()  # fmt: skip
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=(32, 32, 32, 32), layers_per_block=1, latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        sample_size=256,
-    ).eval()  # fmt: skip
-    return unet, vae
+    from tiny_musetalk import tiny_nets
+
+    n = tiny_nets()
+    return n.unet, n.vae
 
 
 def faces(n: int, seed: int = 0) -> np.ndarray:
@@ -157,14 +148,10 @@ def test_out_of_gpu_memory_halves_the_batch_then_says_so() -> None:
 def test_the_constant_time_embedding_changes_nothing() -> None:
     from rtlipsync.engines.musetalk.features import positional_encoding
     from rtlipsync.engines.musetalk.pipeline import ConstantEmbedding
+    from tiny_musetalk import tiny_unet
 
     torch.manual_seed(1)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=32, in_channels=8, out_channels=4, layers_per_block=1,
-        block_out_channels=(32, 64), cross_attention_dim=384, attention_head_dim=8,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    ).eval()  # fmt: skip
+    unet = tiny_unet()
     sample = torch.randn(3, 8, 32, 32)
     audio = torch.randn(3, 50, 384) + positional_encoding()
     with torch.no_grad():

@@ -18,25 +18,14 @@ pytest.importorskip("transformers")
 
 from rtlipsync.engines.musetalk.model import (  # noqa: E402
     UNET_CONFIG,
+    VAE_CONFIG,
+    WHISPER_TINY_CONFIG,
     WeightsError,
     load_unet,
     load_vae,
     load_whisper_encoder,
     unet_from_config,
 )
-
-VAE_CONFIG = {  # stabilityai/sd-vae-ft-mse's config.json
-    "act_fn": "silu",
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "in_channels": 3,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "out_channels": 3,
-    "sample_size": 256,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-}
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +54,7 @@ def official(tmp_path_factory) -> Path:  # noqa: ANN001
         state[key] = value
     assert any(".attentions.0.query." in k for k in state)
     torch.save(state, vae_file)
-    whisper_tiny = WhisperConfig(
-        vocab_size=51865, num_mel_bins=80, d_model=384, encoder_layers=4, decoder_layers=4,
-        encoder_attention_heads=6, decoder_attention_heads=6, encoder_ffn_dim=1536,
-        decoder_ffn_dim=1536, max_source_positions=1500, max_target_positions=448,
-    )  # fmt: skip
+    whisper_tiny = WhisperConfig(**WHISPER_TINY_CONFIG)
     (root / "whisper").mkdir()
     # openai/whisper-tiny is a whole speech-to-text model: "model.encoder.*", "proj_out", ...
     model = WhisperForConditionalGeneration(whisper_tiny)

@@ -11,16 +11,11 @@ import numpy as np
 from fake_realtime import FakeRealtime
 from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.session import Session
-from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.realtime import RealtimeBrain, RealtimeConfig
 
-from conftest import serving_app, wait_for
+from conftest import espeak_pcm, serving_app, wait_for
 
 LONG = "I am the realtime service and I am talking for quite a while now, so you can cut me off."
-
-
-def spoken(text: str, rate: int = SAMPLE_RATE) -> np.ndarray:
-    return EspeakTTS(rate_wpm=150).synthesize(text).at_rate(rate).pcm
 
 
 class Timeline:
@@ -69,7 +64,7 @@ async def feed(session: Session, pcm: np.ndarray, pace: float = 1.0) -> None:
 
 
 def test_typed_turn_streams_the_reply_into_the_lips(default_avatar) -> None:
-    reply = spoken(LONG, 24_000)
+    reply = espeak_pcm(LONG, 24_000)
     fake = FakeRealtime(reply, transcript=LONG, speed=3.0)
 
     async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
@@ -109,8 +104,8 @@ def test_typed_turn_streams_the_reply_into_the_lips(default_avatar) -> None:
 
 
 def test_spoken_turn_is_sent_as_24k_audio_and_answered(default_avatar) -> None:
-    fake = FakeRealtime(spoken("Sunny and warm.", 24_000), transcript="Sunny and warm.")
-    question = spoken("What is the weather like today?")
+    fake = FakeRealtime(espeak_pcm("Sunny and warm.", 24_000), transcript="Sunny and warm.")
+    question = espeak_pcm("What is the weather like today?")
     silence = np.zeros(SAMPLE_RATE, np.int16)
 
     async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
@@ -133,9 +128,9 @@ def test_spoken_turn_is_sent_as_24k_audio_and_answered(default_avatar) -> None:
 
 
 def test_barge_in_cancels_and_truncates_to_what_was_heard(default_avatar) -> None:
-    reply = spoken(LONG, 24_000)
+    reply = espeak_pcm(LONG, 24_000)
     fake = FakeRealtime(reply, transcript=LONG, speed=1.5, late_deltas=3)
-    interruption = spoken("Wait, stop, I have a question.")
+    interruption = espeak_pcm("Wait, stop, I have a question.")
 
     async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
         assert connected
@@ -167,9 +162,9 @@ def test_barge_in_cancels_and_truncates_to_what_was_heard(default_avatar) -> Non
 
 
 def test_a_cough_does_not_interrupt(default_avatar) -> None:
-    reply = spoken(LONG, 24_000)
+    reply = espeak_pcm(LONG, 24_000)
     fake = FakeRealtime(reply, transcript=LONG, speed=1.5)
-    cough = spoken("Hm.")[: int(0.15 * SAMPLE_RATE)]
+    cough = espeak_pcm("Hm.")[: int(0.15 * SAMPLE_RATE)]
 
     async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
         session.converse("Talk to me.")
@@ -188,7 +183,7 @@ def test_a_cough_does_not_interrupt(default_avatar) -> None:
 
 
 def test_dropped_socket_reconnects(default_avatar) -> None:
-    fake = FakeRealtime(spoken(LONG, 24_000), transcript=LONG, speed=2.0, drop_after=8)
+    fake = FakeRealtime(espeak_pcm(LONG, 24_000), transcript=LONG, speed=2.0, drop_after=8)
 
     async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
         session.converse("Talk to me.")
@@ -206,7 +201,7 @@ def test_dropped_socket_reconnects(default_avatar) -> None:
 
 
 def test_service_gone_is_a_clear_end_and_the_session_lives(default_avatar) -> None:
-    fake = FakeRealtime(spoken(LONG, 24_000), transcript=LONG, speed=2.0, drop_after=4)
+    fake = FakeRealtime(espeak_pcm(LONG, 24_000), transcript=LONG, speed=2.0, drop_after=4)
 
     async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
         assert connected
@@ -265,7 +260,7 @@ def test_realtime_session_over_the_server(default_avatar) -> None:
 
     from conftest import serving
 
-    reply = spoken("Hello from the service.", 24_000)
+    reply = espeak_pcm("Hello from the service.", 24_000)
     fake = FakeRealtime(reply, transcript="Hello from the service.")
 
     async def scenario(base: str) -> None:
@@ -314,7 +309,7 @@ def test_the_transcript_gives_the_reply_its_expression(default_avatar) -> None:
     assert estimate_emotion("The station is two streets away.") is None
     assert estimate_emotion("太好了，我很高兴。") == "happy"
     text = "Wonderful, I am so glad you asked!"
-    fake = FakeRealtime(spoken(text, 24_000), transcript=text)
+    fake = FakeRealtime(espeak_pcm(text, 24_000), transcript=text)
 
     async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
         session.converse("Can I ask you something?")

@@ -15,10 +15,9 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from fake_openai import FakeOpenAI, Reply
 from rtlipsync.media.frames import PACKET_SAMPLES, SAMPLE_RATE
 from rtlipsync.server import ServerConfig
-from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.llm import LLMConfig
 
-from conftest import serving, serving_app
+from conftest import espeak_pcm, serving, serving_app
 
 
 class Microphone(MediaStreamTrack):
@@ -90,10 +89,6 @@ async def hang_up(pc: RTCPeerConnection) -> None:
     await asyncio.gather(*pc._test_tasks, return_exceptions=True)  # type: ignore[attr-defined]
 
 
-def speech(text: str) -> np.ndarray:
-    return EspeakTTS(rate_wpm=140).synthesize(text).at_rate(SAMPLE_RATE).pcm
-
-
 def test_spoken_question_gets_a_spoken_answer(default_avatar) -> None:
     fake = FakeOpenAI([Reply(["[happy] I heard you count, thank you."])])
 
@@ -101,7 +96,7 @@ def test_spoken_question_gets_a_spoken_answer(default_avatar) -> None:
         pc, mic, sid = await open_call(base)
         async with httpx.AsyncClient(base_url=base) as http:
             await asyncio.sleep(1.0)
-            mic.say(speech("one two three four five"))
+            mic.say(espeak_pcm("one two three four five"))
             state = {}
 
             async def answered() -> bool:
@@ -135,11 +130,11 @@ def test_barge_in_and_a_cough_that_does_not(default_avatar) -> None:
             await http.post("/human", json={"sessionid": sid, "text": long_text})
             await asyncio.sleep(1.0)
             assert await speaking()
-            mic.say(speech("Hm.")[: int(0.15 * SAMPLE_RATE)])  # a cough: too short
+            mic.say(espeak_pcm("Hm.")[: int(0.15 * SAMPLE_RATE)])  # a cough: too short
             await asyncio.sleep(1.0)
             assert await speaking(), "a cough cut the avatar off"
             t0 = time.monotonic()
-            mic.say(speech("Wait, stop please, I have a question."))
+            mic.say(espeak_pcm("Wait, stop please, I have a question."))
             while await speaking():
                 assert time.monotonic() - t0 < 1.5, "the user's voice did not interrupt"
                 await asyncio.sleep(0.05)

@@ -217,12 +217,11 @@ def test_microphone_over_the_websocket(default_avatar) -> None:
     from fake_openai import FakeOpenAI
     from rtlipsync.server import ServerConfig
     from rtlipsync.speech.asr import OpenAIASR
-    from rtlipsync.speech.espeak import EspeakTTS
 
-    from conftest import serving_app
+    from conftest import espeak_pcm, serving_app
 
     fake = FakeOpenAI(transcript="good morning to you")
-    question = EspeakTTS(rate_wpm=140).synthesize("Good morning to you.").at_rate(16000).pcm
+    question = espeak_pcm("Good morning to you.")
 
     async def scenario(base: str) -> None:
         url = base.replace("http://", "ws://") + "/ws?mode=repeat"

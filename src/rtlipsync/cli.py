@@ -60,8 +60,10 @@ def _engine(args: argparse.Namespace):  # noqa: ANN202
     return make_engine(args.engine, args.musetalk_version, args.device, args.compile)
 
 
-def _engine_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--engine", choices=["cpu", "musetalk"], default="cpu")
+def _engine_flags(parser: argparse.ArgumentParser, engine: str | None = "cpu") -> None:
+    parser.add_argument(
+        "--engine", choices=["cpu", "musetalk"], default=engine, help="lip-sync engine (cpu)"
+    )
     parser.add_argument(
         "--musetalk-version", choices=["v15", "v10"], default="v15", help="MuseTalk's weights"
     )
@@ -234,12 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="who answers in sessions that don't choose (default chat)",
     )
     serve.add_argument("--config", type=Path, help="YAML settings file")
-    serve.add_argument(
-        "--engine", choices=["cpu", "musetalk"], help="lip-sync engine (default cpu)"
-    )
-    serve.add_argument("--musetalk-version", choices=["v15", "v10"], default="v15")
-    serve.add_argument("--device", default="auto", help="MuseTalk: auto, cpu or cuda")
-    serve.add_argument("--compile", action="store_true", help="MuseTalk: torch.compile the UNet")
+    _engine_flags(serve, engine=None)  # None: the settings file's choice (default cpu)
     serve.set_defaults(func=_serve)
 
     avatar = sub.add_parser("avatar", help="prepare and list avatars")

@@ -98,7 +98,6 @@ class Session:
         self.mode = "repeat"  # who answers the user: see MODES
         self.persona: str | None = None  # this session's system prompt, when it has its own
         self.vad_options: dict[str, float] = {}  # min_speech, min_silence for VoiceActivity
-        self.user_stopped_at: float | None = None  # monotonic time the user last stopped
         self.metrics: Metrics | None = None  # the server's, when there is one
         self.turn: Turn | None = None  # the turn being answered
         self.asr: ASRProvider | None = None  # set when the session listens to a microphone
@@ -172,7 +171,7 @@ class Session:
             raise InputError(f"text is {len(text)} characters; the limit is {MAX_TEXT}")
         if interrupt:
             self.interrupt()
-        self._begin_turn("repeat", started)
+        self.begin_turn("repeat", started)
         self._track(self._say(text, emotion, self._generation))
 
     @property
@@ -205,7 +204,7 @@ class Session:
         if interrupt:
             self.interrupt()
         self.notice = ""
-        self._begin_turn("chat", started)
+        self.begin_turn("chat", started)
         self._track(self.chat.reply(self, text, self._generation))
 
     def set_persona(self, text: str) -> None:
@@ -234,16 +233,15 @@ class Session:
         if realtime is not None:
             realtime.send_audio(pcm)
         for event in vad.push(pcm):
-            if event.kind == "end":
-                # The user stopped at event.at on the stream; the VAD knew it only now.
-                self.user_stopped_at = time.monotonic() - (vad.elapsed - event.at)
             if realtime is not None:
                 realtime.local_speech(event.kind == "start")
             elif event.kind == "start" and self.is_speaking:
                 log.info("barge-in: the user started speaking", extra={"session": self.id})
                 self.interrupt()
             elif event.kind == "end" and event.audio is not None:
-                self._track(self._understand(event.audio, self.user_stopped_at))
+                # The user stopped at event.at on the stream; the VAD knew it only now.
+                stopped = time.monotonic() - (vad.elapsed - event.at)
+                self._track(self._understand(event.audio, stopped))
 
     async def _understand(self, audio: np.ndarray, stopped: float | None) -> None:
         asr = self.asr
@@ -260,17 +258,14 @@ class Session:
         else:
             loop.call_soon(lambda: self.say(text, started=stopped))
 
-    def _begin_turn(self, mode: str, started: float | None = None) -> None:
-        """A new turn; a spoken one began when the user stopped, and was heard just now."""
+    def begin_turn(self, mode: str, started: float | None = None) -> None:
+        """A new turn (say, converse, or a brain such as realtime's); a spoken one began when
+        the user stopped, and was heard just now."""
         self.turn = Turn(mode) if started is None else Turn(mode, start=started)
         if started is not None:
             self.mark("heard")
         if self.metrics is not None:
             self.metrics.turns.labels(mode).inc()
-
-    def begin_turn(self, mode: str, started: float | None = None) -> None:
-        """Start timing a turn that a brain answers outside `say`/`converse` (realtime)."""
-        self._begin_turn(mode, started)
 
     def mark(self, name: str) -> None:
         """Note a moment of the current turn (llm_first_token, tts_first_audio, first_frame)."""

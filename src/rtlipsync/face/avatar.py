@@ -402,6 +402,17 @@ def load_avatar(name: str) -> Avatar:
     return avatar
 
 
+def blend_masks(avatar: Avatar) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 256, 256) blend masks and their (N, 4) blend boxes, loaded once: face-parsed ones
+    (``musetalk/masks.npz``) where the MuseTalk engine made them, else the landmark masks."""
+    cached = avatar.extras.get("blend_masks")
+    if cached is None:
+        parsed = avatar.path / "musetalk" / "masks.npz"
+        with np.load(parsed if parsed.exists() else avatar.path / "masks.npz") as data:
+            cached = avatar.extras["blend_masks"] = (data["masks"], data["boxes"])
+    return cached
+
+
 def default_avatar_source() -> Path:
     """The built-in face: Grace Hopper's public-domain portrait that ships inside matplotlib.
 

@@ -102,17 +102,23 @@ def paste(
     """``frame`` with the generated 256² ``face`` resized into ``box`` and blended through
     ``mask`` (stretched over ``mask_box``, which may reach outside the frame: clipped)."""
     out = frame.copy()
-    x1, y1, x2, y2 = (int(v) for v in box)
-    large = frame.copy()
-    large[y1:y2, x1:x2] = cv2.resize(face, (x2 - x1, y2 - y1))
     bx1, by1, bx2, by2 = (int(v) for v in mask_box)
-    weight = cv2.resize(mask, (bx2 - bx1, by2 - by1)).astype(np.float32) / 255.0
     h, w = frame.shape[:2]
     cx1, cy1, cx2, cy2 = max(bx1, 0), max(by1, 0), min(bx2, w), min(by2, h)
     if cx1 >= cx2 or cy1 >= cy2:
         return out
-    m = weight[cy1 - by1 : cy2 - by1, cx1 - bx1 : cx2 - bx1, None]
+    # Only the blend box's part of the frame is touched (this runs for every spoken frame).
     region = (slice(cy1, cy2), slice(cx1, cx2))
-    blended = m * large[region].astype(np.float32) + (1 - m) * frame[region].astype(np.float32)
-    out[region] = np.round(blended).astype(np.uint8)
+    original = frame[region].astype(np.float32)
+    large = original.copy()  # the frame with the face in its box, within the region
+    x1, y1, x2, y2 = (int(v) for v in box)
+    resized = cv2.resize(face, (x2 - x1, y2 - y1)).astype(np.float32)
+    fx1, fy1, fx2, fy2 = max(x1, cx1), max(y1, cy1), min(x2, cx2), min(y2, cy2)
+    if fx1 < fx2 and fy1 < fy2:
+        large[fy1 - cy1 : fy2 - cy1, fx1 - cx1 : fx2 - cx1] = resized[
+            fy1 - y1 : fy2 - y1, fx1 - x1 : fx2 - x1
+        ]
+    weight = cv2.resize(mask, (bx2 - bx1, by2 - by1)).astype(np.float32) / 255.0
+    m = weight[cy1 - by1 : cy2 - by1, cx1 - bx1 : cx2 - bx1, None]
+    out[region] = np.round(m * large + (1 - m) * original).astype(np.uint8)
     return out

@@ -18,7 +18,7 @@ from rtlipsync.engines.cpu.features import (
     MouthParams,
 )
 from rtlipsync.engines.cpu.render import FrameRig, IdleLife
-from rtlipsync.face.avatar import Avatar
+from rtlipsync.face.avatar import Avatar, blend_masks
 from rtlipsync.face.geometry import paste
 from rtlipsync.media.frames import FPS, FRAME_SAMPLES, SAMPLE_RATE, AVFrame, SpeechChunk
 
@@ -138,18 +138,8 @@ class CpuStream:
         self._audio = np.zeros(0, np.int16)
 
     def _frame(self, params: MouthParams, audio: np.ndarray, speaking: bool) -> AVFrame:
-        avatar = self.avatar
-        loop = avatar.loop
-        frame_index = int(loop[self._index % len(loop)])
-        base = avatar.frames[frame_index]
-        rig = self._rigs.rig(frame_index)
-        if rig is None:
-            image = base.copy()
-        elif self._life is not None:
-            blink, sway = self._life.at(self._index / FPS, params.open if speaking else 0.0)
-            image = rig.render(base, params, blink, sway)
-        else:
-            image = rig.render(base, params)
+        loop = self.avatar.loop
+        image = self._image(int(loop[self._index % len(loop)]), params, speaking)
         self._last = params
         self._last_speaking = speaking
         frame = AVFrame(
@@ -157,6 +147,17 @@ class CpuStream:
         )
         self._index += 1
         return frame
+
+    def _image(self, source: int, params: MouthParams, speaking: bool) -> np.ndarray:
+        """Avatar frame ``source`` showing ``params``."""
+        base = self.avatar.frames[source]
+        rig = self._rigs.rig(source)
+        if rig is None:
+            return base.copy()
+        if self._life is not None:
+            blink, sway = self._life.at(self._index / FPS, params.open if speaking else 0.0)
+            return rig.render(base, params, blink, sway)
+        return rig.render(base, params)
 
 
 class CpuEngine:
@@ -181,26 +182,12 @@ class BankStream(CpuStream):
     def __init__(self, avatar: Avatar, bank: Any) -> None:
         super().__init__(avatar)
         self.bank = bank
-        masks = avatar.extras.get("blend_masks")
-        if masks is None:
-            with np.load(avatar.path / "masks.npz") as data:
-                masks = avatar.extras["blend_masks"] = (data["masks"], data["boxes"])
-        self.masks, self.mask_boxes = masks
+        self.masks, self.mask_boxes = blend_masks(avatar)
 
-    def _frame(self, params: MouthParams, audio: np.ndarray, speaking: bool) -> AVFrame:
-        loop = self.avatar.loop
-        source = int(loop[self._index % len(loop)])
+    def _image(self, source: int, params: MouthParams, speaking: bool) -> np.ndarray:
         base = self.avatar.frames[source]
-        if speaking and self.bank.has(source):
-            box = tuple(int(v) for v in self.avatar.boxes[source])
-            face = self.bank.mouth(source, params)
-            image = paste(base, face, box, self.masks[source], self.mask_boxes[source])
-        else:
-            image = base.copy()
-        self._last = params
-        self._last_speaking = speaking
-        frame = AVFrame(
-            image=image, audio=audio, index=self._index, speaking=speaking, mouth=params.as_dict()
-        )
-        self._index += 1
-        return frame
+        if not (speaking and self.bank.has(source)):
+            return base.copy()
+        box = tuple(int(v) for v in self.avatar.boxes[source])
+        face = self.bank.mouth(source, params)
+        return paste(base, face, box, self.masks[source], self.mask_boxes[source])

@@ -23,6 +23,7 @@ import numpy as np
 
 from rtlipsync.engines.cpu.features import MouthAnalyzer, MouthParams
 from rtlipsync.face.avatar import Avatar
+from rtlipsync.face.geometry import CROP
 from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -119,6 +120,8 @@ class Bank:
             self._data = data["data"]
         self._cache: dict[tuple[int, int], np.ndarray] = {}
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        side = np.arange(CROP, dtype=np.float32)
+        self._grid_x, self._grid_y = np.meshgrid(side, side)  # for the per-frame warps
 
     def has(self, frame: int) -> bool:
         return frame in self.frames
@@ -144,8 +147,7 @@ class Bank:
         ga, gb = cv2.cvtColor(fa, cv2.COLOR_BGR2GRAY), cv2.cvtColor(fb, cv2.COLOR_BGR2GRAY)
         flow_ab = self._flow.calc(ga, gb, None)
         flow_ba = self._flow.calc(gb, ga, None)
-        h, w = ga.shape
-        grid_x, grid_y = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        grid_x, grid_y = self._grid_x, self._grid_y
         # Each face moves part of the way toward the other, then the two are mixed.
         # (a's pixel at x goes to x + t * flow_ab(x); sampled backwards, as an approximation)
         wa = cv2.remap(fa, grid_x - t * flow_ab[..., 0], grid_y - t * flow_ab[..., 1],

@@ -27,7 +27,7 @@ import torch
 from rtlipsync.engines.musetalk.features import AudioFeatures
 from rtlipsync.engines.musetalk.pipeline import Batcher, Generator, encode_crops
 from rtlipsync.errors import InputError
-from rtlipsync.face.avatar import Avatar
+from rtlipsync.face.avatar import Avatar, blend_masks
 from rtlipsync.face.geometry import crop_face, paste
 from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE, AVFrame, SpeechChunk
 
@@ -52,6 +52,7 @@ class MuseTalkNets:
         self.unet, self.vae, self.encoder, self.extractor = unet, vae, encoder, extractor
         self.version = version
         self.parser = parser  # BiSeNet, when its weights are present: parsed blend masks
+        self.vae_key = _vae_key(vae)  # which VAE made an avatar's cached latents
         self.generate = Generator(unet, vae)
         # Frames of every session on this device go through the networks together.
         gpu = self.generate.device.type == "cuda"
@@ -107,9 +108,12 @@ class MuseTalkEngine:
 
     def prepare(self, avatar: Avatar, **options: Any) -> None:
         _latents(avatar, self.nets)
+        _parse_masks(avatar, self.nets)
 
     def open_stream(self, avatar: Avatar) -> MuseTalkStream:
-        return MuseTalkStream(avatar, self.nets, _latents(avatar, self.nets), self.batch_size)
+        latents = _latents(avatar, self.nets)
+        _parse_masks(avatar, self.nets)
+        return MuseTalkStream(avatar, self.nets, latents, blend_masks(avatar), self.batch_size)
 
 
 def _vae_key(vae: Any) -> str:
@@ -123,7 +127,7 @@ def _vae_key(vae: Any) -> str:
 
 def _latents(avatar: Avatar, nets: MuseTalkNets) -> np.ndarray:
     """(N, 8, 32, 32) float32 crop latents of every frame (zeros where no face), cached."""
-    key = _vae_key(nets.vae)
+    key = nets.vae_key
     cached = avatar.extras.get("musetalk")
     if cached is not None and cached[0] == key:
         return cached[1]
@@ -144,24 +148,19 @@ def _latents(avatar: Avatar, nets: MuseTalkNets) -> np.ndarray:
         np.save(tmp, latents)
         tmp.replace(path)
         info.write_text(json.dumps({"vae": key, "frames": len(latents)}))
-    with np.load(_masks_file(avatar, nets)) as masks:
-        avatar.extras["musetalk_masks"] = (masks["masks"], masks["boxes"])
     avatar.extras["musetalk"] = (key, latents)
     return latents
 
 
-def _masks_file(avatar: Avatar, nets: MuseTalkNets) -> Path:
-    """The blend masks: parsed by BiSeNet (jaw mode, cached) when the parser is loaded, else
-    the avatar's landmark masks."""
-    landmark = avatar.path / "masks.npz"
-    if nets.parser is None:
-        return landmark
+def _parse_masks(avatar: Avatar, nets: MuseTalkNets) -> None:
+    """With the parser loaded, replace the avatar's landmark blend masks by BiSeNet's (jaw
+    mode) once, in ``musetalk/masks.npz``, which `blend_masks` then prefers."""
     path = avatar.path / "musetalk" / "masks.npz"
-    if path.exists():
-        return path
+    if nets.parser is None or path.exists():
+        return
     from rtlipsync.engines.musetalk.parsing import blend_mask_from_parse, crop_blend_box, parse
 
-    with np.load(landmark) as data:
+    with np.load(avatar.path / "masks.npz") as data:
         masks, mask_boxes = data["masks"].copy(), data["boxes"]
     for i, box in enumerate(avatar.boxes):
         if box[0] < 0:
@@ -173,7 +172,7 @@ def _masks_file(avatar: Avatar, nets: MuseTalkNets) -> Path:
     tmp = path.with_name("masks.tmp.npz")
     np.savez(tmp, masks=masks, boxes=mask_boxes)
     tmp.replace(path)
-    return path
+    avatar.extras.pop("blend_masks", None)
 
 
 class _Utterance:
@@ -195,12 +194,17 @@ class MuseTalkStream:
     lookahead = 0.44  # a frame waits for its 8-frame block and 80 ms of look-ahead
 
     def __init__(
-        self, avatar: Avatar, nets: MuseTalkNets, latents: np.ndarray, batch_size: int
+        self,
+        avatar: Avatar,
+        nets: MuseTalkNets,
+        latents: np.ndarray,
+        masks: tuple[np.ndarray, np.ndarray],
+        batch_size: int,
     ) -> None:
         self.avatar = avatar
         self.nets = nets
         self.latents = latents
-        self.masks, self.mask_boxes = avatar.extras["musetalk_masks"]
+        self.masks, self.mask_boxes = masks
         self.batch_size = batch_size
         self._index = 0  # frames produced on this stream's timeline
         self._utterances: deque[_Utterance] = deque()
@@ -257,10 +261,11 @@ class MuseTalkStream:
                 log.error("MuseTalk could not render %d frames: %s", len(talking), exc)
         for f, audio, source, talk in plan:
             base = self.avatar.frames[source]
-            image = base.copy()
             if talk and f in faces:
                 box = tuple(int(v) for v in self.avatar.boxes[source])
                 image = paste(base, faces[f], box, self.masks[source], self.mask_boxes[source])
+            else:
+                image = base.copy()
             frame = AVFrame(image=image, audio=audio, index=self._index, speaking=True)
             self._index += 1
             u.made += 1

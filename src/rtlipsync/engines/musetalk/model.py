@@ -58,6 +58,34 @@ UNET_CONFIG: dict[str, Any] = {
     ],
 }
 UNET_FILES = {"v15": ("musetalkV15", "unet.pth"), "v10": ("musetalk", "pytorch_model.bin")}
+# The published configs of the other two networks (stabilityai/sd-vae-ft-mse's config.json,
+# openai/whisper-tiny's sizes): enough to build them at their official size without the
+# files, as the benchmark's --random and the tests do.
+VAE_CONFIG: dict[str, Any] = {
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "in_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 3,
+    "sample_size": 256,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+}
+WHISPER_TINY_CONFIG: dict[str, Any] = {
+    "vocab_size": 51865,
+    "num_mel_bins": 80,
+    "d_model": 384,
+    "encoder_layers": 4,
+    "decoder_layers": 4,
+    "encoder_attention_heads": 6,
+    "decoder_attention_heads": 6,
+    "encoder_ffn_dim": 1536,
+    "decoder_ffn_dim": 1536,
+    "max_source_positions": 1500,
+    "max_target_positions": 448,
+}
 
 
 class WeightsError(InputError):
