@@ -57,6 +57,11 @@ def test_pocketsphinx_recognises_offline() -> None:
     words = asr.transcribe(espeak_pcm("one two three four five")).split()
     assert len({"one", "two", "three", "four", "five"} & set(words)) >= 3, words
     assert asr.transcribe(silence(1.0)) == ""
+    # Digital silence, even to a fresh decoder (bare pocketsphinx hears "dog" in it), and a
+    # quiet room give no words.
+    assert PocketSphinxASR().transcribe(silence(1.0)) == ""
+    room = np.random.default_rng(0).normal(0, 30, SAMPLE_RATE).astype(np.int16)
+    assert PocketSphinxASR().transcribe(room) == ""
 
 
 def test_openai_compatible_transcription() -> None:

@@ -10,7 +10,6 @@ torch = pytest.importorskip("torch", reason="the musetalk extra is not installed
 transformers = pytest.importorskip("transformers")
 
 from rtlipsync.engines.musetalk.features import (  # noqa: E402
-    BLOCK_FRAMES,
     AudioFeatures,
     encoder_states,
     positional_encoding,
@@ -96,4 +95,3 @@ def test_streamed_features_equal_whole_clip_features(whisper) -> None:  # noqa: 
     again.push(clip)
     again.end()
     assert np.array_equal(again.window(30), expected[30])  # deterministic
-    assert BLOCK_FRAMES * 2 <= 16

@@ -41,6 +41,8 @@ class PocketSphinxASR:
     def transcribe(self, pcm: np.ndarray, language: str | None = None) -> str:
         from pocketsphinx import Decoder
 
+        if not np.any(pcm):
+            return ""  # all zeros: pocketsphinx's log-energy features invent words ("dog")
         with self._lock:
             if self._decoder is None:
                 self._decoder = Decoder()
