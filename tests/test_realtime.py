@@ -140,6 +140,8 @@ def test_barge_in_cancels_and_truncates_to_what_was_heard(default_avatar) -> Non
         assert await wait_for(lambda: fake.of_type("response.cancel"), 5)
         cut = time.monotonic()
         heard_frames = timeline.speaking()
+        # (the truncate is the message after the cancel: wait for it to arrive too)
+        assert await wait_for(lambda: fake.of_type("conversation.item.truncate"), 2)
         truncate = fake.of_type("conversation.item.truncate")
         assert len(truncate) == 1
         item = fake.sent_audio_ms
@@ -170,6 +172,7 @@ def test_a_cough_does_not_interrupt(default_avatar) -> None:
         session.converse("Talk to me.")
         assert await wait_for(lambda: timeline.speaking() >= 25, 5)
         await feed(session, np.concatenate([cough, np.zeros(SAMPLE_RATE, np.int16)]))
+        assert await wait_for(lambda: fake.of_type("conversation.item.delete"), 2)
         deleted = fake.of_type("conversation.item.delete")
         assert len(deleted) == 1  # the service heard it, and it was taken back out
         assert await wait_for(lambda: not session.is_speaking, 15)
