@@ -39,6 +39,28 @@ def test_protocol_and_streaming_equals_batch(engine, default_avatar, speech16k) 
     assert batch.pending == 0
 
 
+def test_pasting_on_the_device_gives_the_same_frames(engine, default_avatar, speech16k) -> None:  # noqa: ANN001
+    """The GPU's path (faces pasted where they were made, regions copied back), run here on
+    the CPU: the same frames as the CPU paste, to cv2's resize rounding."""
+    from tiny_musetalk import tiny_engine
+
+    device = tiny_engine(batch_size=4, device_blend=True)
+    assert not engine.nets.device_blend and device.nets.device_blend  # off by default on a CPU
+    pcm = speech16k.pcm[:16000]
+    here = list(render_speech(engine.open_stream(default_avatar), pcm))
+    there = list(render_speech(device.open_stream(default_avatar), pcm))
+    assert len(here) == len(there) == 25
+    region = device.open_stream(default_avatar).blend.region(0)  # the still avatar's one frame
+    moved = 0
+    for a, b in zip(here, there, strict=True):
+        diff = np.abs(a.image.astype(int) - b.image.astype(int))
+        assert diff.max() <= 2 and diff[region].mean() < 0.2
+        diff[region] = 0
+        assert not diff.any()  # nothing outside the blend box differs
+        moved += not np.array_equal(b.image, default_avatar.frames[0])
+    assert moved >= 20
+
+
 def test_silence_shows_the_avatar_and_speech_only_the_mouth(
     engine, default_avatar, speech16k
 ) -> None:  # noqa: ANN001

@@ -3,6 +3,7 @@ latent layout, one UNet pass, decode, and paste-back geometry."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -55,7 +56,7 @@ def test_one_pass_to_faces(nets) -> None:  # noqa: ANN001
     generate = Generator(unet, vae)
     latents = encode_crops(vae, faces(3))
     windows = np.random.default_rng(1).normal(size=(3, 50, 384)).astype(np.float32)
-    out = generate(latents, windows)
+    out = np.stack(generate(latents, windows))
     assert out.shape == (3, 256, 256, 3) and out.dtype == np.uint8
     assert np.array_equal(out, generate(latents, windows))
     single = generate(latents[1:2], windows[1:2])
@@ -84,6 +85,50 @@ def test_paste_back_geometry() -> None:
     assert cut.shape == frame.shape and (cut[250:290, 2:88] == 7).all()
 
 
+def test_paste_on_the_device_matches_paste() -> None:
+    """`DeviceBlend` is the GPU's paste-back: same result as `paste` (to a level or two of
+    cv2's fixed-point resize), clipped the same way at the frame's edges."""
+    from rtlipsync.engines.musetalk.pipeline import DeviceBlend
+
+    rng = np.random.default_rng(4)
+    frames = [rng.integers(0, 256, (300, 320, 3), dtype=np.uint8) for _ in range(2)]
+    boxes = np.array([(100, 80, 200, 220), (0, 150, 90, 290)])  # the second leaves the frame
+    mask_boxes = np.array([blend_box(tuple(b)) for b in boxes])
+    masks = np.stack([cv2.GaussianBlur(faces(1, seed=s)[0, :, :, 0], (31, 31), 0) for s in (1, 2)])
+    blend = DeviceBlend(frames, boxes, masks, mask_boxes, "cpu")
+    for source in (0, 1):
+        face = faces(1, seed=7 + source)[0]
+        expected = paste(
+            frames[source], face, tuple(boxes[source]), masks[source], mask_boxes[source]
+        )
+        tensor = torch.from_numpy(face).permute(2, 0, 1).float()
+        region = blend.region(source)
+        got = blend.paste(tensor, source).numpy()
+        assert got.shape == expected[region].shape and got.dtype == np.uint8
+        diff = np.abs(got.astype(int) - expected[region].astype(int))
+        assert diff.max() <= 2 and diff.mean() < 0.2
+        assert not np.array_equal(got, frames[source][region])  # the face is in
+    assert blend.region(1)[1].start == 0  # clipped at the frame's left edge
+
+
+def test_rows_with_a_target_come_back_pasted(nets) -> None:  # noqa: ANN001
+    from rtlipsync.engines.musetalk.pipeline import DeviceBlend
+
+    unet, vae = nets
+    generate = Generator(unet, vae)
+    latents = encode_crops(vae, faces(2))
+    windows = np.random.default_rng(1).normal(size=(2, 50, 384)).astype(np.float32)
+    face0, face1 = generate(latents, windows)
+    frame = np.random.default_rng(2).integers(0, 256, (300, 320, 3), dtype=np.uint8)
+    box = (100, 80, 200, 220)
+    mask = np.full((256, 256), 255, np.uint8)
+    blend = DeviceBlend([frame], np.array([box]), mask[None], np.array([blend_box(box)]), "cpu")
+    same, region = generate(latents, windows, [None, (blend, 0)])  # a face and a pasted row
+    assert np.array_equal(same, face0)
+    expected = paste(frame, face1, box, mask, blend_box(box))[blend.region(0)]
+    assert np.abs(region.astype(int) - expected.astype(int)).max() <= 2
+
+
 def test_crop_face() -> None:
     frame = np.zeros((300, 320, 3), np.uint8)
     frame[80:220, 100:200] = 200
@@ -107,7 +152,7 @@ def test_sessions_share_batches(nets) -> None:  # noqa: ANN001
     results: dict[int, np.ndarray] = {}
 
     def session(i: int) -> None:
-        results[i] = batcher(*jobs[i])
+        results[i] = np.stack(batcher(*jobs[i]))
 
     threads = [threading.Thread(target=session, args=(i,)) for i in range(3)]
     for t in threads:
@@ -116,9 +161,10 @@ def test_sessions_share_batches(nets) -> None:  # noqa: ANN001
         t.join(timeout=60)
     assert batcher.batches == 1  # three sessions' frames, one forward pass
     for i, (latents, windows) in enumerate(jobs):
-        alone = generate(latents, windows)
+        alone = np.stack(generate(latents, windows))
         assert np.abs(results[i].astype(int) - alone.astype(int)).max() <= 1  # its own rows
-    broken = Batcher(lambda latents, windows: 1 / 0, wait=0)  # a failure reaches the caller
+    # a failure reaches the caller
+    broken = Batcher(lambda latents, windows, targets: 1 / 0, wait=0)
     with pytest.raises(ZeroDivisionError):
         broken(*jobs[0])
     assert broken._leading is False  # and nothing is left stuck
@@ -129,7 +175,7 @@ def test_out_of_gpu_memory_halves_the_batch_then_says_so() -> None:
 
     calls: list[int] = []
 
-    def generate(latents, windows):  # noqa: ANN001, ANN202 - a GPU that fits 2 frames
+    def generate(latents, windows, targets):  # noqa: ANN001, ANN202 - a GPU that fits 2 frames
         calls.append(len(windows))
         if len(windows) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
@@ -140,7 +186,9 @@ def test_out_of_gpu_memory_halves_the_batch_then_says_so() -> None:
     out = batcher(torch.zeros(6, 8, 32, 32), windows)
     assert [int(face[0, 0, 0]) for face in out] == [0, 1, 2, 3, 4, 5]  # every frame, in order
     assert batcher.max_batch <= 3 and calls[0] == 6
-    tiny = Batcher(lambda latents, windows: (_ for _ in ()).throw(torch.OutOfMemoryError()), wait=0)
+    tiny = Batcher(
+        lambda latents, windows, targets: (_ for _ in ()).throw(torch.OutOfMemoryError()), wait=0
+    )
     with pytest.raises(RuntimeError, match="out of memory even for one MuseTalk frame"):
         tiny(torch.zeros(1, 8, 32, 32), np.zeros((1, 50, 384), np.float32))
 

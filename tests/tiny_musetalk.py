@@ -36,11 +36,11 @@ def whisper_tiny() -> tuple[torch.nn.Module, transformers.WhisperFeatureExtracto
     return model.encoder.eval(), transformers.WhisperFeatureExtractor(feature_size=80)
 
 
-def tiny_nets(seed: int = 0) -> MuseTalkNets:
+def tiny_nets(seed: int = 0, device_blend: bool | None = None) -> MuseTalkNets:
     torch.manual_seed(seed)
     unet, vae = tiny_unet(), tiny_vae()
-    return MuseTalkNets(unet, vae, *whisper_tiny(), "v15")
+    return MuseTalkNets(unet, vae, *whisper_tiny(), "v15", device_blend=device_blend)
 
 
-def tiny_engine(batch_size: int = 8) -> MuseTalkEngine:
-    return MuseTalkEngine(tiny_nets(), batch_size=batch_size)
+def tiny_engine(batch_size: int = 8, device_blend: bool | None = None) -> MuseTalkEngine:
+    return MuseTalkEngine(tiny_nets(device_blend=device_blend), batch_size=batch_size)

@@ -92,6 +92,47 @@ def crop_face(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     return cv2.resize(frame[y1:y2, x1:x2], (CROP, CROP), interpolation=cv2.INTER_LANCZOS4)
 
 
+Region = tuple[slice, slice]
+
+
+def paste_region(shape: tuple[int, ...], mask_box: tuple[int, int, int, int]) -> Region | None:
+    """The part of a frame of ``shape`` that a paste through ``mask_box`` touches: the blend
+    box clipped to the frame (None when it lies wholly outside). Only this part changes."""
+    bx1, by1, bx2, by2 = (int(v) for v in mask_box)
+    h, w = shape[:2]
+    cx1, cy1, cx2, cy2 = max(bx1, 0), max(by1, 0), min(bx2, w), min(by2, h)
+    if cx1 >= cx2 or cy1 >= cy2:
+        return None
+    return slice(cy1, cy2), slice(cx1, cx2)
+
+
+def paste_weight(
+    mask: np.ndarray, mask_box: tuple[int, int, int, int], region: Region
+) -> np.ndarray:
+    """(h, w, 1) float32 weights in [0, 1] of the generated face over ``region``: the stored
+    mask stretched over its blend box, then clipped like the region."""
+    bx1, by1, bx2, by2 = (int(v) for v in mask_box)
+    weight = cv2.resize(mask, (bx2 - bx1, by2 - by1)).astype(np.float32) / 255.0
+    ys, xs = region
+    return np.ascontiguousarray(
+        weight[ys.start - by1 : ys.stop - by1, xs.start - bx1 : xs.stop - bx1, None]
+    )
+
+
+def face_placement(box: tuple[int, int, int, int], region: Region) -> tuple[Region, Region] | None:
+    """Where the face, resized to ``box``, lands in ``region`` (first) and which part of it
+    lands there (second); None when the box misses the region."""
+    x1, y1, x2, y2 = (int(v) for v in box)
+    ys, xs = region
+    fx1, fy1 = max(x1, xs.start), max(y1, ys.start)
+    fx2, fy2 = min(x2, xs.stop), min(y2, ys.stop)
+    if fx1 >= fx2 or fy1 >= fy2:
+        return None
+    into = slice(fy1 - ys.start, fy2 - ys.start), slice(fx1 - xs.start, fx2 - xs.start)
+    part = slice(fy1 - y1, fy2 - y1), slice(fx1 - x1, fx2 - x1)
+    return into, part
+
+
 def paste(
     frame: np.ndarray,
     face: np.ndarray,
@@ -102,23 +143,17 @@ def paste(
     """``frame`` with the generated 256² ``face`` resized into ``box`` and blended through
     ``mask`` (stretched over ``mask_box``, which may reach outside the frame: clipped)."""
     out = frame.copy()
-    bx1, by1, bx2, by2 = (int(v) for v in mask_box)
-    h, w = frame.shape[:2]
-    cx1, cy1, cx2, cy2 = max(bx1, 0), max(by1, 0), min(bx2, w), min(by2, h)
-    if cx1 >= cx2 or cy1 >= cy2:
+    region = paste_region(frame.shape, mask_box)
+    if region is None:
         return out
     # Only the blend box's part of the frame is touched (this runs for every spoken frame).
-    region = (slice(cy1, cy2), slice(cx1, cx2))
     original = frame[region].astype(np.float32)
     large = original.copy()  # the frame with the face in its box, within the region
-    x1, y1, x2, y2 = (int(v) for v in box)
-    resized = cv2.resize(face, (x2 - x1, y2 - y1)).astype(np.float32)
-    fx1, fy1, fx2, fy2 = max(x1, cx1), max(y1, cy1), min(x2, cx2), min(y2, cy2)
-    if fx1 < fx2 and fy1 < fy2:
-        large[fy1 - cy1 : fy2 - cy1, fx1 - cx1 : fx2 - cx1] = resized[
-            fy1 - y1 : fy2 - y1, fx1 - x1 : fx2 - x1
-        ]
-    weight = cv2.resize(mask, (bx2 - bx1, by2 - by1)).astype(np.float32) / 255.0
-    m = weight[cy1 - by1 : cy2 - by1, cx1 - bx1 : cx2 - bx1, None]
+    placement = face_placement(box, region)
+    if placement is not None:
+        x1, y1, x2, y2 = (int(v) for v in box)
+        into, part = placement
+        large[into] = cv2.resize(face, (x2 - x1, y2 - y1)).astype(np.float32)[part]
+    m = paste_weight(mask, mask_box, region)
     out[region] = np.round(m * large + (1 - m) * original).astype(np.uint8)
     return out

@@ -6,6 +6,7 @@
 - A stream takes speech as it comes: Whisper rows are computed in fixed blocks (so streamed
   and batch output are the same frames), each ready frame's window goes through the UNet and
   the VAE in batches, and the face is pasted back into the avatar's own frame.
+- On a GPU the face is pasted back on the device (`DeviceBlend`); on the CPU, by `paste`.
 - Silence is not sent through the network (MuseTalk moves the lips in silence, a known
   artefact of its training data): a silent frame is the avatar's own frame.
 - ``reset`` drops everything at once; the idle loop position keeps running.
@@ -25,10 +26,10 @@ import numpy as np
 import torch
 
 from rtlipsync.engines.musetalk.features import AudioFeatures
-from rtlipsync.engines.musetalk.pipeline import Batcher, Generator, encode_crops
+from rtlipsync.engines.musetalk.pipeline import Batcher, DeviceBlend, Generator, encode_crops
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import Avatar, blend_masks
-from rtlipsync.face.geometry import crop_face, paste
+from rtlipsync.face.geometry import Region, crop_face, paste, paste_region
 from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE, AVFrame, SpeechChunk
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,17 @@ class MuseTalkNets:
         extractor: Any,
         version: str,
         parser: Any = None,
+        device_blend: bool | None = None,
     ) -> None:
         self.unet, self.vae, self.encoder, self.extractor = unet, vae, encoder, extractor
         self.version = version
         self.parser = parser  # BiSeNet, when its weights are present: parsed blend masks
         self.vae_key = _vae_key(vae)  # which VAE made an avatar's cached latents
         self.generate = Generator(unet, vae)
-        # Frames of every session on this device go through the networks together.
         gpu = self.generate.device.type == "cuda"
+        # Paste faces back on the device (default on a GPU: the CPU then only copies regions).
+        self.device_blend = gpu if device_blend is None else device_blend
+        # Frames of every session on this device go through the networks together.
         self.batcher = Batcher(self.generate, max_batch=64 if gpu else 8, wait=0.003 if gpu else 0)
 
     @classmethod
@@ -113,7 +117,22 @@ class MuseTalkEngine:
     def open_stream(self, avatar: Avatar) -> MuseTalkStream:
         latents = _latents(avatar, self.nets)
         _parse_masks(avatar, self.nets)
-        return MuseTalkStream(avatar, self.nets, latents, blend_masks(avatar), self.batch_size)
+        masks = blend_masks(avatar)
+        blend = _device_blend(avatar, self.nets, masks) if self.nets.device_blend else None
+        return MuseTalkStream(avatar, self.nets, latents, masks, self.batch_size, blend)
+
+
+def _device_blend(
+    avatar: Avatar, nets: MuseTalkNets, masks: tuple[np.ndarray, np.ndarray]
+) -> DeviceBlend:
+    """The avatar's `DeviceBlend` on the networks' device, shared by its sessions."""
+    device = nets.generate.device
+    cached = avatar.extras.get("musetalk_blend")
+    if cached is not None and cached.masks is masks[0] and cached.device == device:
+        return cached
+    blend = DeviceBlend(avatar.frames, avatar.boxes, masks[0], masks[1], device)
+    avatar.extras["musetalk_blend"] = blend
+    return blend
 
 
 def _vae_key(vae: Any) -> str:
@@ -200,12 +219,14 @@ class MuseTalkStream:
         latents: np.ndarray,
         masks: tuple[np.ndarray, np.ndarray],
         batch_size: int,
+        blend: DeviceBlend | None = None,
     ) -> None:
         self.avatar = avatar
         self.nets = nets
         self.latents = latents
         self.masks, self.mask_boxes = masks
         self.batch_size = batch_size
+        self.blend = blend  # paste on the device, or (None) on the CPU
         self._index = 0  # frames produced on this stream's timeline
         self._utterances: deque[_Utterance] = deque()
 
@@ -248,28 +269,40 @@ class MuseTalkStream:
             rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
             talk = rms >= SILENCE_RMS and self.avatar.boxes[source][0] >= 0
             plan.append((f, audio, source, talk))
-        talking = [p for p in plan if p[3]]
-        faces: dict[int, np.ndarray] = {}
+        talking = [p for p in plan if p[3] and self._region(p[2]) is not None]
+        pasted: dict[int, np.ndarray] = {}  # frame → its image with the face in
         if talking:
             latents = torch.from_numpy(np.stack([self.latents[p[2]] for p in talking]))
             windows = np.stack([u.features.window(p[0]) for p in talking])
+            targets = [(self.blend, p[2]) for p in talking] if self.blend else None
             try:
-                for p, face in zip(talking, self.nets.batcher(latents, windows), strict=True):
-                    faces[p[0]] = face
+                rows = self.nets.batcher(latents, windows, targets)
             except RuntimeError as exc:
                 # The speech goes on with the avatar's own face rather than stopping the clock.
                 log.error("MuseTalk could not render %d frames: %s", len(talking), exc)
-        for f, audio, source, talk in plan:
-            base = self.avatar.frames[source]
-            if talk and f in faces:
-                box = tuple(int(v) for v in self.avatar.boxes[source])
-                image = paste(base, faces[f], box, self.masks[source], self.mask_boxes[source])
-            else:
-                image = base.copy()
+                rows = []
+            for (f, _, source, _), row in zip(talking, rows, strict=False):
+                pasted[f] = self._paste(source, row)
+        for f, audio, source, _ in plan:
+            image = pasted[f] if f in pasted else self.avatar.frames[source].copy()
             frame = AVFrame(image=image, audio=audio, index=self._index, speaking=True)
             self._index += 1
             u.made += 1
             yield frame
+
+    def _region(self, source: int) -> Region | None:
+        return paste_region(self.avatar.frames[source].shape, self.mask_boxes[source])
+
+    def _paste(self, source: int, row: np.ndarray) -> np.ndarray:
+        """The avatar's frame with the generated ``row`` in: a blended region (device blend)
+        or a face to paste here."""
+        base = self.avatar.frames[source]
+        if self.blend is None:
+            box = tuple(int(v) for v in self.avatar.boxes[source])
+            return paste(base, row, box, self.masks[source], self.mask_boxes[source])
+        image = base.copy()
+        image[self._region(source)] = row
+        return image
 
     def idle(self) -> AVFrame:
         loop = self.avatar.loop
