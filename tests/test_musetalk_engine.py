@@ -81,6 +81,32 @@ def test_silence_shows_the_avatar_and_speech_only_the_mouth(
     assert x1 - 2 <= xs.min() and xs.max() <= x2 + 2
 
 
+def test_a_clock_taking_one_frame_per_tick_renders_each_frame_once(
+    engine, default_avatar, speech16k
+) -> None:  # noqa: ANN001
+    """A live session takes one frame per 40 ms tick (``next(iter(stream.frames()))``); the
+    rest of a batch must wait for the next ticks, not be rendered again."""
+    pcm = speech16k.pcm[:16000]
+    reference = list(render_speech(engine.open_stream(default_avatar), pcm))
+    stream = engine.open_stream(default_avatar)
+    before = engine.nets.batcher.batches
+    stream.push(SpeechChunk(pcm, end_of_utterance=True))
+    taken = []
+    while stream.pending > 0:
+        frame = next(iter(stream.frames()), None)
+        assert frame is not None
+        taken.append(frame)
+    assert len(taken) == len(reference) == 25
+    for a, b in zip(taken, reference, strict=True):  # (to a level of float rounding)
+        assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
+    assert engine.nets.batcher.batches - before == -(-25 // engine.batch_size)  # 7, not 25
+    stream.push(SpeechChunk(pcm, end_of_utterance=True))
+    first = next(iter(stream.frames()))  # one batch made, one frame shown
+    stream.reset()  # cut in: the rest of the batch is dropped with the speech
+    assert stream.pending == 0 and list(stream.frames()) == []
+    assert stream.idle().index == first.index + 1  # the idle loop goes on from what was shown
+
+
 def test_reset_and_idle(engine, default_avatar, speech16k) -> None:  # noqa: ANN001
     stream = engine.open_stream(default_avatar)
     for i in range(0, 16000, 320):

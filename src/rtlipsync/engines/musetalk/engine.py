@@ -229,10 +229,13 @@ class MuseTalkStream:
         self.blend = blend  # paste on the device, or (None) on the CPU
         self._index = 0  # frames produced on this stream's timeline
         self._utterances: deque[_Utterance] = deque()
+        # Frames rendered in a batch but not taken yet: a live session takes one per tick.
+        self._ready: deque[AVFrame] = deque()
 
     @property
     def pending(self) -> float:
-        return sum(len(u.audio) - u.made * FRAME_SAMPLES for u in self._utterances) / SAMPLE_RATE
+        unmade = sum(len(u.audio) - u.made * FRAME_SAMPLES for u in self._utterances)
+        return (unmade + len(self._ready) * FRAME_SAMPLES) / SAMPLE_RATE
 
     def push(self, chunk: SpeechChunk) -> None:
         if not self._utterances or self._utterances[-1].ended:
@@ -248,7 +251,14 @@ class MuseTalkStream:
             u.ended = True
 
     def frames(self) -> Iterator[AVFrame]:
-        while self._utterances:
+        # A frame leaves the queue as it is yielded: a caller may stop after any frame (the
+        # session's clock takes one per tick) and the rest of the batch waits for it.
+        while True:
+            if self._ready:
+                yield self._ready.popleft()
+                continue
+            if not self._utterances:
+                return
             u = self._utterances[0]
             ready = min(u.features.frames_ready(), u.frames_total)
             if u.made >= ready:
@@ -256,10 +266,10 @@ class MuseTalkStream:
                     self._utterances.popleft()
                     continue
                 return
-            count = min(self.batch_size, ready - u.made)
-            yield from self._render(u, count)
+            self._ready.extend(self._render(u, min(self.batch_size, ready - u.made)))
 
-    def _render(self, u: _Utterance, count: int) -> Iterator[AVFrame]:
+    def _render(self, u: _Utterance, count: int) -> list[AVFrame]:
+        """The next ``count`` frames of ``u``: the spoken ones in one batch."""
         loop = self.avatar.loop
         plan = []
         for k in range(count):
@@ -283,12 +293,13 @@ class MuseTalkStream:
                 rows = []
             for (f, _, source, _), row in zip(talking, rows, strict=False):
                 pasted[f] = self._paste(source, row)
+        out = []
         for f, audio, source, _ in plan:
             image = pasted[f] if f in pasted else self.avatar.frames[source].copy()
-            frame = AVFrame(image=image, audio=audio, index=self._index, speaking=True)
+            out.append(AVFrame(image=image, audio=audio, index=self._index, speaking=True))
             self._index += 1
             u.made += 1
-            yield frame
+        return out
 
     def _region(self, source: int) -> Region | None:
         return paste_region(self.avatar.frames[source].shape, self.mask_boxes[source])
@@ -313,3 +324,5 @@ class MuseTalkStream:
 
     def reset(self) -> None:
         self._utterances.clear()
+        self._index -= len(self._ready)  # the idle loop goes on from the last frame shown
+        self._ready.clear()
