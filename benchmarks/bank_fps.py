@@ -26,9 +26,9 @@ from rtlipsync.engines.cpu import CpuEngine  # noqa: E402
 from rtlipsync.engines.musetalk.bank import bake  # noqa: E402
 from rtlipsync.face.avatar import ensure_default_avatar, load_avatar, prepare_avatar  # noqa: E402
 from rtlipsync.media.frames import SAMPLE_RATE  # noqa: E402
-from tiny_musetalk import tiny_engine  # noqa: E402
 
 from _common import machine, speech_pcm, time_stream  # noqa: E402
+from tiny_musetalk import tiny_engine  # noqa: E402
 
 
 def main() -> None:

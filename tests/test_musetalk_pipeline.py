@@ -196,6 +196,7 @@ def test_out_of_gpu_memory_halves_the_batch_then_says_so() -> None:
 def test_the_constant_time_embedding_changes_nothing() -> None:
     from rtlipsync.engines.musetalk.features import positional_encoding
     from rtlipsync.engines.musetalk.pipeline import ConstantEmbedding
+
     from tiny_musetalk import tiny_unet
 
     torch.manual_seed(1)

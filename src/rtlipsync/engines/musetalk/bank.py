@@ -15,6 +15,7 @@ faces (256 x 256) in one byte buffer with offsets; written whole or not at all.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,34 +79,55 @@ def state_windows(engine: MuseTalkEngine, passage: str = PASSAGE) -> np.ndarray:
 def bake(avatar: Avatar, engine: MuseTalkEngine, progress: bool = True) -> Path:
     """Render the bank for ``avatar`` (every face frame of its loop x every state)."""
     import torch
-    from tqdm import tqdm
 
     from rtlipsync.engines.musetalk.engine import _latents
 
     windows = state_windows(engine)
     latents = _latents(avatar, engine.nets)
+
+    def faces(frame: int) -> list[np.ndarray]:
+        batch = torch.from_numpy(np.repeat(latents[frame : frame + 1], len(windows), axis=0))
+        return engine.nets.batcher(batch, windows)
+
+    info = {"engine": "musetalk", "version": engine.nets.version}
+    return save_bank(avatar, faces, info, progress)
+
+
+def save_bank(
+    avatar: Avatar,
+    faces: Callable[[int], Sequence[np.ndarray]],
+    info: dict[str, Any],
+    progress: bool = True,
+) -> Path:
+    """Write ``avatar``'s bank from ``faces(frame)`` (one 256² BGR face per `grid` state) for
+    every face frame of its loop: whole, or (on any failure) not at all."""
+    from tqdm import tqdm
+
     frames = sorted({int(i) for i in avatar.loop if avatar.boxes[int(i)][0] >= 0})
     blobs: list[bytes] = []
     for i in tqdm(frames, desc=f"baking {avatar.name}", unit="frame", disable=not progress):
-        batch = torch.from_numpy(np.repeat(latents[i : i + 1], len(windows), axis=0))
-        for face in engine.nets.batcher(batch, windows):
+        made = faces(i)
+        if len(made) != len(grid()):
+            raise ValueError(f"{len(made)} faces for frame {i}, one per state ({len(grid())})")
+        for face in made:
             ok, jpeg = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, 92])
             if not ok:
                 raise RuntimeError("JPEG encoding failed")
             blobs.append(jpeg.tobytes())
     offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
     path = bank_path(avatar)
+    path.parent.mkdir(exist_ok=True)
     tmp = path.with_name("bank.tmp.npz")
-    info = {"engine": "musetalk", "version": engine.nets.version, "frames": len(frames)}
     np.savez(
         tmp,
         states=grid(),
         frames=np.array(frames, np.int32),
         offsets=offsets,
         data=np.frombuffer(b"".join(blobs), np.uint8),
-        info=np.array(json.dumps(info)),
+        info=np.array(json.dumps({**info, "frames": len(frames)})),
     )
     tmp.replace(path)
+    avatar.extras.pop("musetalk_bank", None)  # a loaded older bank is stale now
     return path
 
 
