@@ -36,3 +36,11 @@ def time_stream(stream: EngineStream, pcm: np.ndarray) -> tuple[int, float, floa
     cpu0, wall0 = time.process_time(), time.perf_counter()
     frames = sum(1 for _ in render_speech(stream, pcm))
     return frames, time.process_time() - cpu0, time.perf_counter() - wall0
+
+
+def print_stream(frames: int, cpu: float, wall: float, what: str, goal: str) -> None:
+    """The figures every stream benchmark prints, from `time_stream`'s result."""
+    print(f"frames: {frames} {what}")
+    print(f"CPU time per frame: {1000 * cpu / frames:.2f} ms")
+    print(f"frames per CPU-second: {frames / cpu:.0f}  ({goal})")
+    print(f"wall-clock fps: {frames / wall:.0f}")

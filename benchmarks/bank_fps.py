@@ -27,7 +27,7 @@ from rtlipsync.engines.musetalk.bank import bake  # noqa: E402
 from rtlipsync.face.avatar import ensure_default_avatar, load_avatar, prepare_avatar  # noqa: E402
 from rtlipsync.media.frames import SAMPLE_RATE  # noqa: E402
 
-from _common import machine, speech_pcm, time_stream  # noqa: E402
+from _common import machine, print_stream, speech_pcm, time_stream  # noqa: E402
 from tiny_musetalk import tiny_engine  # noqa: E402
 
 
@@ -49,10 +49,7 @@ def main() -> None:
     w, h = avatar.size
     print(machine())
     print(f"bake (tiny random networks on this CPU): {baked:.1f} s for 15 states x 1 frame")
-    print(f"frames: {frames} at {w}x{h} served from the bank")
-    print(f"CPU time per frame: {1000 * cpu / frames:.2f} ms")
-    print(f"frames per CPU-second: {frames / cpu:.0f}  (25 needed for one live session)")
-    print(f"wall-clock fps: {frames / wall:.0f}")
+    print_stream(frames, cpu, wall, f"at {w}x{h} served from the bank", "25 for one session")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.face.avatar import ensure_default_avatar, load_avatar
 from rtlipsync.media.frames import SAMPLE_RATE
 
-from _common import machine, speech_pcm, time_stream
+from _common import machine, print_stream, speech_pcm, time_stream
 
 
 def main() -> None:
@@ -33,10 +33,8 @@ def main() -> None:
     frames, cpu, wall = time_stream(CpuEngine().open_stream(avatar), pcm)
     w, h = avatar.size
     print(machine())
-    print(f"frames: {frames} at {w}x{h} ({len(pcm) / SAMPLE_RATE:.1f} s of speech)")
-    print(f"CPU time per frame: {1000 * cpu / frames:.2f} ms")
-    print(f"frames per CPU-second: {frames / cpu:.0f}  (goal >= 200)")
-    print(f"wall-clock fps: {frames / wall:.0f}")
+    speech = f"at {w}x{h} ({len(pcm) / SAMPLE_RATE:.1f} s of speech)"
+    print_stream(frames, cpu, wall, speech, "goal >= 200")
 
 
 if __name__ == "__main__":

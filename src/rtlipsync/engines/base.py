@@ -7,7 +7,9 @@ offline render talks to:
 - `EngineStream.push` takes speech chunks (20 ms of 16 kHz int16 PCM, optional phonemes);
 - `EngineStream.frames` yields every frame that is ready, each a 40 ms `AVFrame` carrying the
   image and exactly the audio it shows, once the engine has its `lookahead` of future audio
-  (or the utterance has ended);
+  (or the utterance has ended). A caller may stop after any frame (a live clock takes one per
+  tick): a frame is taken when it is yielded, and frames made but not yet yielded wait for the
+  next call rather than being made again;
 - `EngineStream.idle` yields one frame of the idle loop with silence, for when nothing is said;
 - `EngineStream.reset` drops everything queued at once (an interruption); the face goes back to
   idle without a jump because the idle loop position keeps running.

@@ -106,13 +106,11 @@ def paste_region(shape: tuple[int, ...], mask_box: tuple[int, int, int, int]) ->
     return slice(cy1, cy2), slice(cx1, cx2)
 
 
-def paste_weight(
-    mask: np.ndarray, mask_box: tuple[int, int, int, int], region: Region
-) -> np.ndarray:
-    """(h, w, 1) float32 weights in [0, 1] of the generated face over ``region``: the stored
-    mask stretched over its blend box, then clipped like the region."""
+def paste_mask(mask: np.ndarray, mask_box: tuple[int, int, int, int], region: Region) -> np.ndarray:
+    """(h, w, 1) uint8 weights (255 = all face) of the generated face over ``region``: the
+    stored mask stretched over its blend box, then clipped like the region."""
     bx1, by1, bx2, by2 = (int(v) for v in mask_box)
-    weight = cv2.resize(mask, (bx2 - bx1, by2 - by1)).astype(np.float32) / 255.0
+    weight = cv2.resize(mask, (bx2 - bx1, by2 - by1))
     ys, xs = region
     return np.ascontiguousarray(
         weight[ys.start - by1 : ys.stop - by1, xs.start - bx1 : xs.stop - bx1, None]
@@ -154,6 +152,6 @@ def paste(
         x1, y1, x2, y2 = (int(v) for v in box)
         into, part = placement
         large[into] = cv2.resize(face, (x2 - x1, y2 - y1)).astype(np.float32)[part]
-    m = paste_weight(mask, mask_box, region)
+    m = paste_mask(mask, mask_box, region).astype(np.float32) / 255.0
     out[region] = np.round(m * large + (1 - m) * original).astype(np.uint8)
     return out

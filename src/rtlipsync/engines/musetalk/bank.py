@@ -104,11 +104,12 @@ def save_bank(
     from tqdm import tqdm
 
     frames = sorted({int(i) for i in avatar.loop if avatar.boxes[int(i)][0] >= 0})
+    states = grid()
     blobs: list[bytes] = []
     for i in tqdm(frames, desc=f"baking {avatar.name}", unit="frame", disable=not progress):
         made = faces(i)
-        if len(made) != len(grid()):
-            raise ValueError(f"{len(made)} faces for frame {i}, one per state ({len(grid())})")
+        if len(made) != len(states):
+            raise ValueError(f"{len(made)} faces for frame {i}, one per state ({len(states)})")
         for face in made:
             ok, jpeg = cv2.imencode(".jpg", face, [cv2.IMWRITE_JPEG_QUALITY, 92])
             if not ok:
@@ -120,7 +121,7 @@ def save_bank(
     tmp = path.with_name("bank.tmp.npz")
     np.savez(
         tmp,
-        states=grid(),
+        states=states,
         frames=np.array(frames, np.int32),
         offsets=offsets,
         data=np.frombuffer(b"".join(blobs), np.uint8),

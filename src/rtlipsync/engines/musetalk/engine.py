@@ -277,9 +277,10 @@ class MuseTalkStream:
             audio = u.audio[f * FRAME_SAMPLES : (f + 1) * FRAME_SAMPLES]
             source = int(loop[(self._index + k) % len(loop)])
             rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
-            talk = rms >= SILENCE_RMS and self.avatar.boxes[source][0] >= 0
-            plan.append((f, audio, source, talk))
-        talking = [p for p in plan if p[3] and self._region(p[2]) is not None]
+            region = paste_region(self.avatar.frames[source].shape, self.mask_boxes[source])
+            talk = rms >= SILENCE_RMS and self.avatar.boxes[source][0] >= 0 and region is not None
+            plan.append((f, audio, source, region if talk else None))
+        talking = [p for p in plan if p[3] is not None]
         pasted: dict[int, np.ndarray] = {}  # frame → its image with the face in
         if talking:
             latents = torch.from_numpy(np.stack([self.latents[p[2]] for p in talking]))
@@ -291,8 +292,8 @@ class MuseTalkStream:
                 # The speech goes on with the avatar's own face rather than stopping the clock.
                 log.error("MuseTalk could not render %d frames: %s", len(talking), exc)
                 rows = []
-            for (f, _, source, _), row in zip(talking, rows, strict=False):
-                pasted[f] = self._paste(source, row)
+            for (f, _, source, region), row in zip(talking, rows, strict=False):
+                pasted[f] = self._paste(source, row, region)
         out = []
         for f, audio, source, _ in plan:
             image = pasted[f] if f in pasted else self.avatar.frames[source].copy()
@@ -301,10 +302,7 @@ class MuseTalkStream:
             u.made += 1
         return out
 
-    def _region(self, source: int) -> Region | None:
-        return paste_region(self.avatar.frames[source].shape, self.mask_boxes[source])
-
-    def _paste(self, source: int, row: np.ndarray) -> np.ndarray:
+    def _paste(self, source: int, row: np.ndarray, region: Region) -> np.ndarray:
         """The avatar's frame with the generated ``row`` in: a blended region (device blend)
         or a face to paste here."""
         base = self.avatar.frames[source]
@@ -312,7 +310,7 @@ class MuseTalkStream:
             box = tuple(int(v) for v in self.avatar.boxes[source])
             return paste(base, row, box, self.masks[source], self.mask_boxes[source])
         image = base.copy()
-        image[self._region(source)] = row
+        image[region] = row
         return image
 
     def idle(self) -> AVFrame:

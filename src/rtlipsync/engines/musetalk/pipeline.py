@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from rtlipsync.engines.musetalk.features import positional_encoding
-from rtlipsync.face.geometry import CROP, Region, face_placement, paste_region, paste_weight
+from rtlipsync.face.geometry import CROP, Region, face_placement, paste_mask, paste_region
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +101,15 @@ class DeviceBlend:
             raise ValueError(f"frame {source}'s blend box lies outside the frame")
         with self._lock:
             if source not in self._cache:
-                weight = paste_weight(self.masks[source], self.mask_boxes[source], region)
+                pixels = np.ascontiguousarray(self.frames[source][region])
+                mask = paste_mask(self.masks[source], self.mask_boxes[source], region)
                 self._cache[source] = (
-                    torch.from_numpy(np.ascontiguousarray(self.frames[source][region])).to(
-                        self.device
-                    ),
-                    torch.from_numpy(np.round(weight * 255).astype(np.uint8)).to(self.device),
+                    torch.from_numpy(pixels).to(self.device),
+                    torch.from_numpy(mask).to(self.device),
                 )
             pixels, mask = self._cache[source]
         original = pixels.float()
-        weight = mask.float() / 255.0  # the same float32 values `paste_weight` gives
+        weight = mask.float() / 255.0  # the same float32 weights as `paste`
         large = original.clone()
         placement = face_placement(self.boxes[source], region)
         if placement is not None:
