@@ -1,8 +1,9 @@
 """Offline TTS with espeak-ng, loaded from the ``espeakng-loader`` wheel through ctypes.
 
 No system package and no download: the wheel carries ``libespeak-ng.so`` and its data. We ask
-espeak-ng for phoneme events, which give each phoneme's start in the audio, so the lip-sync
-engine can shape the mouth from exact phonemes rather than guess them from sound.
+espeak-ng for phoneme events, which give each phoneme's start in the audio and name it in
+IPA (the same symbols in every language), so the lip-sync engine can shape the mouth from
+exact phonemes rather than guess them from sound.
 
 espeak-ng keeps global state, so all calls go through one lock.
 """
@@ -20,6 +21,7 @@ from rtlipsync.speech.tts import Speech
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _INITIALIZE_PHONEME_EVENTS = 0x0001
+_INITIALIZE_PHONEME_IPA = 0x0002  # phoneme events name their phoneme in IPA
 _CHARS_UTF8 = 1
 _EVENT_LIST_TERMINATED = 0
 _EVENT_PHONEME = 7
@@ -86,7 +88,10 @@ class _Engine:
             ]
             data = espeakng_loader.get_data_path().encode()
             rate = lib.espeak_Initialize(
-                _AUDIO_OUTPUT_SYNCHRONOUS, 0, data, _INITIALIZE_PHONEME_EVENTS
+                _AUDIO_OUTPUT_SYNCHRONOUS,
+                0,
+                data,
+                _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_PHONEME_IPA,
             )
             if rate <= 0:
                 raise RuntimeError("espeak-ng failed to initialise from espeakng-loader's data")
