@@ -13,8 +13,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from rtlipsync.articulation import MouthParams
 from rtlipsync.engines.cpu.engine import avatar_rigs
-from rtlipsync.engines.cpu.features import MouthParams
 from rtlipsync.face.avatar import ensure_default_avatar, load_avatar, prepare_avatar
 
 SHAPES = {

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rtlipsync.articulation import MouthParams
 from rtlipsync.engines.cpu.engine import avatar_rigs
-from rtlipsync.engines.cpu.features import MouthParams
 from rtlipsync.engines.musetalk.bank import grid, save_bank
 from rtlipsync.face.avatar import Avatar
 from rtlipsync.face.geometry import crop_face

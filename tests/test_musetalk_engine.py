@@ -160,9 +160,9 @@ def test_a_baked_bank_is_served_by_the_cpu_engine(
 ) -> None:  # noqa: ANN001
     import cv2
 
+    from rtlipsync.articulation import MouthParams
     from rtlipsync.engines.cpu import CpuEngine
     from rtlipsync.engines.cpu.engine import BankStream
-    from rtlipsync.engines.cpu.features import MouthParams
     from rtlipsync.engines.musetalk.bank import bake, grid, load_bank
     from rtlipsync.face.avatar import load_avatar, prepare_avatar
 

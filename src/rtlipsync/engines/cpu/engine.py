@@ -1,4 +1,5 @@
-"""The CPU lip-sync engine: speech → mouth shapes (`features`) → pixels (`render`)."""
+"""The CPU lip-sync engine: speech → mouth shapes (`rtlipsync.articulation`) → pixels
+(`render`)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,7 @@ import cv2
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from rtlipsync.engines.cpu.features import (
-    LOOKAHEAD_FRAMES,
-    WINDOW_OVERHANG,
-    MouthAnalyzer,
-    MouthParams,
-)
+from rtlipsync.articulation import Articulator, MouthParams
 from rtlipsync.engines.cpu.render import FrameRig, IdleLife
 from rtlipsync.face.avatar import Avatar, blend_masks
 from rtlipsync.face.geometry import paste
@@ -80,13 +76,12 @@ def avatar_rigs(avatar: Avatar) -> AvatarRigs:
 class CpuStream:
     """One session's CPU lip-sync stream (see `rtlipsync.engines.base.EngineStream`)."""
 
-    lookahead = (LOOKAHEAD_FRAMES * FRAME_SAMPLES + WINDOW_OVERHANG) / SAMPLE_RATE
-
     def __init__(self, avatar: Avatar) -> None:
         self.avatar = avatar
         self._rigs = avatar_rigs(avatar)
         self._life = IdleLife(zlib.crc32(avatar.name.encode())) if avatar.still else None
-        self._analyzer = MouthAnalyzer()
+        self._analyzer = Articulator()
+        self.lookahead = self._analyzer.lookahead
         self._audio = np.zeros(0, np.int16)  # pushed speech not yet paired with a frame
         self._index = 0  # frames produced on this stream's timeline
         self._last = MouthParams()
@@ -99,7 +94,7 @@ class CpuStream:
 
     def push(self, chunk: SpeechChunk) -> None:
         self._audio = np.concatenate([self._audio, chunk.pcm])
-        self._analyzer.push(chunk.pcm, chunk.phonemes, chunk.emotion)
+        self._analyzer.push(chunk.pcm, chunk.phonemes, chunk.emotion, chunk.text)
         if chunk.end_of_utterance:
             pad = (-len(self._audio)) % FRAME_SAMPLES
             if pad:
@@ -129,7 +124,9 @@ class CpuStream:
         last = self._last
         params = MouthParams()
         if self._last_speaking:
-            params = MouthParams(open=0.35 * last.open, width=0.35 * last.width, smile=last.smile)
+            params = MouthParams(
+                open=0.35 * last.open, width=0.35 * last.width, smile=last.smile
+            )
         return self._frame(params, _SILENCE, speaking=False)
 
     def reset(self) -> None:

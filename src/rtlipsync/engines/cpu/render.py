@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from rtlipsync.engines.cpu.features import MouthParams
+from rtlipsync.articulation import MouthParams
 from rtlipsync.face.landmarks import (
     CHIN,
     FACE_OVAL,
@@ -42,6 +42,14 @@ MAX_GAP = 0.62  # widest lip gap, in mouth half-widths
 WIDTH_SHIFT = 0.2  # corner travel for full spread/round, in mouth half-widths
 SMILE_LIFT = 0.10  # corner travel for a full smile, in mouth half-widths
 CLOSE_OVERLAP = 0.6
+
+
+TEETH_GAP = 0.12  # lip gap (as `MouthParams.open`) that shows the upper teeth on f/v
+
+
+def _lip_gap(params: MouthParams) -> float:
+    """How far the lips part: the opening, or on f/v at least a strip of upper teeth."""
+    return max(params.open, TEETH_GAP * params.teeth)
 
 
 def _smooth(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -182,7 +190,7 @@ class MouthRig:
 
     def displacement(self, params: MouthParams) -> tuple[np.ndarray, np.ndarray]:
         """Image-space (dx, dy) over `region` for a mouth shape, as the backward map offsets."""
-        open_px = params.open * MAX_GAP * self.half
+        open_px = _lip_gap(params) * MAX_GAP * self.half
         d_v = cv2.scaleAdd(self.k_open, open_px, self.k_rest)
         if params.smile:
             d_v = d_v + params.smile * self.k_smile
@@ -201,7 +209,7 @@ class MouthRig:
         ``offset`` moves the mouth by that many pixels (the head sway of still avatars): the
         mouth-local coordinates are linear in the pixel position, so a move is a shift of them.
         """
-        open_px = params.open * MAX_GAP * self.half
+        open_px = _lip_gap(params) * MAX_GAP * self.half
         if open_px < 0.6:
             return
         target = open_px * self.lens(self.u_line)
@@ -243,6 +251,8 @@ class MouthRig:
         # Upper teeth: a band under the upper lip, narrower than the mouth, shaded at the sides,
         # in the lip's shadow at the top, with faint gaps between the front teeth.
         tooth_h = np.minimum(0.40 * gap, 0.30 * self.half)
+        # On f and v the lower lip comes up to the upper teeth: the gap is all teeth.
+        tooth_h = tooth_h + params.teeth * (gap - tooth_h)
         teeth_a = np.clip(lip_top + tooth_h - V + 0.5, 0, 1) * (1 - _smooth(side, 0.5, 0.95))
         down = np.clip((V - lip_top) / np.maximum(tooth_h, 1e-3), 0, 1)
         tooth_shade = 1.0 - 0.35 * side**2 - 0.25 * np.exp(-((down / 0.18) ** 2)) - 0.1 * down**4

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from rtlipsync.engines.cpu.features import MouthAnalyzer, MouthParams
+from rtlipsync.articulation import Articulator, MouthParams
 from rtlipsync.face.avatar import Avatar
 from rtlipsync.face.geometry import CROP
 from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE
@@ -57,7 +57,7 @@ def state_windows(engine: MuseTalkEngine, passage: str = PASSAGE) -> np.ndarray:
 
     speech = EspeakTTS().synthesize(passage).at_rate(SAMPLE_RATE)
     pcm = speech.pcm
-    analyzer = MouthAnalyzer()
+    analyzer = Articulator()
     for chunk in chunk_speech(pcm, tuple(speech.phonemes), SAMPLE_RATE // 4):
         analyzer.push(chunk.pcm, chunk.phonemes)
     analyzer.finish()
