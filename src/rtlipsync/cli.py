@@ -218,6 +218,74 @@ def _eval_sync(args: argparse.Namespace) -> None:
     )
 
 
+def _eval_lips(args: argparse.Namespace) -> None:
+    from rtlipsync.eval.lips import GOALS, ClipReport, ground_truth, measure_lips, medians
+
+    progress = not args.quiet
+    if args.video is not None:
+        if len(args.truth) != 1:
+            raise InputError("with a VIDEO to measure, give exactly one --truth clip")
+        reports = [ClipReport(args.video.name, measure_lips(args.video, args.truth[0], progress))]
+    else:
+        engine = _engine(args)
+        reports = [ground_truth(t, engine, args.keep, progress) for t in args.truth]
+    summary = medians(reports)
+    if args.json:
+        print(json.dumps({
+            "clips": {c.clip: c.report.as_dict() for c in reports},
+            "median": summary,
+            "goals": GOALS,
+        }))  # fmt: skip
+        return
+    print(f"{'clip':<28} {'r':>6} {'closed':>7} {'best r':>7} {'lag ms':>7} {'frames':>7}")
+    for c in reports:
+        r = c.report
+        agree = "-" if r.closed_agreement is None else f"{r.closed_agreement:.2f}"
+        print(
+            f"{c.clip[:28]:<28} {r.r:6.2f} {agree:>7} {r.best_r:7.2f} "
+            f"{r.best_lag_ms:+7.0f} {r.frames:7d}"
+        )
+    agree = summary["closed_agreement"]
+    print(
+        f"{'median':<28} {summary['r']:6.2f} {'-' if agree is None else f'{agree:.2f}':>7} "
+        f"{summary['best_r']:7.2f}"
+    )
+    print(
+        f"goals: r >= {GOALS['r']} at lag 0, closed agreement >= {GOALS['closed_agreement']} "
+        "(lag: + means the render is late)"
+    )
+
+
+def _eval_bilabials(args: argparse.Namespace) -> None:
+    from rtlipsync.eval.bilabials import GOALS, SENTENCES, measure_bilabials
+    from rtlipsync.face.avatar import load_avatar
+
+    sentences = list(SENTENCES)
+    if args.sentences is not None:
+        try:
+            lines = args.sentences.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise InputError(f"cannot read sentences from {args.sentences}: {exc}") from exc
+        sentences = [line.strip() for line in lines if line.strip()]
+        if not sentences:
+            raise InputError(f"{args.sentences} holds no sentences (one per line)")
+    reports = measure_bilabials(
+        load_avatar(args.avatar), _engine(args), sentences, args.voice, not args.quiet
+    )
+    if args.json:
+        print(json.dumps({mode: r.as_dict() for mode, r in reports.items()}))
+        return
+    for mode, report in reports.items():
+        print(f"from {mode}:")
+        for s in report.sentences:
+            share = "-" if s.share is None else f"{s.share:.0%}"
+            print(f"  {s.shut:3d}/{s.total:<3d} {share:>5}  {s.text}")
+        print(
+            f"  all: {report.shut}/{report.total} = {report.share:.0%} shut "
+            f"(median per sentence {report.median:.0%}; goal >= {GOALS[mode]:.0%})"
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rtlipsync", description="A real-time talking face.")
     parser.add_argument("--version", action="version", version=f"rtlipsync {__version__}")
@@ -306,6 +374,34 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--audio", type=Path, help="speech to compare with (default: the video's)")
     sync.add_argument("--json", action="store_true", help="print one JSON object")
     sync.set_defaults(func=_eval_sync)
+    lips = ev_sub.add_parser(
+        "lips",
+        help="the mouth against real people saying the same words",
+        description="Compare the mouth opening of VIDEO with a real talking clip (--truth). "
+        "Without VIDEO, run the whole method on each --truth clip: its most closed-mouth "
+        "frame becomes a still avatar, driven by the clip's audio alone, and the render is "
+        "compared with the clip; per clip and the medians.",
+    )
+    lips.add_argument("video", type=Path, nargs="?", help="rendered video to measure")
+    lips.add_argument(
+        "--truth", type=Path, nargs="+", required=True, help="real talking clip(s), own audio"
+    )
+    lips.add_argument("--keep", type=Path, help="folder to keep the rendered mp4s in")
+    lips.add_argument("--json", action="store_true", help="print one JSON object")
+    _engine_flags(lips)
+    lips.set_defaults(func=_eval_lips)
+    bil = ev_sub.add_parser(
+        "bilabials",
+        help="do the lips shut on m, b and p (from audio alone and from text)",
+        description="Speak sentences with espeak-ng, render each from its audio alone and "
+        "from its timings, and count the m/b/p whose middle frame shows shut lips.",
+    )
+    bil.add_argument("--sentences", type=Path, help="text file, one sentence per line")
+    bil.add_argument("--voice", help="espeak-ng voice (default en-us)")
+    bil.add_argument("--avatar", default="default", help="avatar (default: the built-in face)")
+    bil.add_argument("--json", action="store_true", help="print one JSON object")
+    _engine_flags(bil)
+    bil.set_defaults(func=_eval_bilabials)
     models = sub.add_parser("models", help="download and list model weights")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     get = models_sub.add_parser("download", help="fetch a model's official files (resumable)")

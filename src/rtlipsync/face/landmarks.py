@@ -163,6 +163,13 @@ def mouth_opening(points: np.ndarray) -> float:
     return max(0.0, gap) / max(face_scale(points), 1e-6)
 
 
+def lip_gap(points: np.ndarray) -> float:
+    """Inner-lip gap at the centre (points 13 and 14) over face height (forehead 10 to chin
+    152): the realism measures' definition of mouth opening, comparable across faces."""
+    gap = float(points[14, 1] - points[13, 1])
+    return max(0.0, gap) / max(float(np.linalg.norm(points[CHIN] - points[10])), 1e-6)
+
+
 class FaceLandmarker:
     """MediaPipe face mesh for one face.
 

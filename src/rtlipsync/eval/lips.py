@@ -1,0 +1,218 @@
+"""``rtlipsync eval lips``: does the mouth move like a real person saying the same words?
+
+The ground-truth measure (see the project docs): a real talking clip, with its own audio,
+is the truth. Its most closed-mouth frame becomes a still avatar, which is driven by the
+clip's audio alone (no transcript, no phoneme hints); then the mouth opening of both videos
+(inner-lip gap over face height, `rtlipsync.face.landmarks.lip_gap`) is compared frame by
+frame on the rendered video's frame times:
+
+- ``r``: Pearson r of the two curves at lag 0;
+- ``closed_agreement``: of the frames where the real mouth is shut (below 0.25 of its 90th
+  percentile), the share where the rendered one is shut too (below 0.25 of its own);
+- ``best_r`` and ``best_lag_ms``: the best r within +-120 ms, and its lag (positive: the
+  rendered mouth is late).
+
+Each curve is scaled by its own 90th percentile, so faces and mouth sizes compare.
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import av
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from rtlipsync.errors import InputError
+from rtlipsync.face.landmarks import FaceLandmarker, lip_gap
+
+if TYPE_CHECKING:
+    from rtlipsync.engines.base import LipSyncEngine
+
+SHUT = 0.25  # of the curve's 90th percentile
+MAX_LAG_MS = 120
+GOALS = {"r": 0.45, "closed_agreement": 0.6}
+
+
+@dataclass
+class OpeningCurve:
+    """Mouth opening per decoded frame of a video, at the frame's own time."""
+
+    times: np.ndarray  # seconds
+    values: np.ndarray  # lip_gap, NaN where no face was found
+
+    def at(self, times: np.ndarray) -> np.ndarray:
+        valid = ~np.isnan(self.values)
+        if valid.sum() < 2:
+            return np.full(len(times), np.nan)
+        out = np.interp(times, self.times[valid], self.values[valid])
+        out[(times < self.times[0]) | (times > self.times[-1])] = np.nan
+        return out
+
+
+def opening_curve(video: str | Path, progress: bool = False) -> OpeningCurve:
+    """Read every frame of ``video`` (at its own rate) and measure its mouth opening."""
+    path = Path(video)
+    if not path.is_file():
+        raise InputError(f"video not found: {video}")
+    times: list[float] = []
+    values: list[float] = []
+    try:
+        with av.open(str(path)) as container, FaceLandmarker(video=True) as lm:
+            if not container.streams.video:
+                raise InputError(f"{path} has no video track")
+            stream = container.streams.video[0]
+            total = stream.frames or None
+            for i, frame in enumerate(
+                tqdm(
+                    container.decode(stream),
+                    total=total,
+                    desc=f"measuring {path.name}",
+                    unit="frame",
+                    disable=not progress,
+                )
+            ):
+                image = frame.to_ndarray(format="bgr24")
+                t = float(frame.pts * stream.time_base) if frame.pts is not None else i / 25
+                points = lm.detect(image)
+                times.append(t)
+                values.append(np.nan if points is None else lip_gap(points))
+    except InputError:
+        raise
+    except (av.FFmpegError, ValueError) as exc:
+        raise InputError(f"cannot read video {path}: {exc}") from exc
+    if not times:
+        raise InputError(f"{path} holds no video frames")
+    t = np.array(times)
+    t -= t[0]  # some containers start their first frame past zero
+    return OpeningCurve(t, np.array(values, dtype=np.float64))
+
+
+@dataclass
+class LipsReport:
+    r: float
+    closed_agreement: float | None  # None when the real mouth is never shut
+    best_r: float
+    best_lag_ms: float
+    frames: int  # frames compared
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+    def verdicts(self) -> dict[str, bool]:
+        out = {"r": self.r >= GOALS["r"]}
+        if self.closed_agreement is not None:
+            out["closed_agreement"] = self.closed_agreement >= GOALS["closed_agreement"]
+        return out
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def _scaled(x: np.ndarray) -> np.ndarray:
+    p90 = float(np.percentile(x, 90))
+    return x / p90 if p90 > 0 else x
+
+
+def compare(rendered: OpeningCurve, truth: OpeningCurve) -> LipsReport:
+    """Compare a rendered opening curve with the real one, on the rendered frame times."""
+    t = rendered.times
+    real = truth.at(t)
+    valid = ~np.isnan(real) & ~np.isnan(rendered.values)
+    if valid.sum() < 10:
+        raise InputError("too few frames with a face in both videos to compare (need 10)")
+    ours = _scaled(rendered.values[valid])
+    theirs = _scaled(real[valid])
+    shut = theirs < SHUT
+    agreement = float(np.mean(ours[shut] < SHUT)) if shut.any() else None
+    best_r, best_lag = -2.0, 0.0
+    for lag in range(-MAX_LAG_MS, MAX_LAG_MS + 1, 10):
+        # rendered(t) against real(t - lag): a positive lag means the render is late.
+        shifted = truth.at(t - lag / 1000.0)
+        ok = valid & ~np.isnan(shifted)
+        if ok.sum() < 10:
+            continue
+        r = _corr(rendered.values[ok], shifted[ok])
+        if r > best_r:
+            best_r, best_lag = r, float(lag)
+    return LipsReport(
+        r=_corr(ours, theirs),
+        closed_agreement=agreement,
+        best_r=best_r,
+        best_lag_ms=best_lag,
+        frames=int(valid.sum()),
+    )
+
+
+def measure_lips(video: str | Path, truth: str | Path, progress: bool = False) -> LipsReport:
+    """Compare the mouth in ``video`` with the real one in ``truth``."""
+    return compare(opening_curve(video, progress), opening_curve(truth, progress))
+
+
+def most_closed_frame(truth: str | Path, progress: bool = False) -> tuple[np.ndarray, OpeningCurve]:
+    """The real clip's most closed-mouth frame (among frames with a face), and its curve."""
+    curve = opening_curve(truth, progress)
+    valid = np.where(~np.isnan(curve.values))[0]
+    if not len(valid):
+        raise InputError(f"no face found in {truth}")
+    wanted = int(valid[np.argmin(curve.values[valid])])
+    with av.open(str(truth)) as container:
+        for i, frame in enumerate(container.decode(container.streams.video[0])):
+            if i == wanted:
+                return frame.to_ndarray(format="bgr24"), curve
+    raise InputError(f"{truth}: frame {wanted} could not be decoded again")
+
+
+@dataclass
+class ClipReport:
+    clip: str
+    report: LipsReport
+
+
+def ground_truth(
+    truth: str | Path,
+    engine: LipSyncEngine | None = None,
+    keep: str | Path | None = None,
+    progress: bool = False,
+) -> ClipReport:
+    """The whole method on one real clip: its most closed-mouth frame becomes a still
+    avatar (``truth-<name>`` in the data root), driven by the clip's audio alone; the
+    render is compared with the clip. ``keep`` names a folder for the rendered mp4."""
+    from rtlipsync.face.avatar import prepare_avatar
+    from rtlipsync.render import render
+
+    truth = Path(truth)
+    still, real = most_closed_frame(truth, progress)
+    name = check_name_from(truth)
+    with tempfile.TemporaryDirectory() as tmp:
+        image = Path(tmp) / f"{name}.png"
+        cv2.imwrite(str(image), still)
+        prepare_avatar(name, image, progress=False)
+        out = Path(keep or tmp) / f"{truth.stem}-rendered.mp4"
+        render(name, out, audio=truth, progress=progress, engine=engine)
+        rendered = opening_curve(out, progress)
+    return ClipReport(truth.name, compare(rendered, real))
+
+
+def check_name_from(truth: Path) -> str:
+    """An avatar name for a truth clip's still."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", truth.stem).strip("._-")[:50] or "clip"
+    return f"truth-{stem}"
+
+
+def medians(reports: list[ClipReport]) -> dict[str, float | None]:
+    agreements = [c.report.closed_agreement for c in reports]
+    known = [a for a in agreements if a is not None]
+    return {
+        "r": float(np.median([c.report.r for c in reports])),
+        "closed_agreement": float(np.median(known)) if known else None,
+        "best_r": float(np.median([c.report.best_r for c in reports])),
+    }
