@@ -338,11 +338,13 @@ class Session:
                         raise piece
                     if generation != self._generation:
                         return False
+                    words = None
                     if not started:
                         started = True
+                        words = text  # the words this audio says, for the lips to align
                         self._first_audio(t0)
                         self.caption_from(self.queued_samples, text)
-                    self.push_stream(piece, emotion=emotion)
+                    self.push_stream(piece, emotion=emotion, text=words)
                 return started
         finally:
             stop.set()
@@ -376,12 +378,23 @@ class Session:
             self._queued_samples += -(-len(pcm) // FRAME_SAMPLES) * FRAME_SAMPLES
         log.info("speech queued: %.2f s", len(pcm) / SAMPLE_RATE, extra={"session": self.id})
 
-    def push_stream(self, pcm: np.ndarray, end: bool = False, emotion: str | None = None) -> None:
-        """Queue speech that arrives in pieces (a realtime reply): no padding between pieces,
-        and ``end`` closes the utterance so the engine flushes its look-ahead."""
+    def push_stream(
+        self,
+        pcm: np.ndarray,
+        end: bool = False,
+        emotion: str | None = None,
+        text: str | None = None,
+    ) -> None:
+        """Queue speech that arrives in pieces (a realtime reply, a streaming TTS): no padding
+        between pieces, and ``end`` closes the utterance so the engine flushes its look-ahead.
+
+        ``text`` is more of the words being said, in order, as they become known (the whole
+        sentence a TTS was given, or a transcript delta): the engine aligns them to the audio.
+        """
         with self._lock:
-            if len(pcm):
-                self.stream.push(SpeechChunk(np.asarray(pcm, np.int16), emotion=emotion))
+            if len(pcm) or text:
+                chunk = SpeechChunk(np.asarray(pcm, np.int16), text=text, emotion=emotion)
+                self.stream.push(chunk)
                 self._open_samples += len(pcm)
             if end:
                 self.stream.push(SpeechChunk(np.zeros(0, np.int16), end_of_utterance=True))

@@ -438,6 +438,8 @@ class RealtimeBrain:
             self.session.mark("provider_first_audio")
             if text := self._transcripts.get(item_id):
                 self.session.caption_from(reply.start, text)
+                # Words that came before the audio: the lips align them as it plays.
+                self.session.push_stream(np.zeros(0, np.int16), text=text)
         try:
             pcm = np.frombuffer(base64.b64decode(event.get("delta", "")), "<i2")
         except ValueError:
@@ -462,10 +464,12 @@ class RealtimeBrain:
         if event.get("response_id") in self._dead:
             return
         item_id = str(event.get("item_id", ""))
-        text = self._transcripts.get(item_id, "") + str(event.get("delta", ""))
+        delta = str(event.get("delta", ""))
+        text = self._transcripts.get(item_id, "") + delta
         self._transcripts[item_id] = text
-        if self._reply is not None and self._reply.item_id == item_id:
+        if self._reply is not None and self._reply.item_id == item_id and not self._reply.ended:
             self.session.caption_from(self._reply.start, text.strip())
+            self.session.push_stream(np.zeros(0, np.int16), text=delta)
 
     def _on_response_done(self, response: dict[str, Any]) -> None:
         if response.get("id") == self._response:

@@ -1,0 +1,110 @@
+"""Lips from known text, end to end: the words come from a service, the timings do not.
+
+A realtime reply (audio deltas with transcript deltas, from the local Realtime fake) and a
+chat reply spoken by an OpenAI-compatible TTS (the local HTTP fake) both carry words but no
+phoneme timings. The session aligns the words to the audio as it streams; the rendered
+frames are read with face landmarks, and the lips must be shut at the middle of at least
+90 % of the reply's m/b/p (the truth: espeak-ng's phoneme events for the reply's audio, in a
+voice and at a pace the aligner's own spelling does not use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from fake_openai import FakeOpenAI, Reply
+from fake_realtime import FakeRealtime
+from rtlipsync.eval.bilabials import score
+from rtlipsync.face.landmarks import FaceLandmarker
+from rtlipsync.session import Session
+from rtlipsync.speech.chat import ChatBrain
+from rtlipsync.speech.espeak import EspeakTTS
+from rtlipsync.speech.llm import ChatLLM, LLMConfig
+from rtlipsync.speech.openai_tts import OpenAITTS
+from rtlipsync.speech.realtime import RealtimeBrain, RealtimeConfig
+
+from conftest import serving_app, wait_for
+
+REPLY = "Bob and Pam may buy a map of the bamboo market, maybe by the pub."
+
+
+def reply_speech():
+    """The service's voice: not the one the aligner spells with."""
+    return EspeakTTS(rate_wpm=150).synthesize(REPLY, "en-us+f2").at_rate(24_000)
+
+
+class Frames:
+    """Images of the speaking frames, in order."""
+
+    def __init__(self) -> None:
+        self.images: list[np.ndarray] = []
+
+    def __call__(self, frame) -> None:  # noqa: ANN001
+        if frame.speaking:
+            self.images.append(frame.image)
+
+
+def shut_share(images: list[np.ndarray], speech) -> float:  # noqa: ANN001
+    with FaceLandmarker(video=False) as lm:
+        report = score(images, speech.phonemes, REPLY, lm)
+    assert report.total >= 10
+    return report.shut / report.total
+
+
+def test_realtime_reply_lips_shut_on_its_bilabials(default_avatar) -> None:
+    speech = reply_speech()
+    fake = FakeRealtime(speech.pcm, transcript=REPLY, speed=3.0)
+    frames = Frames()
+
+    async def main(url: str) -> None:
+        session = Session(default_avatar)
+        session.mode = "realtime"
+        config = RealtimeConfig(url=url, api_key="k", model="fake-realtime")
+        session.realtime = RealtimeBrain(session, config)
+        session.on_frame = frames
+        session.start()
+        try:
+            assert await session.realtime.start()
+            session.converse("Tell me about the market.")
+            assert await wait_for(lambda: len(frames.images) > 10, 10)
+            assert await wait_for(lambda: not session.is_speaking, 15)
+        finally:
+            await session.close()
+
+    with serving_app(fake.app()) as base:
+        asyncio.run(main(base.replace("http://", "ws://") + "/v1/realtime"))
+    assert abs(len(frames.images) * 0.04 - speech.duration) <= 0.12
+    share = shut_share(frames.images, speech)
+    print("shut share", share)
+    assert share >= 0.9, share
+
+
+def test_chat_reply_by_an_openai_tts_lips_shut_on_its_bilabials(default_avatar) -> None:
+    speech = reply_speech()
+    fake = FakeOpenAI([Reply([f"[neutral] {REPLY}"])], speech=speech.pcm, speech_speed=3.0)
+    frames = Frames()
+
+    async def main(base: str) -> None:
+        tts = OpenAITTS(base_url=f"{base}/v1", api_key="k", model="tts-fake", voice="coral")
+        session = Session(default_avatar, tts=tts)
+        llm = ChatLLM(LLMConfig(base_url=f"{base}/v1", api_key="k", model="fake"))
+        session.chat = ChatBrain(llm)
+        session.mode = "chat"
+        session.on_frame = frames
+        session.start()
+        try:
+            session.converse("What can I buy?")
+            assert await wait_for(lambda: len(frames.images) > 10, 10)
+            assert await wait_for(lambda: not session.is_speaking, 15)
+        finally:
+            await session.close()
+
+    with serving_app(fake.app()) as base:
+        asyncio.run(main(base))
+    assert fake.speech_requests and fake.speech_requests[0]["input"] == REPLY
+    assert abs(len(frames.images) * 0.04 - speech.duration) <= 0.12
+    share = shut_share(frames.images, speech)
+    print("shut share", share)
+    assert share >= 0.9, share
