@@ -15,7 +15,8 @@ mouth is built like a person's:
 - **silence**: where nothing is said the lips are closed and still.
 
 Everything runs on 10 ms hops addressed by absolute sample index and is computed in whole
-frames, so a stream fed in any chunks gives exactly what a whole file gives.
+frames when a frame is taken, so a stream fed in any chunks gives exactly what a whole file
+gives, and the cost comes one frame at a time.
 """
 
 from __future__ import annotations
@@ -175,7 +176,6 @@ class Articulator:
         self._loud: list[float] = []
         self._forced: dict[int, int] = {}  # hop → viseme index, from phoneme timings
         self._frames_out = 0  # frames computed
-        self._ready: deque[MouthParams] = deque()  # computed, not yet taken
         self._smile: dict[int, float] = {}
         self._timed = False  # this utterance came with phoneme timings
         self._gate = 0.0  # how much the mouth may open: speech presence, released slowly
@@ -207,7 +207,6 @@ class Articulator:
         x = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
         self._audio = np.concatenate([self._audio, x])
         self._received += len(x)
-        self._analyse()
 
     def add_phoneme(self, phoneme: Phoneme, offset_samples: int) -> None:
         """Mark the hops ``phoneme`` covers (its start is relative to ``offset_samples``).
@@ -234,12 +233,14 @@ class Articulator:
         if pad:
             self._audio = np.concatenate([self._audio, np.zeros(pad, np.float32)])
             self._received += pad
-        self._analyse()
 
-    def _analyse(self) -> None:
+    def _available_input_frames(self) -> int:
         # Input frame k (hops 4k..4k+3) needs audio through hop 4k+3's window.
         last = self._received - _FRAME_REACH
-        n_frames = last // FRAME_SAMPLES + 1 if last >= 0 else 0
+        return last // FRAME_SAMPLES + 1 if last >= 0 else 0
+
+    def _analyse(self, n_frames: int) -> None:
+        """Run the front end, the network and the aligner through input frame n_frames - 1."""
         while self._in_frames < n_frames:
             k = self._in_frames
             first = k * FRAME_SAMPLES + HOP // 2 - WIN // 2 - self._audio_start
@@ -260,31 +261,29 @@ class Articulator:
                 if described >= 0 and self.aligner.active:
                     self.aligner.step(described, row)
             self._in_frames += 1
-            # Frames are made the moment they can be, so what a frame shows never depends on
-            # how late it is taken.
-            while self._can_make():
-                self._ready.append(self._make())
         keep_from = self._in_frames * FRAME_SAMPLES + HOP // 2 - WIN // 2
         cut = keep_from - self._audio_start
         if cut > 4 * WIN:
             self._audio = self._audio[cut:]
             self._audio_start = keep_from
 
-    def _known_hops(self) -> int:
-        """Hops whose viseme distribution is known (the network lags by `future`)."""
-        return self._in_frames * HOPS_PER_FRAME - self.future
-
-    def _can_make(self) -> bool:
-        # Frame f needs hops through (f + 1) * 4 + LEAD + AHEAD - 1.
-        last = (self._frames_out + 1) * HOPS_PER_FRAME + LEAD + AHEAD - 1
-        return last < self._known_hops()
-
     def frames_ready(self) -> int:
-        return len(self._ready)
+        """Frames the audio received so far (and their look-ahead) allow."""
+        available = self._available_input_frames()
+        # Frame f needs input frames through _input_frames_for(f + 1) - 1.
+        reach = LEAD + AHEAD + self.future
+        ready = (HOPS_PER_FRAME * available - reach) // HOPS_PER_FRAME
+        return max(0, ready - self._frames_out)
 
     def take(self) -> MouthParams:
-        """The next frame's mouth; call only when `frames_ready` > 0."""
-        return self._ready.popleft()
+        """The next frame's mouth; call only when `frames_ready` > 0.
+
+        The work is done here, one frame at a time, on the caller's clock (not in a burst
+        when a whole utterance is pushed). Each frame is made from exactly the input its
+        look-ahead needs, so what it shows never depends on when it is taken.
+        """
+        self._analyse(self._input_frames_for(self._frames_out + 1))
+        return self._make()
 
     def _dist(self, hops: range) -> np.ndarray:
         """(len(hops), C) viseme distributions: timings where known, else the text aligned

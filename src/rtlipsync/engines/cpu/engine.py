@@ -80,13 +80,15 @@ class CpuStream:
         self.avatar = avatar
         self._rigs = avatar_rigs(avatar)
         self._life = IdleLife(zlib.crc32(avatar.name.encode())) if avatar.still else None
-        self._analyzer = Articulator()
+        self._analyzer = Articulator()  # the utterance being pushed
         self.lookahead = self._analyzer.lookahead
+        # Ended utterances whose frames are not all shown yet: each keeps its own
+        # articulator, so the next utterance starts on a fresh frame grid meanwhile.
+        self._ended: deque[Articulator] = deque()
         self._audio = np.zeros(0, np.int16)  # pushed speech not yet paired with a frame
         self._index = 0  # frames produced on this stream's timeline
         self._last = MouthParams()
         self._last_speaking = False
-        self._banked: deque[MouthParams] = deque()  # shapes of ended utterances not yet shown
 
     @property
     def pending(self) -> float:
@@ -102,20 +104,17 @@ class CpuStream:
                 self._audio = np.concatenate([self._audio, silence])
                 self._analyzer.push(silence)
             self._analyzer.finish()
-            # Bank the finished utterance's shapes: the next one, which may arrive before
-            # these frames are played, starts the analyzer on a fresh frame grid.
-            while self._analyzer.frames_ready() > 0:
-                self._banked.append(self._analyzer.take())
-            self._analyzer.reset()
+            self._ended.append(self._analyzer)
+            self._analyzer = Articulator()
 
     def frames(self) -> Iterator[AVFrame]:
         while len(self._audio) >= FRAME_SAMPLES:
-            if self._banked:
-                params = self._banked.popleft()
-            elif self._analyzer.frames_ready() > 0:
-                params = self._analyzer.take()
-            else:
+            while self._ended and self._ended[0].frames_ready() == 0:
+                self._ended.popleft()  # all of that utterance shown
+            source = self._ended[0] if self._ended else self._analyzer
+            if source.frames_ready() == 0:
                 return  # waiting for look-ahead
+            params = source.take()
             audio, self._audio = self._audio[:FRAME_SAMPLES], self._audio[FRAME_SAMPLES:]
             yield self._frame(params, audio, speaking=True)
 
@@ -131,7 +130,7 @@ class CpuStream:
 
     def reset(self) -> None:
         self._analyzer.reset()
-        self._banked.clear()
+        self._ended.clear()
         self._audio = np.zeros(0, np.int16)
 
     def _frame(self, params: MouthParams, audio: np.ndarray, speaking: bool) -> AVFrame:
