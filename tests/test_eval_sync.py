@@ -60,5 +60,7 @@ def test_eval_sync_on_a_render(tmp_path: Path, capsys, default_avatar) -> None:
     capsys.readouterr()
     assert main(["-q", "eval", "sync", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["correlation"] >= 0.6 and abs(report["lag_ms"]) <= 40
+    # A floor against dead lips; the mouth may lead the sound a little, never trail it much.
+    assert report["correlation"] >= 0.4 and -100 <= report["lag_ms"] <= 40
+    assert all(report["meets"].values()), report
     assert report["frames_with_face"] == report["frames"]

@@ -203,7 +203,10 @@ def _eval_sync(args: argparse.Namespace) -> None:
     line(
         "correlation", f"{report.correlation:.3f}", f"goal >= {GOALS['correlation']}", "correlation"
     )
-    lag_goal = f"goal |lag| <= {GOALS['abs_lag_ms']} ms; + = video late"
+    lag_goal = (
+        f"goal {-GOALS['max_lead_ms']}..+{GOALS['max_late_ms']} ms; + = video late, "
+        "- = the mouth leads, as real ones do"
+    )
     line("lag", f"{report.lag_ms:+.0f} ms", lag_goal, "lag")
     if report.silence_motion is None or report.silence_open is None:
         print("silence          not measured: no lasting silence (or speech) in the audio")

