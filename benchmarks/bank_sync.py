@@ -8,8 +8,8 @@ through `rtlipsync eval sync`. The difference is what the 5 x 3 state grid and t
 interpolation cost; a MuseTalk bank adds MuseTalk's own accuracy on top.
 
     python benchmarks/bank_sync.py [--media ../shared/media] [--seconds 60]
-Goals (as for the CPU engine): correlation >= 0.4 (a floor), lag -100..+40 ms, silence motion <= 0.25,
-silence opening <= 0.5.
+Goals (as for the CPU engine): correlation >= 0.4 (a floor), lag -100..+40 ms, silence
+motion <= 0.25, silence opening <= 0.5.
 """
 
 from __future__ import annotations

@@ -191,7 +191,7 @@ def ground_truth(
 
     truth = Path(truth)
     still, real = most_closed_frame(truth, progress)
-    name = check_name_from(truth)
+    name = truth_avatar_name(truth)
     with tempfile.TemporaryDirectory() as tmp:
         image = Path(tmp) / f"{name}.png"
         cv2.imwrite(str(image), still)
@@ -202,7 +202,7 @@ def ground_truth(
     return ClipReport(truth.name, compare(rendered, real))
 
 
-def check_name_from(truth: Path) -> str:
+def truth_avatar_name(truth: Path) -> str:
     """An avatar name for a truth clip's still."""
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", truth.stem).strip("._-")[:50] or "clip"
     return f"truth-{stem}"
