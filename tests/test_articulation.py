@@ -227,3 +227,28 @@ def test_aligner_handles_text_with_nothing_to_say() -> None:
     aligner.end_text()
     assert not aligner.active
     assert aligner.path(range(0, 10)) == [None] * 10
+
+
+def test_text_that_comes_after_the_audio_is_aligned_from_the_start() -> None:
+    """A transcript that lags the audio by a second (two words): once it is in, the frames are those
+    the text would have given had it come first (after the frame-to-frame inertia of the
+    frames shown without it has faded)."""
+    speech = spoken(SENTENCES["en"], "en-us+f5", wpm=130)
+    upfront = mouths(speech.pcm, text=SENTENCES["en"])
+    a = Articulator()
+    out: list = []
+    before = None
+    for i in range(0, len(speech.pcm), 320):
+        if i == SAMPLE_RATE:
+            before = len(out)  # frames already shown without the words
+        a.push(speech.pcm[i : i + 320], text=SENTENCES["en"] if i == SAMPLE_RATE else None)
+        while a.frames_ready():
+            out.append(a.take())
+    a.finish()
+    while a.frames_ready():
+        out.append(a.take())
+    assert before is not None and 5 < before < len(out) - 20
+    settled = before + 6
+    for got, want in zip(out[settled:], upfront[settled:], strict=True):
+        assert got.open == pytest.approx(want.open, abs=1e-3)
+        assert got.width == pytest.approx(want.width, abs=1e-3)

@@ -178,6 +178,10 @@ class Articulator:
         self._frames_out = 0  # frames computed
         self._smile: dict[int, float] = {}
         self._timed = False  # this utterance came with phoneme timings
+        # Every hop's posteriors this utterance (for text that arrives late), and how many
+        # the aligner has been given.
+        self._heard: list[np.ndarray] = []
+        self._aligned = 0
         self._gate = 0.0  # how much the mouth may open: speech presence, released slowly
         self._last_open = 0.0
         self._inertia_o = self._inertia_w = 0.0
@@ -257,10 +261,14 @@ class Articulator:
             for i, (row, energy) in enumerate(zip(post, feats[:, -1], strict=True)):
                 self._post.append(row)
                 self._loud.append(self.levels.update(float(energy) * 4.343 - DBFS_OFFSET))
-                described = first_hop + i - self.future
-                if described >= 0 and self.aligner.active:
-                    self.aligner.step(described, row)
+                if first_hop + i >= self.future:
+                    self._heard.append(row)
             self._in_frames += 1
+            if self.aligner.active:
+                # Text that came after the audio started is aligned from the first hop.
+                for h in range(self._aligned, len(self._heard)):
+                    self.aligner.step(h, self._heard[h])
+                self._aligned = len(self._heard)
         keep_from = self._in_frames * FRAME_SAMPLES + HOP // 2 - WIN // 2
         cut = keep_from - self._audio_start
         if cut > 4 * WIN:
