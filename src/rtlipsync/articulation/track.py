@@ -61,6 +61,7 @@ RISE_PER_FRAME = 0.5  # how far the lips may part in one frame
 INERTIA = 0.2  # share of the previous frame's shape kept in the next
 LOUD_FLOOR = 0.55  # opening at the quietest speech, relative to the loudest
 _RELEASE_PER_FRAME = float(np.exp(-FRAME_SAMPLES / SAMPLE_RATE / RELEASE))
+HEARD_KEPT = 3000  # hops (30 s) of posteriors kept for words that come late
 CONTRADICTED = 0.02  # an aligned viseme the model gives less than this, while sure of another
 EMOTION_SMILE = {"neutral": 0.0, "happy": 0.8, "concerned": -0.5, "sad": -0.7, "surprised": 0.2}
 
@@ -181,6 +182,7 @@ class Articulator:
         # Every hop's posteriors this utterance (for text that arrives late), and how many
         # the aligner has been given.
         self._heard: list[np.ndarray] = []
+        self._heard_base = 0  # hop of self._heard[0]
         self._aligned = 0
         self._gate = 0.0  # how much the mouth may open: speech presence, released slowly
         self._last_open = 0.0
@@ -264,11 +266,15 @@ class Articulator:
                 if first_hop + i >= self.future:
                     self._heard.append(row)
             self._in_frames += 1
+            end = self._heard_base + len(self._heard)
             if self.aligner.active:
-                # Text that came after the audio started is aligned from the first hop.
-                for h in range(self._aligned, len(self._heard)):
-                    self.aligner.step(h, self._heard[h])
-                self._aligned = len(self._heard)
+                # Text that came after the audio started is aligned from its first hop kept.
+                for h in range(max(self._aligned, self._heard_base), end):
+                    self.aligner.step(h, self._heard[h - self._heard_base])
+                self._aligned = end
+            elif len(self._heard) > 2 * HEARD_KEPT:
+                del self._heard[:HEARD_KEPT]  # no words yet: keep the last HEARD_KEPT hops
+                self._heard_base += HEARD_KEPT
         keep_from = self._in_frames * FRAME_SAMPLES + HOP // 2 - WIN // 2
         cut = keep_from - self._audio_start
         if cut > 4 * WIN:
