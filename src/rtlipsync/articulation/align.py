@@ -22,6 +22,8 @@ import numpy as np
 
 from rtlipsync.articulation.phonemes import INDEX, SILENCE, classify
 from rtlipsync.errors import InputError
+from rtlipsync.speech.espeak import VOICES, EspeakTTS
+from rtlipsync.speech.sentences import language_of
 
 MIN_HOPS = 2  # shortest phoneme the chain allows, in 10 ms hops
 FREE = -4.5  # log-penalty per hop off the chain (audio the text does not explain)
@@ -34,10 +36,9 @@ _WORD_END = re.compile(r"[\s,.;:!?、。，！？；：…]")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff]")
 
 
-# The espeak-ng voice that reads a script, for text whose language nobody said.
+# Scripts beyond the product's own three languages (`language_of`), and the espeak-ng
+# voice that reads each, for text whose language nobody said.
 _SCRIPTS = (
-    (re.compile(r"[\u3040-\u30ff]"), "ja"),
-    (re.compile(r"[\u3400-\u9fff]"), "cmn"),
     (re.compile(r"[\uac00-\ud7af]"), "ko"),
     (re.compile(r"[\u0400-\u04ff]"), "ru"),
     (re.compile(r"[\u0370-\u03ff]"), "el"),
@@ -50,17 +51,18 @@ _SCRIPTS = (
 
 def voice_for(text: str) -> str:
     """An espeak-ng voice for ``text`` from its script (Latin script reads as English)."""
+    language = language_of(text)
+    if language != "en":
+        return VOICES[language]
     for pattern, voice in _SCRIPTS:
         if pattern.search(text):
             return voice
-    return "en-us"
+    return VOICES["en"]
 
 
 def text_visemes(text: str, language: str | None = None) -> list[int]:
     """The viseme sequence of ``text`` as espeak-ng pronounces it in ``language`` (any
     espeak-ng voice; by default the one for its script), pauses left out."""
-    from rtlipsync.speech.espeak import EspeakTTS
-
     text = text.strip()
     if not text or not any(c.isalnum() for c in text):
         return []
