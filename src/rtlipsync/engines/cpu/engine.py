@@ -123,9 +123,7 @@ class CpuStream:
         last = self._last
         params = MouthParams()
         if self._last_speaking:
-            params = MouthParams(
-                open=0.35 * last.open, width=0.35 * last.width, smile=last.smile
-            )
+            params = MouthParams(open=0.35 * last.open, width=0.35 * last.width, smile=last.smile)
         return self._frame(params, _SILENCE, speaking=False)
 
     def reset(self) -> None:
