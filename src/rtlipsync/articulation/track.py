@@ -171,16 +171,15 @@ class Articulator:
         self._audio_start = FIRST_SAMPLE  # absolute sample index of self._audio[0]
         self._received = 0
         self._in_frames = 0  # frames of hops pushed through the front end and network
-        # Per hop, from _hop_base: the viseme distribution heard, and loudness.
-        self._hop_base = 0
-        self._post: list[np.ndarray] = []
-        self._loud: list[float] = []
+        self._pending: list[np.ndarray] = []  # pushed audio not yet joined to self._audio
+        self._loud_base = 0  # hop of self._loud[0]
+        self._loud: list[float] = []  # per hop: loudness
         self._forced: dict[int, int] = {}  # hop → viseme index, from phoneme timings
         self._frames_out = 0  # frames computed
         self._smile: dict[int, float] = {}
         self._timed = False  # this utterance came with phoneme timings
-        # Every hop's posteriors this utterance (for text that arrives late), and how many
-        # the aligner has been given.
+        # Per hop: the viseme posteriors heard there, this utterance (kept whole for text
+        # that arrives late), and how many the aligner has been given.
         self._heard: list[np.ndarray] = []
         self._heard_base = 0  # hop of self._heard[0]
         self._aligned = 0
@@ -188,10 +187,6 @@ class Articulator:
         self._last_open = 0.0
         self._inertia_o = self._inertia_w = 0.0
         self.aligner.reset()
-
-    @property
-    def received(self) -> int:
-        return self._received
 
     def push(
         self,
@@ -211,7 +206,7 @@ class Articulator:
         if emotion is not None:
             self._smile[start // FRAME_SAMPLES] = EMOTION_SMILE.get(emotion, 0.0)
         x = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
-        self._audio = np.concatenate([self._audio, x])
+        self._pending.append(x)  # joined once per frame taken: pushes cost no copy
         self._received += len(x)
 
     def add_phoneme(self, phoneme: Phoneme, offset_samples: int) -> None:
@@ -237,7 +232,7 @@ class Articulator:
         target = self._samples_for(self._input_frames_for(frames))
         pad = max(0, target - self._received)
         if pad:
-            self._audio = np.concatenate([self._audio, np.zeros(pad, np.float32)])
+            self._pending.append(np.zeros(pad, np.float32))
             self._received += pad
 
     def _available_input_frames(self) -> int:
@@ -247,6 +242,9 @@ class Articulator:
 
     def _analyse(self, n_frames: int) -> None:
         """Run the front end, the network and the aligner through input frame n_frames - 1."""
+        if self._pending:
+            self._audio = np.concatenate([self._audio, *self._pending])
+            self._pending.clear()
         while self._in_frames < n_frames:
             k = self._in_frames
             first = k * FRAME_SAMPLES + HOP // 2 - WIN // 2 - self._audio_start
@@ -261,7 +259,6 @@ class Articulator:
             # The network's output for input hop h describes hop h - future.
             first_hop = k * HOPS_PER_FRAME
             for i, (row, energy) in enumerate(zip(post, feats[:, -1], strict=True)):
-                self._post.append(row)
                 self._loud.append(self.levels.update(float(energy) * 4.343 - DBFS_OFFSET))
                 if first_hop + i >= self.future:
                     self._heard.append(row)
@@ -307,7 +304,7 @@ class Articulator:
         for i, h in enumerate(hops):
             forced = self._forced.get(h)
             if forced is None and aligned[i] is not None and h >= 0:
-                heard = self._post[h + self.future - self._hop_base]
+                heard = self._heard[h - self._heard_base]
                 # The audio wins where it plainly says something else.
                 if not (heard[aligned[i]] < CONTRADICTED and heard.max() > 0.9):
                     forced = aligned[i]
@@ -318,7 +315,7 @@ class Articulator:
                 out[i] = 0.0
                 out[i, SILENCE] = 1.0
             else:
-                out[i] = self._post[h + self.future - self._hop_base]
+                out[i] = self._heard[h - self._heard_base]
         return out
 
     def _make(self) -> MouthParams:
@@ -340,7 +337,7 @@ class Articulator:
         o, w = float(np.mean(opens)), float(np.mean(widths))
         centre = slice(PAST, PAST + HOPS_PER_FRAME)
         speech = 1.0 - float(dist[centre, SILENCE].mean())
-        loud_at = [h - self._hop_base for h in hops[centre]]
+        loud_at = [h - self._loud_base for h in hops[centre]]
         loud = float(np.mean([self._loud[i] if i >= 0 else 0.0 for i in loud_at]))
         # Speech opens the gate at once; in a pause it closes over RELEASE seconds, so the
         # lips stay parted through a breath between words and close in a real silence.
@@ -380,10 +377,10 @@ class Articulator:
     def _trim(self) -> None:
         # Keep what the next frame's window still needs.
         oldest = self._frames_out * HOPS_PER_FRAME + LEAD - PAST
-        drop = oldest - self._hop_base
+        drop = oldest - self._loud_base
         if drop > 0:
-            del self._post[:drop], self._loud[:drop]
-            self._hop_base += drop
+            del self._loud[:drop]
+            self._loud_base += drop
         for h in [h for h in self._forced if h < oldest]:
             del self._forced[h]
         self.aligner.forget_before(oldest)
