@@ -98,14 +98,12 @@ class TextAligner:
         self._scores = np.zeros(0)  # per state
         # Per group k, plus one: off the chain before group k (after group k - 1).
         self._free = np.full(1, -np.inf)
-        self._t = 0  # hops stepped
         # Per hop: (first state scored, back-pointers, first group scored, free back-pointers)
         self._history: list[tuple[int, np.ndarray, int, np.ndarray]] = []
-        self._best: list[int] = []  # per hop: the best state's index (for reading the path)
+        self._best = -1  # the best state now (-2 - k: the free state before group k)
         self._first_hop: int | None = None
         self._focus = 0  # the group the best path is in
         self._structures: dict[tuple[int, int], tuple] = {}
-        self.ended = False
 
     @property
     def active(self) -> bool:
@@ -127,7 +125,6 @@ class TextAligner:
         if self._pending.strip():
             self._extend(text_visemes(self._pending, self.language))
         self._pending = ""
-        self.ended = True
 
     def _extend(self, visemes: list[int]) -> None:
         if self._visemes and visemes and visemes[0] == self._visemes[-1]:
@@ -209,8 +206,7 @@ class TextAligner:
         on_chain = self._scores[best] >= self._free[best_free]
         self._focus = best // per if on_chain else min(best_free, groups - 1)
         self._history.append((lo, back, g0, free_back))
-        self._best.append(best if on_chain else -2 - best_free)
-        self._t += 1
+        self._best = best if on_chain else -2 - best_free
 
     def _structure(self, g0: int, g1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """The chain's transitions into the states of groups g0..g1 (cached per window):
@@ -250,21 +246,19 @@ class TextAligner:
         """The viseme the best path so far gives each of ``hops`` (absolute indices), None
         where it is off the chain, before the text, or not yet reached."""
         out: list[int | None] = [None] * len(hops)
-        if not self._visemes or self._t == 0 or self._first_hop is None:
+        if not self._history or self._first_hop is None:
             return out
         per = MIN_HOPS + 1
-        last = self._first_hop + self._t - 1
-        state = self._best[-1]
-        t = last
+        t = self._first_hop + len(self._history) - 1  # the last hop stepped
+        state = self._best
         want = {h: i for i, h in enumerate(hops)}
-        lo = hops[0] if len(hops) else last
-        while t >= max(lo, self._first_hop):
-            if t in want:
-                if state >= 0:
-                    g, p = divmod(state, per)
-                    out[want[t]] = SILENCE if p == MIN_HOPS else self._visemes[g]
-            lo, back, g0, free_back = self._history[t - self._first_hop]
-            state = int(back[state - lo]) if state >= 0 else int(free_back[-2 - state - g0])
+        oldest = max(hops[0] if len(hops) else t, self._first_hop)
+        while t >= oldest:
+            if t in want and state >= 0:
+                g, p = divmod(state, per)
+                out[want[t]] = SILENCE if p == MIN_HOPS else self._visemes[g]
+            s0, back, g0, free_back = self._history[t - self._first_hop]
+            state = int(back[state - s0]) if state >= 0 else int(free_back[-2 - state - g0])
             if state == -1:
                 break
             t -= 1
@@ -277,6 +271,5 @@ class TextAligner:
         drop = hop - self._first_hop - 1
         if drop > 0 and drop < len(self._history):
             # Backtraces never go below the oldest hop a frame reads; rebase the history.
-            del self._history[:drop], self._best[:drop]
+            del self._history[:drop]
             self._first_hop += drop
-            self._t -= drop
