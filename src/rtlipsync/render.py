@@ -121,7 +121,8 @@ def render(
     return RenderResult(out, written, len(speech.out_audio) / speech.out_rate)
 
 
-def _safe_name(stem: str) -> str:
+def safe_name(stem: str) -> str:
+    """``stem`` as an avatar or file name: letters, digits, '.', '_' and '-'."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("._-") or "avatar"
     return name[:64]
 
@@ -182,13 +183,13 @@ def render_inference_config(
     for task in tasks:
         video, audio, shift = task["video_path"], task["audio_path"], task["bbox_shift"]
         # One cached avatar per source and crop, so tasks never re-prepare each other's.
-        name = _safe_name(video.stem if video.is_file() else video.name)
+        name = safe_name(video.stem if video.is_file() else video.name)
         if shift:
-            name = _safe_name(f"{name}_shift{shift}")
+            name = safe_name(f"{name}_shift{shift}")
         prepare_avatar(name, video, PrepareOptions(bbox_shift=shift), progress=progress)
-        stem = f"{_safe_name(video.stem)}_{_safe_name(audio.stem)}"
+        stem = f"{safe_name(video.stem)}_{safe_name(audio.stem)}"
         if stem in used:  # MuseTalk's naming would overwrite an earlier task's output
-            stem = _safe_name(f"{stem}_{task['name']}")
+            stem = safe_name(f"{stem}_{task['name']}")
         used.add(stem)
         results.append(render(name, out_dir / f"{stem}.mp4", audio=audio, progress=progress))
     return results

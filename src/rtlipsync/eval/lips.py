@@ -17,7 +17,6 @@ Each curve is scaled by its own 90th percentile, so faces and mouth sizes compar
 
 from __future__ import annotations
 
-import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,10 @@ import numpy as np
 from tqdm import tqdm
 
 from rtlipsync.errors import InputError
+from rtlipsync.eval.sync import pearson
+from rtlipsync.face.avatar import prepare_avatar
 from rtlipsync.face.landmarks import FaceLandmarker, lip_gap
+from rtlipsync.render import render, safe_name
 
 if TYPE_CHECKING:
     from rtlipsync.engines.base import LipSyncEngine
@@ -104,18 +106,6 @@ class LipsReport:
     def as_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
 
-    def verdicts(self) -> dict[str, bool]:
-        out = {"r": self.r >= GOALS["r"]}
-        if self.closed_agreement is not None:
-            out["closed_agreement"] = self.closed_agreement >= GOALS["closed_agreement"]
-        return out
-
-
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    den = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else 0.0
-
 
 def _scaled(x: np.ndarray) -> np.ndarray:
     p90 = float(np.percentile(x, 90))
@@ -140,11 +130,11 @@ def compare(rendered: OpeningCurve, truth: OpeningCurve) -> LipsReport:
         ok = valid & ~np.isnan(shifted)
         if ok.sum() < 10:
             continue
-        r = _corr(rendered.values[ok], shifted[ok])
+        r = pearson(rendered.values[ok], shifted[ok])
         if r > best_r:
             best_r, best_lag = r, float(lag)
     return LipsReport(
-        r=_corr(ours, theirs),
+        r=pearson(ours, theirs),
         closed_agreement=agreement,
         best_r=best_r,
         best_lag_ms=best_lag,
@@ -186,9 +176,6 @@ def ground_truth(
     """The whole method on one real clip: its most closed-mouth frame becomes a still
     avatar (``truth-<name>`` in the data root), driven by the clip's audio alone; the
     render is compared with the clip. ``keep`` names a folder for the rendered mp4."""
-    from rtlipsync.face.avatar import prepare_avatar
-    from rtlipsync.render import render
-
     truth = Path(truth)
     still, real = most_closed_frame(truth, progress)
     name = truth_avatar_name(truth)
@@ -204,8 +191,7 @@ def ground_truth(
 
 def truth_avatar_name(truth: Path) -> str:
     """An avatar name for a truth clip's still."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", truth.stem).strip("._-")[:50] or "clip"
-    return f"truth-{stem}"
+    return f"truth-{safe_name(truth.stem)[:50]}"
 
 
 def medians(reports: list[ClipReport]) -> dict[str, float | None]:

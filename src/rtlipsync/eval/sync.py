@@ -98,7 +98,8 @@ def mouth_track(video: str | Path, progress: bool = False) -> np.ndarray:
     return np.array(values, dtype=np.float64)
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r of two curves (0 when either is flat)."""
     a, b = a - a.mean(), b - b.mean()
     den = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / den) if den > 0 else 0.0
@@ -115,7 +116,7 @@ def measure(opening: np.ndarray, samples: np.ndarray, rate: int = SAMPLE_RATE) -
     best_r, best_lag = -1.0, 0.0
     for lag in range(-MAX_LAG_MS, MAX_LAG_MS + 1, 10):
         e = np.interp(frame_t[valid] + lag / 1000, env_t, env)
-        r = _corr(opening[valid], e)
+        r = pearson(opening[valid], e)
         if r > best_r:
             best_r, best_lag = r, float(lag)
     # Positive when the mouth matches audio that came earlier: the video is late.
