@@ -19,10 +19,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from rtlipsync.engines import make_engine
-from rtlipsync.eval.bilabials import SENTENCES, measure_bilabials
-from rtlipsync.eval.lips import ground_truth, medians
-from rtlipsync.face.avatar import ensure_default_avatar, load_avatar
+from rtlipsync.cli import main as rtlipsync
 
 from _common import machine
 
@@ -42,32 +39,22 @@ def main() -> None:
     parser.add_argument("--media", type=Path, default=here.parents[2] / "shared" / "media")
     parser.add_argument("--engine", default="cpu")
     args = parser.parse_args()
-    os.environ.setdefault("RTLIPSYNC_HOME", tempfile.mkdtemp(prefix="rtlipsync-bench-"))
-    engine = make_engine(args.engine)
+    work = Path(tempfile.mkdtemp(prefix="rtlipsync-bench-"))
+    os.environ.setdefault("RTLIPSYNC_HOME", str(work))
+    engine = ["--engine", args.engine]
     print(machine())
     clips = sorted((args.media / "talking").glob("*.mp4"))
     if clips:
-        print("ground truth, audio only: clip | r (lag 0) | closed agreement | best r @ lag")
-        reports = [ground_truth(c, engine) for c in clips]
-        for c in reports:
-            r = c.report
-            agree = "-" if r.closed_agreement is None else f"{r.closed_agreement:.2f}"
-            print(f"  {c.clip:28} {r.r:5.2f} {agree:>5} {r.best_r:5.2f} @ {r.best_lag_ms:+.0f} ms")
-        m = medians(reports)
-        print(f"  median r {m['r']:.2f} (goal >= 0.45), closed agreement "
-              f"{m['closed_agreement']:.2f} (goal >= 0.6)")  # fmt: skip
+        print("ground truth, audio only:")
+        rtlipsync(["-q", "eval", "lips", "--truth", *map(str, clips), *engine])
     else:
         print(f"no talking clips under {args.media / 'talking'}: ground truth skipped")
-    ensure_default_avatar()
-    avatar = load_avatar("default")
-    for label, sentences in (("built-in", SENTENCES), ("held-out", HELD_OUT)):
-        reports = measure_bilabials(avatar, engine, sentences)
-        for mode, rep in reports.items():
-            goal = {"audio": 80, "text": 95}[mode]
-            print(
-                f"bilabials, {label} sentences, from {mode}: {rep.shut}/{rep.total} = "
-                f"{rep.share:.0%} shut (median per sentence {rep.median:.0%}; goal >= {goal} %)"
-            )
+    held_out = work / "held-out.txt"
+    held_out.write_text("\n".join(HELD_OUT) + "\n", encoding="utf-8")
+    print("\nbilabials, built-in sentences:")
+    rtlipsync(["-q", "eval", "bilabials", *engine])
+    print("\nbilabials, held-out sentences:")
+    rtlipsync(["-q", "eval", "bilabials", "--sentences", str(held_out), *engine])
 
 
 if __name__ == "__main__":

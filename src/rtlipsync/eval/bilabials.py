@@ -11,7 +11,7 @@ rendered picture) is under 0.3 of the median gap at the middles of that render's
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -45,7 +45,6 @@ class SentenceReport:
     text: str
     shut: int
     total: int
-    gaps: list[float] = field(default_factory=list)  # at each bilabial, relative to vowels
 
     @property
     def share(self) -> float | None:
@@ -119,7 +118,7 @@ def score(
     reference = float(np.median(vowel_gaps))
     gaps = [gap(f) / reference if reference > 0 else np.nan for f in bilabials]
     shut = sum(1 for g in gaps if not np.isnan(g) and g < SHUT)
-    return SentenceReport(text, shut, len(bilabials), gaps)
+    return SentenceReport(text, shut, len(bilabials))
 
 
 def measure_bilabials(
