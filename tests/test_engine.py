@@ -208,6 +208,30 @@ def test_rendered_mouth_changes_only_around_the_mouth(video_avatar) -> None:
     assert (column(wide) < 50).sum() >= (column(closed) < 50).sum() + 3
 
 
+def test_a_blink_moves_only_the_lids_never_the_glasses_around_them(default_avatar) -> None:
+    """The default face wears glasses whose rim sits just above the eyes: a blink may change
+    the eyes' openings and nothing above the upper lids (no "melting glasses")."""
+    from rtlipsync.engines.cpu.render import LEFT_EYE_UPPER, RIGHT_EYE_UPPER
+
+    rig = avatar_rigs(default_avatar).rig(0)
+    base = default_avatar.frames[0]
+    still = (0.0, 0.0, 0.0)
+    open_ = rig.render(base, MouthParams(), 0.0, still).astype(int)
+    shut = rig.render(base, MouthParams(), 1.0, still).astype(int)
+    changed = np.abs(shut - open_).max(axis=2) > 6
+    assert changed.sum() > 100  # the lids did come down
+    pts = default_avatar.landmarks[0]
+    ys, xs = np.nonzero(changed)
+    for upper in (LEFT_EYE_UPPER, RIGHT_EYE_UPPER):
+        lid = pts[upper]
+        order = np.argsort(lid[:, 0])
+        near = (xs >= lid[:, 0].min() - 2) & (xs <= lid[:, 0].max() + 2)
+        top = np.interp(xs[near], lid[order, 0], lid[order, 1])
+        assert (ys[near] >= top - 2.5).all()  # nothing above the upper lid moved
+    eyes_x = np.concatenate([pts[LEFT_EYE_UPPER, 0], pts[RIGHT_EYE_UPPER, 0]])
+    assert xs.min() >= eyes_x.min() - 3 and xs.max() <= eyes_x.max() + 3
+
+
 def test_still_avatar_blinks_and_sways_but_video_avatar_plays_its_loop(
     default_avatar, video_avatar
 ) -> None:

@@ -295,10 +295,23 @@ class MouthRig:
 
 
 class EyeRig:
-    """One eye's blink: the upper lid slides down to the lower lid."""
+    """One eye's blink: the upper lid comes down over the eye's opening and nothing else moves.
+
+    The lid is drawn, not warped: warping the skin above the eye down would drag everything
+    near it too (a glasses rim just above the lid bends into the eye, "melting glasses").
+    The closed lid's skin is the eye opening filled in from its surroundings (inpainting,
+    once per frame rig); a blink uncovers it from the top down to the level the lid has
+    reached, with a dark lash line along its edge.
+    """
+
+    LASH_DARKEN = 0.55  # how dark the lash line is at the lid's edge
 
     def __init__(
-        self, points: np.ndarray, upper: list[int], lower: list[int], shape: tuple[int, int]
+        self,
+        points: np.ndarray,
+        upper: list[int],
+        lower: list[int],
+        frame: np.ndarray,
     ) -> None:
         p = points.astype(np.float64)
         a, b = p[upper[0]], p[upper[-1]]
@@ -316,40 +329,40 @@ class EyeRig:
         uu, vu = local(upper)
         ul, vl = local(lower)
         ou, ol = np.argsort(uu), np.argsort(ul)
-        self.uu, self.vu, self.ul, self.vl = uu[ou], vu[ou], ul[ol], vl[ol]
-        height = float(np.max(np.interp(self.uu, self.ul, self.vl) - self.vu))
-        self.height = max(height, 1.0)
-        pad = np.array(
-            [[-1.3 * self.half, -3.0 * self.height], [1.3 * self.half, 1.0 * self.height]]
-        )
-        corners = np.array(
-            [self.centre + x * self.ex + y * self.ey for x in pad[:, 0] for y in pad[:, 1]]
-        )
-        self.region = _bounds(corners, 1, shape[1], shape[0])
-
-    def field(self, region: _Region) -> tuple[np.ndarray, np.ndarray] | None:
-        """Backward-map offsets for a full blink, over ``region`` (which must contain ours)."""
+        uu, vu, ul, vl = uu[ou], vu[ou], ul[ol], vl[ol]
+        h, w = frame.shape[:2]
+        corners = np.vstack([p[upper], p[lower]])
+        self.region = _bounds(corners, 3, w, h)
         r = self.region
-        if r.x1 <= r.x0 or r.y1 <= r.y0:
-            return None
-        ys, xs = np.mgrid[r.y0 : r.y1, r.x0 : r.x1].astype(np.float32)
+        self.lid_top = self.lid_bottom = self.closed = None
+        if r.x1 - r.x0 < 3 or r.y1 - r.y0 < 3:
+            return
+        ys, xs = np.mgrid[r.y0 : r.y1, r.x0 : r.x1].astype(np.float64)
         dx, dy = xs - self.centre[0], ys - self.centre[1]
-        U = (dx * self.ex[0] + dy * self.ex[1]) / self.half
-        V = dx * self.ey[0] + dy * self.ey[1]
-        top = np.interp(U, self.uu, self.vu)
-        bottom = np.interp(U, self.ul, self.vl)
-        opening = np.maximum(bottom - top, 0.0)
-        inside = _smooth(1.0 - np.abs(U), 0.0, 0.25)
-        ramp = np.where(
-            V < top, _smooth(V - top, -1.8 * self.height, 0.0), np.where(V <= bottom, 1.0, 0.0)
-        )
-        d = (opening * ramp * inside).astype(np.float32) * _edge_taper(V.shape, 2)
-        out_x = np.zeros(region.shape, np.float32)
-        out_y = np.zeros(region.shape, np.float32)
-        sl = (slice(r.y0 - region.y0, r.y1 - region.y0), slice(r.x0 - region.x0, r.x1 - region.x0))
-        out_x[sl] = d * self.ey[0]
-        out_y[sl] = d * self.ey[1]
-        return out_x, out_y
+        self.U = (dx * self.ex[0] + dy * self.ex[1]) / self.half
+        self.V = dx * self.ey[0] + dy * self.ey[1]
+        self.lid_top = np.interp(self.U, uu, vu)
+        self.lid_bottom = np.maximum(np.interp(self.U, ul, vl), self.lid_top)
+        self.across = _smooth(1.0 - np.abs(self.U), 0.0, 0.12)  # fades out at the corners
+        opening = (self.V >= self.lid_top - 1.0) & (self.V <= self.lid_bottom + 1.0)
+        hole = (opening & (np.abs(self.U) <= 1.05)).astype(np.uint8) * 255
+        hole = cv2.dilate(hole, np.ones((3, 3), np.uint8))
+        patch = np.ascontiguousarray(frame[r.y0 : r.y1, r.x0 : r.x1])
+        self.closed = cv2.inpaint(patch, hole, 3, cv2.INPAINT_TELEA).astype(np.float32)
+
+    def apply(self, image: np.ndarray, blink: float) -> None:
+        """Draw the lid ``blink`` (0 open .. 1 shut) of the way down, in place."""
+        if self.closed is None or blink <= 0:
+            return
+        r = self.region
+        edge = self.lid_top + blink * (self.lid_bottom - self.lid_top)
+        covered = (np.clip(edge - self.V + 0.5, 0.0, 1.0) * self.across)[..., None]
+        covered *= (self.V >= self.lid_top - 1.5)[..., None]
+        lash = np.exp(-(((self.V - edge) / 1.2) ** 2)) * self.across * min(1.0, 3.0 * blink)
+        roi = image[r.y0 : r.y1, r.x0 : r.x1].astype(np.float32)
+        out = roi * (1.0 - covered) + self.closed * covered
+        out *= (1.0 - self.LASH_DARKEN * lash)[..., None]
+        image[r.y0 : r.y1, r.x0 : r.x1] = np.clip(out, 0, 255).astype(np.uint8)
 
 
 class FrameRig:
@@ -393,20 +406,20 @@ class FrameRig:
         # Backward-map offsets per radian of sway (small-angle rotation about the pivot).
         self.rot_x = (-self.head_w * (ys - self.pivot[1])).astype(np.float32)
         self.rot_y = (self.head_w * (xs - self.pivot[0])).astype(np.float32)
-        blink_x = np.zeros(r.shape, np.float32)
-        blink_y = np.zeros(r.shape, np.float32)
-        for upper, lower in ((LEFT_EYE_UPPER, LEFT_EYE_LOWER), (RIGHT_EYE_UPPER, RIGHT_EYE_LOWER)):
-            eye = EyeRig(points, upper, lower, frame.shape[:2])
-            field = eye.field(r)
-            if field is not None:
-                blink_x += field[0]
-                blink_y += field[1]
-        self.blink_x, self.blink_y = blink_x, blink_y
+        self.eyes = [
+            EyeRig(points, upper, lower, frame)
+            for upper, lower in (
+                (LEFT_EYE_UPPER, LEFT_EYE_LOWER),
+                (RIGHT_EYE_UPPER, RIGHT_EYE_LOWER),
+            )
+        ]
 
     @property
     def nbytes(self) -> int:
         """Memory held by the rig's arrays."""
         arrays = [*vars(self).values(), *vars(self.mouth).values()]
+        for eye in getattr(self, "eyes", []):
+            arrays += list(vars(eye).values())
         return sum(a.nbytes for a in arrays if isinstance(a, np.ndarray))
 
     def render(
@@ -421,22 +434,26 @@ class FrameRig:
         r = self.region
         m = self.mouth.region
         mdx, mdy = self.mouth.displacement(params)
+        source = frame
         if self.idle_life:
+            if blink > 0:
+                # The lids are drawn on the still first; the sway then carries them with
+                # the head. Only the eyes' openings change.
+                source = frame.copy()
+                for eye in self.eyes:
+                    eye.apply(source, blink)
             # One fused pass per term (cv2.scaleAdd): this runs 25 times a second per session.
             angle, tx, ty = sway
             map_x = cv2.scaleAdd(self.rot_x, -angle, self.map_x)
             map_y = cv2.scaleAdd(self.rot_y, -angle, self.map_y)
             map_x = cv2.scaleAdd(self.head_w, -tx, map_x)
             map_y = cv2.scaleAdd(self.head_w, -ty, map_y)
-            if blink > 0:
-                map_x = cv2.scaleAdd(self.blink_x, -blink, map_x)
-                map_y = cv2.scaleAdd(self.blink_y, -blink, map_y)
             sl = (slice(m.y0 - r.y0, m.y1 - r.y0), slice(m.x0 - r.x0, m.x1 - r.x0))
             map_x[sl] -= mdx
             map_y[sl] -= mdy
         else:
             map_x, map_y = self.mouth.map_x - mdx, self.mouth.map_y - mdy
-        warped = cv2.remap(frame, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        warped = cv2.remap(source, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         mouth_roi = warped[m.y0 - r.y0 : m.y1 - r.y0, m.x0 - r.x0 : m.x1 - r.x0]
         offset = (0.0, 0.0)
         if self.idle_life:
