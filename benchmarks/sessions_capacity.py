@@ -6,8 +6,12 @@ speaks without pause; every frame it hands out is encoded the way aiortc's sende
 encoder falls behind, as our WebRTC tracks do. A session "holds" 25 fps when at least 24.5
 frames a second are encoded and the clock never stalls.
 
-    python benchmarks/sessions_capacity.py [--max 8] [--seconds 10]
+    python benchmarks/sessions_capacity.py [--max 8] [--seconds 10] [--avatar NAME | --footage]
 Goal: >= 4 sessions.
+
+``--avatar`` measures a prepared avatar of yours (a talking-footage avatar is served from its
+bank of real mouths); ``--footage`` makes one without any media: the built-in face rendered
+saying a passage, prepared as talking footage.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import cv2
 from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.face.avatar import ensure_default_avatar, load_avatar
 from rtlipsync.media.frames import PACKET_SAMPLES, SAMPLE_RATE, AVFrame
 from rtlipsync.session import Session
@@ -117,10 +122,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--max", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--avatar", help="a prepared avatar (default: the built-in one)")
+    parser.add_argument(
+        "--footage", action="store_true", help="a footage-bank avatar made from the built-in face"
+    )
     args = parser.parse_args()
     ensure_default_avatar()
-    avatar = load_avatar("default")
+    name = args.avatar or ("bench-footage" if args.footage else "default")
+    if args.footage:
+        make_footage_avatar(name)
+    avatar = load_avatar(name)
+    engine = CpuEngine().open_stream(avatar)
     print(machine())
+    print(f"avatar {name}: {avatar.size[0]}x{avatar.size[1]}, served by {type(engine).__name__}")
     best = 0
     for n in range(1, args.max + 1):
         result = asyncio.run(trial(n, args.seconds, avatar))
@@ -134,7 +148,26 @@ def main() -> None:
         if not holds:
             break
         best = n
-    print(f"speaking sessions holding 25 fps with VP8 at 512x512: {best}  (goal >= 4)")
+    size = f"{avatar.size[0]}x{avatar.size[1]}"
+    print(f"speaking sessions holding 25 fps with VP8 at {size}: {best}  (goal >= 4)")
+
+
+def make_footage_avatar(name: str) -> None:
+    """The built-in face saying a passage, prepared as talking footage (once)."""
+    import tempfile
+    from pathlib import Path
+
+    from rtlipsync.face.avatar import prepare_avatar
+    from rtlipsync.render import render
+
+    passage = (
+        "Bob and Pam may buy a map of the bamboo market. Father saw a large dog on the far "
+        "hill. Who knew you could see the moon at noon? Eat each peach, then open the window."
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        video = render("default", Path(tmp) / "talking.mp4", text=passage, progress=False).path
+        found = prepare_avatar(name, video, progress=False)["footage"]
+    print(found["message"])
 
 
 if __name__ == "__main__":

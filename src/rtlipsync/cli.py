@@ -41,6 +41,8 @@ def _avatar_prepare(args: argparse.Namespace) -> None:
         f"{m['width']}x{m['height']}, {missing} without a face; "
         f"bbox_shift range [{lo}, {hi}]"
     )
+    if m.get("footage"):
+        print(m["footage"]["message"])
 
 
 def _avatar_bake(args: argparse.Namespace) -> None:
@@ -222,16 +224,26 @@ def _eval_sync(args: argparse.Namespace) -> None:
 
 
 def _eval_lips(args: argparse.Namespace) -> None:
-    from rtlipsync.eval.lips import GOALS, ClipReport, ground_truth, measure_lips, medians
+    from rtlipsync.eval.lips import (
+        GOALS,
+        ClipReport,
+        footage_truth,
+        ground_truth,
+        measure_lips,
+        medians,
+    )
 
     progress = not args.quiet
     if args.video is not None:
         if len(args.truth) != 1:
             raise InputError("with a VIDEO to measure, give exactly one --truth clip")
+        if args.footage:
+            raise InputError("--footage runs the whole method: give no VIDEO with it")
         reports = [ClipReport(args.video.name, measure_lips(args.video, args.truth[0], progress))]
     else:
         engine = _engine(args)
-        reports = [ground_truth(t, engine, args.keep, progress) for t in args.truth]
+        method = footage_truth if args.footage else ground_truth
+        reports = [method(t, engine, args.keep, progress=progress) for t in args.truth]
     summary = medians(reports)
     if args.json:
         print(json.dumps({
@@ -383,13 +395,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compare the mouth opening of VIDEO with a real talking clip (--truth). "
         "Without VIDEO, run the whole method on each --truth clip: its most closed-mouth "
         "frame becomes a still avatar, driven by the clip's audio alone, and the render is "
-        "compared with the clip; per clip and the medians.",
+        "compared with the clip; per clip and the medians. With --footage, an avatar is "
+        "prepared from the clip's first 60 %% (its talking footage, video and audio), "
+        "driven by the audio of the last 40 %% and compared with the real last 40 %%.",
     )
     lips.add_argument("video", type=Path, nargs="?", help="rendered video to measure")
     lips.add_argument(
         "--truth", type=Path, nargs="+", required=True, help="real talking clip(s), own audio"
     )
     lips.add_argument("--keep", type=Path, help="folder to keep the rendered mp4s in")
+    lips.add_argument(
+        "--footage",
+        action="store_true",
+        help="measure the footage bank: avatar from each clip's first 60 %%, driven by the rest",
+    )
     lips.add_argument("--json", action="store_true", help="print one JSON object")
     _engine_flags(lips)
     lips.set_defaults(func=_eval_lips)

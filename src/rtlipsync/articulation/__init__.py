@@ -9,6 +9,6 @@ speech chunk (PCM + phoneme timings or text) → `Articulator` → `MouthParams`
 - `track`: coarticulation, closures, anticipation and silence, in one streaming layer.
 """
 
-from rtlipsync.articulation.track import Articulator, MouthParams
+from rtlipsync.articulation.track import CUES, Articulator, MouthParams
 
-__all__ = ["Articulator", "MouthParams"]
+__all__ = ["CUES", "Articulator", "MouthParams"]

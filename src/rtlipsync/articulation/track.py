@@ -22,7 +22,7 @@ gives, and the cost comes one frame at a time.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -63,18 +63,32 @@ LOUD_FLOOR = 0.55  # opening at the quietest speech, relative to the loudest
 _RELEASE_PER_FRAME = float(np.exp(-FRAME_SAMPLES / SAMPLE_RATE / RELEASE))
 HEARD_KEPT = 3000  # hops (30 s) of posteriors kept for words that come late
 CONTRADICTED = 0.02  # an aligned viseme the model gives less than this, while sure of another
+# What `MouthParams.cues` holds, in order.
+CUES = (
+    *(f"at_{v.name}" for v in VISEMES),  # viseme distribution over the frame's own hops
+    *(f"near_{v.name}" for v in VISEMES),  # ... over the whole coarticulation window
+    "loud",
+    "gate",
+    "bilabial",
+)
 EMOTION_SMILE = {"neutral": 0.0, "happy": 0.8, "concerned": -0.5, "sad": -0.7, "surprised": 0.2}
 
 
 @dataclass
 class MouthParams:
     """One frame's mouth: ``open`` 0..1, ``width`` -1 (rounded) .. +1 (spread), ``smile``
-    -1..1 from the utterance's emotion, ``teeth`` 0..1 (lower lip under the upper teeth)."""
+    -1..1 from the utterance's emotion, ``teeth`` 0..1 (lower lip under the upper teeth).
+
+    ``cues`` is the evidence the shape was made from (`CUES` values: the viseme distribution
+    at the frame and around it, loudness, speech gate, whether a bilabial shut the lips), for
+    consumers that learn their own mapping, such as a bank of a person's real mouths.
+    """
 
     open: float = 0.0
     width: float = 0.0
     smile: float = 0.0
     teeth: float = 0.0
+    cues: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def as_dict(self) -> dict[str, float]:
         return {"open": self.open, "width": self.width, "smile": self.smile, "teeth": self.teeth}
@@ -350,8 +364,12 @@ class Articulator:
         o = self._inertia_o = (1.0 - INERTIA) * o + INERTIA * self._inertia_o
         w = self._inertia_w = (1.0 - INERTIA) * w + INERTIA * self._inertia_w
         teeth = float(_smoothstep(dist[centre, _FV].mean(), 0.3, 0.6)) * self._gate
-        if _shut(dist[:, _PBM] > 0.5, PAST - LEAD):
+        bilabial = _shut(dist[:, _PBM] > 0.5, PAST - LEAD)
+        if bilabial:
             o = teeth = 0.0  # a bilabial: the lips meet, however short it is
+        cues = np.concatenate(
+            [dist[centre].mean(axis=0), dist.mean(axis=0), [loud, self._gate, float(bilabial)]]
+        )
         self._frames_out += 1
         self._trim()
         smile = self._smile_at(f)
@@ -361,7 +379,11 @@ class Articulator:
             o = 0.0
         self._last_open = o
         return MouthParams(
-            open=float(np.clip(o, 0, 1)), width=float(np.clip(w, -1, 1)), smile=smile, teeth=teeth
+            open=float(np.clip(o, 0, 1)),
+            width=float(np.clip(w, -1, 1)),
+            smile=smile,
+            teeth=teeth,
+            cues=cues,
         )
 
     def _smile_at(self, f: int) -> float:

@@ -194,6 +194,63 @@ def truth_avatar_name(truth: Path) -> str:
     return f"truth-{safe_name(truth.stem)[:50]}"
 
 
+TRAIN_SHARE = 0.6
+
+
+def footage_truth(
+    truth: str | Path,
+    engine: LipSyncEngine | None = None,
+    keep: str | Path | None = None,
+    share: float = TRAIN_SHARE,
+    progress: bool = False,
+) -> ClipReport:
+    """The footage-bank measure on one real clip: an avatar is prepared from its first
+    ``share`` (video and audio, ``footage-<name>`` in the data root), driven by the audio of
+    the rest, and compared with the real rest. Nothing of the compared part is seen when
+    the avatar is made."""
+    from rtlipsync.media.audio import load_audio
+    from rtlipsync.media.frames import FPS, SAMPLE_RATE
+    from rtlipsync.media.video import Mp4Writer, read_video_frames
+
+    truth = Path(truth)
+    real = opening_curve(truth, progress)
+    audio, _ = load_audio(truth, SAMPLE_RATE)
+    frames = list(read_video_frames(truth, FPS))
+    cut = int(len(frames) * share)
+    cut_s = cut / FPS
+    if cut < 2 * FPS or len(frames) - cut < FPS:
+        raise InputError(f"{truth.name} is too short to split ({len(frames) / FPS:.1f} s)")
+    name = f"footage-{safe_name(truth.stem)[:48]}"
+    with tempfile.TemporaryDirectory() as tmp:
+        first = Path(tmp) / f"{name}.mp4"
+        h, w = frames[0].shape[:2]
+        with Mp4Writer(first, w, h, FPS, SAMPLE_RATE) as writer:
+            for k in range(cut):
+                writer.write_video(frames[k])
+                writer.write_audio(audio[k * SAMPLE_RATE // FPS : (k + 1) * SAMPLE_RATE // FPS])
+        prepare_avatar(name, first, progress=progress)
+        rest = Path(tmp) / "rest.wav"
+        _write_wav(rest, audio[cut * SAMPLE_RATE // FPS :], SAMPLE_RATE)
+        out = Path(keep or tmp) / f"{truth.stem}-footage.mp4"
+        render(name, out, audio=rest, progress=progress, engine=engine)
+        rendered = opening_curve(out, progress)
+    later = real.times >= cut_s - 1e-6
+    tail = OpeningCurve(real.times[later] - cut_s, real.values[later])
+    return ClipReport(truth.name, compare(rendered, tail))
+
+
+def _write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
+    import wave
+
+    from rtlipsync.media.audio import to_int16
+
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes(to_int16(samples).tobytes())
+
+
 def medians(reports: list[ClipReport]) -> dict[str, float | None]:
     agreements = [c.report.closed_agreement for c in reports]
     known = [a for a in agreements if a is not None]

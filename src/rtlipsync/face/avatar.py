@@ -34,6 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rtlipsync.errors import InputError
+from rtlipsync.face import footage
 from rtlipsync.face.geometry import bbox_shift_range, blend_box, crop_box, lower_face_mask
 from rtlipsync.face.landmarks import LANDMARK_COUNT, FaceLandmarker, to_68
 from rtlipsync.media.frames import FPS
@@ -65,6 +66,9 @@ class PrepareOptions:
     # decoded in memory while the avatar is in use (a 720p frame is 2.7 MB): longer sources
     # are cut here, with a warning.
     max_seconds: float = 30.0
+    # Talking footage past the idle loop's end still gives the bank of real mouths more
+    # shapes to choose from (only its mouths are kept, not its frames).
+    footage_seconds: float = 120.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +76,8 @@ class PrepareOptions:
             "extra_margin": self.extra_margin,
             "max_size": self.max_size,
             "max_seconds": self.max_seconds,
+            "footage_seconds": self.footage_seconds,
+            "footage_version": footage.FOOTAGE_VERSION,
         }
 
 
@@ -248,6 +254,10 @@ def _prepare_into(
     size: tuple[int, int] | None = None
     nan_points = np.full((LANDMARK_COUNT, 2), np.nan, np.float32)
     limit = max(1, int(options.max_seconds * FPS))
+    # Video and image sequences may be talking footage: their mouths are collected as they
+    # pass, and banked at the end if the person talks.
+    collector = footage.FootageCollector() if kind != "image" else None
+    read_limit = max(limit, int(options.footage_seconds * FPS)) if kind == "video" else limit
     if estimate > limit:
         log.warning(
             "%s lasts %.1f s; keeping the first %.1f s as the idle loop (--max-seconds)",
@@ -255,13 +265,20 @@ def _prepare_into(
             estimate / FPS,
             options.max_seconds,
         )
-        estimate = limit
+    estimate = min(estimate, read_limit)
     bar = tqdm(total=estimate, desc=f"preparing {name}", unit="frame", disable=not progress)
     with FaceLandmarker(video=kind != "image") as landmarker:
         for i, raw in enumerate(frames_iter):
-            if i >= limit:
+            if i >= read_limit:
                 break
             frame = _fit(raw, options.max_size)
+            if i >= limit:  # past the idle loop: only its mouth is wanted
+                if collector is not None and frame.shape[1::-1] == size:
+                    collector.add(i, frame, landmarker.detect(frame))
+                bar.update(1)
+                if on_progress is not None:
+                    on_progress(i + 1, max(estimate, i + 1))
+                continue
             if size is None:
                 size = (frame.shape[1], frame.shape[0])
             elif (frame.shape[1], frame.shape[0]) != size:
@@ -271,6 +288,8 @@ def _prepare_into(
                 )
             cv2.imwrite(str(out / "frames" / f"{i:06d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
             points = landmarker.detect(frame)
+            if collector is not None:
+                collector.add(i, frame, points)
             box = None
             if points is not None:
                 try:
@@ -324,6 +343,10 @@ def _prepare_into(
     np.save(out / "loop.npy", loop.astype(np.int32))
     faces = [to_68(p) for p, b in zip(lms, boxes, strict=True) if b[0] >= 0]
     assert size is not None
+    found = None
+    if collector is not None:
+        found = footage.build(collector, _footage_audio(source, kind), lms, out)
+        log.info("avatar %s: %s", name, found.message)
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -339,10 +362,24 @@ def _prepare_into(
         "bbox_shift_range": list(bbox_shift_range(faces)),
         "engines": ["cpu"],
         "landmarks": "mediapipe-face-mesh",
+        "footage": found.as_dict() if found is not None else None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
+
+
+def _footage_audio(source: Path, kind: str) -> np.ndarray | None:
+    """The footage's own sound at 16 kHz, from which the bank learns how this person's mouth
+    follows speech; None for image sequences and videos without an audio track."""
+    if kind != "video":
+        return None
+    from rtlipsync.media.audio import load_audio
+
+    try:
+        return load_audio(source, 16000)[0]
+    except InputError:
+        return None
 
 
 def _swap_into_place(tmp: Path, target: Path) -> None:

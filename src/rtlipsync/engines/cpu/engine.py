@@ -163,11 +163,16 @@ class CpuEngine:
         """Nothing beyond the avatar's landmarks is needed; rigs are built on first use."""
 
     def open_stream(self, avatar: Avatar) -> CpuStream:
-        # An avatar baked on a GPU (`rtlipsync avatar bake`) is served from its MuseTalk bank.
+        # An avatar baked on a GPU (`rtlipsync avatar bake`) is served from its MuseTalk bank;
+        # one prepared from talking footage, from the person's own mouths.
+        from rtlipsync.engines.cpu.footage import FootageStream, load_footage
         from rtlipsync.engines.musetalk.bank import load_bank
 
         bank = load_bank(avatar)
-        return CpuStream(avatar) if bank is None else BankStream(avatar, bank)
+        if bank is not None:
+            return BankStream(avatar, bank)
+        real = load_footage(avatar)
+        return CpuStream(avatar) if real is None else FootageStream(avatar, real)
 
 
 class BankStream(CpuStream):

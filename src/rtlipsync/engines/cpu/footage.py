@@ -1,0 +1,211 @@
+"""Serving a footage bank: the person's own real mouths, chosen by articulation, on the CPU.
+
+For each frame the articulation layer's `MouthParams` (and its cues) go through the avatar's
+learned `MouthMapping` to the opening and width this person's mouth would show; the two
+banked mouths nearest to that (and to the frame's head pose) are met halfway with optical
+flow, so lips move rather than cross-fade; the result is placed on the avatar frame by the
+similarity that carries the reference face onto it, colour-matched at the mask's rim and
+blended through the feathered lower-face mask. Idle frames show the person's resting
+closed mouth, so the idle loop of a talking video keeps its mouth shut.
+
+The choice keeps the previous mouth while it is nearly as good as the best one, so the
+teeth do not flicker between two equally good frames.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from rtlipsync.articulation import MouthParams
+from rtlipsync.engines.cpu.engine import CpuStream
+from rtlipsync.face.avatar import Avatar
+from rtlipsync.face.footage import FILE, FOOTAGE_VERSION, MouthMapping
+
+# Weights of the selection distance, in units of the bank's own spread of each feature.
+W_OPENING, W_WIDTH, W_POSE = 1.0, 0.35, 0.2
+STICK = 0.05  # keep the previous mouth while its distance is within this of the best
+CLOSED_QUANTILE = 0.03  # the opening of a shut mouth: this low quantile of the person's
+
+
+class FootageBank:
+    """A loaded footage bank (see `rtlipsync.face.footage`)."""
+
+    def __init__(self, path: Path) -> None:
+        with np.load(path) as data:
+            self.box = tuple(int(v) for v in data["box"])
+            self.mask = data["mask"].astype(np.float32) / 255.0
+            self.source_frames = data["frames"]
+            self.features = data["features"].astype(np.float64)
+            self._offsets = data["offsets"]
+            self._data = data["data"]
+            self.placements = data["placements"]
+            self.poses = data["poses"].astype(np.float64)
+            weights = data["weights"]
+            self.mapping = MouthMapping(
+                weights if len(weights) else None, data["predicted"], data["real"], data["widths"]
+            )
+            self.info = json.loads(str(data["info"]))
+        self._scale = self.features.std(axis=0) + 1e-6
+        self._cache: dict[int, np.ndarray] = {}
+        self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
+        h, w = self.mask.shape
+        self._grid_x, self._grid_y = np.meshgrid(
+            np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)
+        )
+        self.closed = float(np.quantile(self.features[:, 0], CLOSED_QUANTILE))
+        # The resting mouth: closed, at the person's usual width and a middling pose.
+        rest_cost = (
+            np.abs(self.features[:, 0] - self.closed) / self._scale[0]
+            + np.abs(self.features[:, 1] - np.median(self.features[:, 1])) / self._scale[1]
+            + np.abs(self.features[:, 3:] - np.median(self.features[:, 3:], axis=0)).sum(1)
+        )
+        self.rest = int(np.argmin(rest_cost))
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def patch(self, k: int) -> np.ndarray:
+        if k not in self._cache:
+            blob = self._data[self._offsets[k] : self._offsets[k + 1]]
+            self._cache[k] = cv2.imdecode(blob, cv2.IMREAD_COLOR)
+        return self._cache[k]
+
+    def distances(self, opening: float, width: float, pose: np.ndarray | None) -> np.ndarray:
+        f, s = self.features, self._scale
+        d = (
+            W_OPENING * ((f[:, 0] - opening) / s[0]) ** 2
+            + W_WIDTH * ((f[:, 1] - width) / s[1]) ** 2
+        )
+        if pose is not None:
+            d += W_POSE * (((f[:, 3:5] - pose) / s[3:5]) ** 2).sum(axis=1)
+        return d
+
+    def blend(self, a: int, b: int, t: float) -> np.ndarray:
+        """Mouth ``a`` moved a share ``t`` of the way to ``b`` (optical flow both ways)."""
+        fa = self.patch(a)
+        if t < 0.05 or a == b:
+            return fa
+        fb = self.patch(b)
+        ga, gb = cv2.cvtColor(fa, cv2.COLOR_BGR2GRAY), cv2.cvtColor(fb, cv2.COLOR_BGR2GRAY)
+        flow_ab = self._flow.calc(ga, gb, None)
+        flow_ba = self._flow.calc(gb, ga, None)
+        gx, gy = self._grid_x, self._grid_y
+        wa = cv2.remap(fa, gx - t * flow_ab[..., 0], gy - t * flow_ab[..., 1], cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        wb = cv2.remap(fb, gx - (1 - t) * flow_ba[..., 0], gy - (1 - t) * flow_ba[..., 1],
+                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
+        return cv2.addWeighted(wa, 1 - t, wb, t, 0)
+
+    def pose_of(self, frame: int) -> np.ndarray | None:
+        """Yaw and pitch of avatar frame ``frame`` (None: no face there)."""
+        if frame >= len(self.poses) or np.isnan(self.poses[frame, 0]):
+            return None
+        return self.poses[frame]
+
+    def paste(self, image: np.ndarray, frame: int, mouth: np.ndarray) -> np.ndarray:
+        """``image`` (avatar frame ``frame``) with ``mouth`` (a reference-space patch) placed
+        and blended in; unchanged when the frame has no face of the reference person."""
+        m = self.placements[frame] if frame < len(self.placements) else None
+        out = image.copy()
+        if m is None or np.isnan(m[0, 0]):
+            return out
+        x, y, w, h = self.box
+        to_frame = m.astype(np.float64).copy()
+        to_frame[:, 2] += to_frame[:, :2] @ np.array([x, y], np.float64)  # patch pixels → frame
+        corners = np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float64)
+        placed = corners @ to_frame[:, :2].T + to_frame[:, 2]
+        ih, iw = image.shape[:2]
+        x0, y0 = (
+            max(int(np.floor(placed[:, 0].min())), 0),
+            max(int(np.floor(placed[:, 1].min())), 0),
+        )
+        x1, y1 = (
+            min(int(np.ceil(placed[:, 0].max())), iw),
+            min(int(np.ceil(placed[:, 1].max())), ih),
+        )
+        if x0 >= x1 or y0 >= y1:
+            return out
+        local = to_frame.copy()
+        local[:, 2] -= (x0, y0)
+        size = (x1 - x0, y1 - y0)
+        warped = cv2.warpAffine(mouth, local, size, flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE).astype(np.float32)  # fmt: skip
+        alpha = cv2.warpAffine(self.mask, local, size, flags=cv2.INTER_LINEAR)[..., None]
+        region = image[y0:y1, x0:x1].astype(np.float32)
+        # Match the patch's colour to the frame's where the mask fades out (lighting drifts
+        # over a video, and the patch came from another moment of it).
+        rim = (alpha[..., 0] > 0.05) & (alpha[..., 0] < 0.6)
+        if rim.sum() > 20:
+            shift = region[rim].mean(axis=0) - warped[rim].mean(axis=0)
+            warped += shift
+        out[y0:y1, x0:x1] = np.clip(alpha * warped + (1 - alpha) * region, 0, 255).astype(np.uint8)
+        return out
+
+
+def footage_path(avatar: Avatar) -> Path:
+    return avatar.path / FILE
+
+
+def load_footage(avatar: Avatar) -> FootageBank | None:
+    """The avatar's footage bank, if it has a current one (cached on the avatar)."""
+    cached: Any = avatar.extras.get("footage")
+    if cached is not None:
+        return cached
+    path = footage_path(avatar)
+    if not path.exists():
+        return None
+    with np.load(path) as data:
+        if int(data["version"]) != FOOTAGE_VERSION:
+            return None  # an older layout: served with the drawn mouth until prepared again
+    bank = avatar.extras["footage"] = FootageBank(path)
+    return bank
+
+
+class FootageStream(CpuStream):
+    """The articulation layer's mouths, shown with the person's own banked mouths."""
+
+    def __init__(self, avatar: Avatar, bank: FootageBank) -> None:
+        super().__init__(avatar)
+        self.bank = bank
+        self._pair: tuple[int, int] | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self._pair = None
+
+    def _choose(self, params: MouthParams, source: int, speaking: bool) -> tuple[int, int, float]:
+        bank = self.bank
+        if not speaking:
+            # Idle: the resting mouth; straight after speech, a last step toward it from the
+            # mouth shown (the drawn engine closes over two frames the same way).
+            last = self._pair
+            self._pair = None
+            if last is not None and params.open > 0.0:
+                return bank.rest, last[0], 0.35
+            return bank.rest, bank.rest, 0.0
+        cues = params.cues
+        if cues is not None and cues[-1] > 0.5:  # a bilabial: the lips meet
+            opening, width = bank.closed, float(np.median(bank.features[:, 1]))
+        else:
+            opening, width = bank.mapping.target(params.open, params.width, cues)
+        d = bank.distances(opening, width, bank.pose_of(source))
+        order = np.argsort(d)
+        a, b = int(order[0]), int(order[1])
+        if self._pair is not None and d[self._pair[0]] <= d[a] + STICK:
+            a = self._pair[0]
+            if b == a:
+                b = int(order[0])
+        self._pair = (a, b)
+        da, db = float(np.sqrt(d[a])), float(np.sqrt(d[b]))
+        t = da / (da + db) if da + db > 1e-9 else 0.0
+        return a, b, t
+
+    def _image(self, source: int, params: MouthParams, speaking: bool) -> np.ndarray:
+        base = self.avatar.frames[source]
+        a, b, t = self._choose(params, source, speaking)
+        return self.bank.paste(base, source, self.bank.blend(a, b, t))

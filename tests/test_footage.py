@@ -1,0 +1,196 @@
+"""Avatars from talking footage: the person's own mouths banked at preparation and served.
+
+The footage here is made on the spot: the built-in face rendered saying sentences (its
+mouth really opens and shuts, with the voice's own audio track), a silent idle render of
+the same face, and edited versions of the talking one (a cut to a different face, frames
+with no face).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtlipsync.engines.base import render_speech
+from rtlipsync.engines.cpu import CpuEngine
+from rtlipsync.engines.cpu.footage import FootageStream, footage_path, load_footage
+from rtlipsync.face.avatar import Avatar, load_avatar, prepare_avatar
+from rtlipsync.face.footage import FOOTAGE_VERSION
+from rtlipsync.media.audio import load_audio
+from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE
+from rtlipsync.media.video import Mp4Writer, read_video_frames
+from rtlipsync.render import render
+
+from conftest import espeak_pcm, write_wav
+
+SENTENCES = (
+    "Bob and Pam may buy a map of the bamboo market. Father saw a large dog on the far hill. "
+    "Who knew you could see the moon at noon? Eat each peach, then open the window wide."
+)
+
+
+@pytest.fixture(scope="module")
+def talking_video(default_avatar: Avatar, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in face saying `SENTENCES` (about 11 s, own audio)."""
+    out = tmp_path_factory.mktemp("footage") / "talking.mp4"
+    return render("default", out, text=SENTENCES, progress=False).path
+
+
+@pytest.fixture(scope="module")
+def talking_avatar(talking_video: Path) -> Avatar:
+    manifest = prepare_avatar("talker", talking_video, progress=False)
+    assert manifest["footage"]["talking"], manifest["footage"]
+    return load_avatar("talker")
+
+
+def _rewrite(source: Path, out: Path, edit) -> Path:  # noqa: ANN001 - frame → frame
+    """``source`` with each frame passed through ``edit(index, frame)``, same audio."""
+    frames = list(read_video_frames(source))
+    audio, _ = load_audio(source, SAMPLE_RATE)
+    h, w = frames[0].shape[:2]
+    with Mp4Writer(out, w, h, 25, SAMPLE_RATE) as writer:
+        for i, frame in enumerate(frames):
+            writer.write_video(edit(i, frame))
+            writer.write_audio(audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
+    return out
+
+
+def test_talking_footage_is_banked_and_a_silent_idle_video_is_not(
+    talking_avatar: Avatar, tmp_path: Path
+) -> None:
+    found = talking_avatar.manifest["footage"]
+    assert found["version"] == FOOTAGE_VERSION
+    assert found["mouths"] >= 150  # most of the ~11 s of frames
+    lo, hi = found["opening_range"]
+    assert lo < 0.01 and hi > 0.04  # shut lips and a properly open mouth are both banked
+    assert found["fitted_seconds"] > 8  # learned from the footage's own voice
+    assert found["message"].startswith(f"talking footage: {found['mouths']} mouths banked")
+    assert isinstance(CpuEngine().open_stream(talking_avatar), FootageStream)
+
+    silence = write_wav(tmp_path / "quiet.wav", np.zeros(4 * SAMPLE_RATE, np.int16), SAMPLE_RATE)
+    idle = render("default", tmp_path / "idle.mp4", audio=silence, progress=False).path
+    manifest = prepare_avatar("idler", idle, progress=False)
+    assert manifest["footage"]["talking"] is False
+    assert "does not talk" in manifest["footage"]["message"]
+    avatar = load_avatar("idler")
+    assert not footage_path(avatar).exists()
+    assert not isinstance(CpuEngine().open_stream(avatar), FootageStream)
+
+
+def test_the_bank_round_trips_through_the_avatar_store(
+    talking_avatar: Avatar, talking_video: Path, tmp_path: Path
+) -> None:
+    bank = load_footage(talking_avatar)
+    assert bank is not None and len(bank) == talking_avatar.manifest["footage"]["mouths"]
+    assert bank.mapping.weights is not None  # learned, not the fallback
+    patch = bank.patch(0)
+    assert patch.shape[:2] == bank.mask.shape
+    # Preparing the same source again is a no-op; a changed source is prepared again.
+    before = footage_path(talking_avatar).stat().st_mtime_ns
+    prepare_avatar("talker", talking_video, progress=False)
+    assert footage_path(talking_avatar).stat().st_mtime_ns == before
+    shorter = _rewrite(talking_video, tmp_path / "talking2.mp4", lambda i, f: f)
+    prepare_avatar("talker-2", shorter, progress=False)
+    again = load_avatar("talker-2")
+    assert footage_path(again).exists()
+    # A bank of another layout version is not served (the avatar falls back to the drawn
+    # mouth until it is prepared again).
+    data = dict(np.load(footage_path(again)))
+    data["version"] = np.array(FOOTAGE_VERSION + 1)
+    np.savez(footage_path(again), **data)
+    again.extras.clear()
+    assert load_footage(again) is None
+    assert not isinstance(CpuEngine().open_stream(again), FootageStream)
+    # No temporary folders are left in the store.
+    assert not [p for p in again.path.parent.iterdir() if p.name.startswith(".")]
+
+
+def _bank_region(avatar: Avatar, frame: int) -> np.ndarray:
+    """Where a banked mouth may land on ``frame``: the mask's box carried onto it."""
+    bank = load_footage(avatar)
+    assert bank is not None
+    x, y, w, h = bank.box
+    m = bank.placements[frame].astype(np.float64)
+    corners = np.array([[x, y], [x + w, y], [x, y + h], [x + w, y + h]], np.float64)
+    placed = corners @ m[:, :2].T + m[:, 2]
+    inside = np.zeros(avatar.frames[frame].shape[:2], bool)
+    x0, y0 = np.floor(placed.min(axis=0)).astype(int)
+    x1, y1 = np.ceil(placed.max(axis=0)).astype(int)
+    inside[max(y0, 0) : y1, max(x0, 0) : x1] = True
+    return inside
+
+
+def test_served_frames_change_only_inside_the_mouth_region_and_show_real_mouths(
+    talking_avatar: Avatar,
+) -> None:
+    stream = CpuEngine().open_stream(talking_avatar)
+    pcm = espeak_pcm("Mama made a lovely pie, and we ate it all at noon.")
+    frames = list(render_speech(stream, pcm))
+    openings = [f.mouth["open"] for f in frames]
+    assert max(openings) > 0.3
+    loop = talking_avatar.loop
+    changed_outside = 0
+    tiles = []
+    for f in frames:
+        source = int(loop[f.index % len(loop)])
+        base = talking_avatar.frames[source]
+        diff = np.abs(f.image.astype(int) - base.astype(int)).max(axis=2) > 0
+        changed_outside += int((diff & ~_bank_region(talking_avatar, source)).sum())
+        tiles.append(f.image[_bank_region(talking_avatar, source)].mean())
+    assert changed_outside == 0
+    # The shown mouths differ from frame to frame while speaking (not one frozen patch).
+    assert np.std(tiles) > 0.5
+
+
+def test_reset_mid_word_returns_to_the_resting_mouth_without_a_jump(
+    talking_avatar: Avatar,
+) -> None:
+    stream = CpuEngine().open_stream(talking_avatar)
+    bank = load_footage(talking_avatar)
+    assert bank is not None
+    pcm = espeak_pcm("Father saw a large dog on the far hill.")
+    frames = list(render_speech(stream, pcm[: len(pcm) // 2]))
+    assert frames
+    stream.reset()
+    first, second = stream.idle(), stream.idle()
+    # The idle frames show the avatar's own frame with the resting (shut) mouth.
+    loop = talking_avatar.loop
+    region = _bank_region(talking_avatar, int(loop[second.index % len(loop)]))
+    last = frames[-1].image.astype(int)
+    step1 = np.abs(first.image.astype(int) - last)[region].mean()
+    step2 = np.abs(second.image.astype(int) - first.image.astype(int))[region].mean()
+    assert step1 < 25 and step2 < 25  # no jump: it closes over a frame or two
+    assert not stream.pending
+    closed = bank.features[bank.rest, 0]
+    assert closed <= np.quantile(bank.features[:, 0], 0.1)
+
+
+def test_bad_footage_gets_a_clear_message_and_no_bank(talking_video: Path, tmp_path: Path) -> None:
+    import cv2
+
+    # A cut to a different face for most of the clip: the second shot is the face made
+    # wider (another face geometry), at another place in the frame.
+    def cut(i: int, frame: np.ndarray) -> np.ndarray:
+        if i < 100:
+            return frame
+        h, w = frame.shape[:2]
+        wide = cv2.resize(frame, (int(w * 1.45), h))[:, (int(w * 1.45) - w) // 2 :][:, :w]
+        return np.ascontiguousarray(wide)
+
+    other = _rewrite(talking_video, tmp_path / "cut.mp4", cut)
+    found = prepare_avatar("cutter", other, progress=False)["footage"]
+    assert found["talking"] is False
+    assert "not banked" in found["message"] and "another face or shot" in found["message"]
+    assert not footage_path(load_avatar("cutter")).exists()
+
+    # No face in most frames.
+    blank = _rewrite(
+        talking_video, tmp_path / "blank.mp4", lambda i, f: f if i < 60 else np.zeros_like(f)
+    )
+    found = prepare_avatar("blank", blank, progress=False)["footage"]
+    assert found["talking"] is False and "not banked" in found["message"]
+    manifest = json.loads((load_avatar("blank").path / "manifest.json").read_text())
+    assert manifest["footage"] == found
