@@ -228,7 +228,7 @@ def lower_face_region(
     centre_x = float(points[[61, 291], 0].mean())
     # The outline pulled in from the cheek edge and pushed down for an open jaw.
     outline = jaw.copy()
-    outline[:, 0] = centre_x + 0.88 * (outline[:, 0] - centre_x)
+    outline[:, 0] = centre_x + 0.75 * (outline[:, 0] - centre_x)
     low = np.clip((outline[:, 1] - top) / max(points[152, 1] - top, 1.0), 0.0, 1.0)
     outline[:, 1] += 0.28 * scale * low
     outline[:, 1] = np.maximum(outline[:, 1], top)
@@ -297,16 +297,27 @@ class MouthMapping:
     widths: np.ndarray  # (2,): real width's mean and spread
 
     RIDGE = 0.01  # per frame of training data
+    # A least-squares fit blurs quick closures into half-closed mouths (it predicts the
+    # average of what may follow). Raising the predicted opening (relative to the person's
+    # p90) to this power gives the near-closures back and leaves wide openings as they are.
+    CONTRAST = 1.6
 
     def target(self, open_: float, width: float, cues: np.ndarray | None) -> tuple[float, float]:
         """(opening, width) this person's mouth would show."""
         if self.weights is not None and cues is not None:
             x = np.append(cues, 1.0)
             pred = x @ self.weights
-            opening = float(np.interp(pred[0], self.predicted, self.real))
-            return opening, float(pred[1])
+            return self._contrast(float(np.interp(pred[0], self.predicted, self.real))), float(
+                pred[1]
+            )
         opening = float(np.interp(open_, self.predicted, self.real))
-        return opening, float(self.widths[0] + self.widths[1] * width)
+        return self._contrast(opening), float(self.widths[0] + self.widths[1] * width)
+
+    def _contrast(self, opening: float) -> float:
+        wide = float(self.real[90])  # the person's p90 opening
+        if wide <= 0:
+            return opening
+        return wide * (max(opening, 0.0) / wide) ** self.CONTRAST
 
     @classmethod
     def fit(cls, cues: np.ndarray | None, mouths: np.ndarray) -> MouthMapping:

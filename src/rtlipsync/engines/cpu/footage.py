@@ -25,11 +25,16 @@ from rtlipsync.articulation import MouthParams
 from rtlipsync.engines.cpu.engine import CpuStream
 from rtlipsync.face.avatar import Avatar
 from rtlipsync.face.footage import FILE, FOOTAGE_VERSION, MouthMapping
+from rtlipsync.face.landmarks import FACE_OVAL, face_scale
 
 # Weights of the selection distance, in units of the bank's own spread of each feature.
-W_OPENING, W_WIDTH, W_POSE = 1.0, 0.35, 0.2
+W_OPENING, W_WIDTH, W_POSE = 1.0, 0.35, 1.5
 STICK = 0.05  # keep the previous mouth while its distance is within this of the best
 CLOSED_QUANTILE = 0.03  # the opening of a shut mouth: this low quantile of the person's
+# A bilabial heard in the audio shuts the lips when this person's mapping already has the
+# mouth below this share of its wide (p90) opening: the acoustic evidence for a closure is
+# trusted where the rest of the cues agree, not over an open vowel it may have misheard.
+BILABIAL_BELOW = 1.0
 
 
 class FootageBank:
@@ -52,6 +57,7 @@ class FootageBank:
             self.info = json.loads(str(data["info"]))
         self._scale = self.features.std(axis=0) + 1e-6
         self._cache: dict[int, np.ndarray] = {}
+        self._limits: dict[tuple[int, tuple[int, int, int, int]], np.ndarray] = {}
         self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
         h, w = self.mask.shape
         self._grid_x, self._grid_y = np.meshgrid(
@@ -107,9 +113,37 @@ class FootageBank:
             return None
         return self.poses[frame]
 
-    def paste(self, image: np.ndarray, frame: int, mouth: np.ndarray) -> np.ndarray:
-        """``image`` (avatar frame ``frame``) with ``mouth`` (a reference-space patch) placed
-        and blended in; unchanged when the frame has no face of the reference person."""
+    def _inside_face(
+        self, frame: int, points: np.ndarray, region: tuple[int, int, int, int]
+    ) -> np.ndarray:
+        """(h, w, 1) weights over ``region`` (x0, y0, x1, y1) of avatar frame ``frame``: 1
+        inside that frame's own face outline (extended downward by the room a dropping jaw
+        needs), falling to 0 just inside its edge. A head turned away from the reference
+        narrows the face on one side; without this the patch would cover hair or background
+        there."""
+        key = (frame, region)
+        cached = self._limits.get(key)
+        if cached is not None:
+            return cached
+        x0, y0, x1, y1 = region
+        scale = face_scale(points)
+        oval = points[FACE_OVAL].astype(np.float64) - (x0, y0)
+        limit = np.zeros((y1 - y0, x1 - x0), np.float32)
+        for drop in np.linspace(0.0, 0.3 * scale, 4):
+            cv2.fillPoly(limit, [np.round(oval + (0, drop)).astype(np.int32)], 1.0)
+        margin = max(1, int(round(0.06 * scale)))
+        limit = cv2.erode(limit, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
+        limit = cv2.GaussianBlur(limit, (0, 0), max(1.0, 0.04 * scale))[..., None]
+        if len(self._limits) < 2048:
+            self._limits[key] = limit
+        return limit
+
+    def paste(
+        self, image: np.ndarray, frame: int, mouth: np.ndarray, points: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``image`` (avatar frame ``frame``, whose landmarks are ``points``) with ``mouth`` (a
+        reference-space patch) placed and blended in; unchanged when the frame has no face
+        of the reference person."""
         m = self.placements[frame] if frame < len(self.placements) else None
         out = image.copy()
         if m is None or np.isnan(m[0, 0]):
@@ -136,6 +170,8 @@ class FootageBank:
         warped = cv2.warpAffine(mouth, local, size, flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_REPLICATE).astype(np.float32)  # fmt: skip
         alpha = cv2.warpAffine(self.mask, local, size, flags=cv2.INTER_LINEAR)[..., None]
+        if points is not None and not np.isnan(points[0, 0]):
+            alpha = alpha * self._inside_face(frame, points, (x0, y0, x1, y1))
         region = image[y0:y1, x0:x1].astype(np.float32)
         # Match the patch's colour to the frame's where the mask fades out (lighting drifts
         # over a video, and the patch came from another moment of it).
@@ -189,10 +225,10 @@ class FootageStream(CpuStream):
                 return bank.rest, last[0], 0.35
             return bank.rest, bank.rest, 0.0
         cues = params.cues
-        if cues is not None and cues[-1] > 0.5:  # a bilabial: the lips meet
-            opening, width = bank.closed, float(np.median(bank.features[:, 1]))
-        else:
-            opening, width = bank.mapping.target(params.open, params.width, cues)
+        opening, width = bank.mapping.target(params.open, params.width, cues)
+        wide = float(bank.mapping.real[90])
+        if cues is not None and cues[-1] > 0.5 and opening < BILABIAL_BELOW * wide:
+            opening = bank.closed  # a bilabial: the lips meet
         d = bank.distances(opening, width, bank.pose_of(source))
         order = np.argsort(d)
         a, b = int(order[0]), int(order[1])
@@ -208,4 +244,5 @@ class FootageStream(CpuStream):
     def _image(self, source: int, params: MouthParams, speaking: bool) -> np.ndarray:
         base = self.avatar.frames[source]
         a, b, t = self._choose(params, source, speaking)
-        return self.bank.paste(base, source, self.bank.blend(a, b, t))
+        mouth = self.bank.blend(a, b, t)
+        return self.bank.paste(base, source, mouth, self.avatar.landmarks[source])
