@@ -65,7 +65,8 @@ def main() -> None:
                 gap = np.full((h, 6, 3), 255, np.uint8)
                 rows.append(np.hstack([pair[0][:h], gap, pair[1][:h]]))
     width = min(r.shape[1] for r in rows)
-    sheet = np.vstack([np.vstack([r[:, :width], np.full((6, width, 3), 255, np.uint8)]) for r in rows])
+    gap = np.full((6, width, 3), 255, np.uint8)
+    sheet = np.vstack([np.vstack([r[:, :width], gap]) for r in rows])
     out = args.out / f"footage-{args.clip.stem}.png"
     cv2.imwrite(str(out), sheet)
     print(out)
