@@ -26,6 +26,7 @@ from rtlipsync.engines.cpu.engine import CpuStream
 from rtlipsync.face.avatar import Avatar
 from rtlipsync.face.footage import FILE, FOOTAGE_VERSION, MouthMapping
 from rtlipsync.face.landmarks import FACE_OVAL, face_scale
+from rtlipsync.face.morph import meet
 
 # Weights of the selection distance, in units of the bank's own spread of each feature.
 W_OPENING, W_WIDTH, W_POSE = 1.0, 0.35, 1.5
@@ -58,11 +59,6 @@ class FootageBank:
         self._scale = self.features.std(axis=0) + 1e-6
         self._cache: dict[int, np.ndarray] = {}
         self._limits: dict[tuple[int, tuple[int, int, int, int]], np.ndarray] = {}
-        self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
-        h, w = self.mask.shape
-        self._grid_x, self._grid_y = np.meshgrid(
-            np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)
-        )
         self.closed = float(np.quantile(self.features[:, 0], CLOSED_QUANTILE))
         # The resting mouth: closed, at the person's usual width and a middling pose.
         rest_cost = (
@@ -93,19 +89,9 @@ class FootageBank:
 
     def blend(self, a: int, b: int, t: float) -> np.ndarray:
         """Mouth ``a`` moved a share ``t`` of the way to ``b`` (optical flow both ways)."""
-        fa = self.patch(a)
-        if t < 0.05 or a == b:
-            return fa
-        fb = self.patch(b)
-        ga, gb = cv2.cvtColor(fa, cv2.COLOR_BGR2GRAY), cv2.cvtColor(fb, cv2.COLOR_BGR2GRAY)
-        flow_ab = self._flow.calc(ga, gb, None)
-        flow_ba = self._flow.calc(gb, ga, None)
-        gx, gy = self._grid_x, self._grid_y
-        wa = cv2.remap(fa, gx - t * flow_ab[..., 0], gy - t * flow_ab[..., 1], cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-        wb = cv2.remap(fb, gx - (1 - t) * flow_ba[..., 0], gy - (1 - t) * flow_ba[..., 1],
-                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-        return cv2.addWeighted(wa, 1 - t, wb, t, 0)
+        if a == b:
+            return self.patch(a)
+        return meet(self.patch(a), self.patch(b), t)
 
     def pose_of(self, frame: int) -> np.ndarray | None:
         """Yaw and pitch of avatar frame ``frame`` (None: no face there)."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from rtlipsync.articulation import Articulator, MouthParams
 from rtlipsync.face.avatar import Avatar
-from rtlipsync.face.geometry import CROP
+from rtlipsync.face.morph import meet
 from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE
 
 if TYPE_CHECKING:
@@ -142,9 +142,6 @@ class Bank:
             self._offsets = data["offsets"]
             self._data = data["data"]
         self._cache: dict[tuple[int, int], np.ndarray] = {}
-        self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_FAST)
-        side = np.arange(CROP, dtype=np.float32)
-        self._grid_x, self._grid_y = np.meshgrid(side, side)  # for the per-frame warps
 
     def has(self, frame: int) -> bool:
         return frame in self.frames
@@ -164,20 +161,7 @@ class Bank:
         a, b = (int(i) for i in np.argsort(d)[:2])
         da, db = float(np.sqrt(d[a])), float(np.sqrt(d[b]))
         t = da / (da + db) if da + db > 1e-6 else 0.0
-        fa, fb = self.face(frame, a), self.face(frame, b)
-        if t < 0.05:
-            return fa
-        ga, gb = cv2.cvtColor(fa, cv2.COLOR_BGR2GRAY), cv2.cvtColor(fb, cv2.COLOR_BGR2GRAY)
-        flow_ab = self._flow.calc(ga, gb, None)
-        flow_ba = self._flow.calc(gb, ga, None)
-        grid_x, grid_y = self._grid_x, self._grid_y
-        # Each face moves part of the way toward the other, then the two are mixed.
-        # (a's pixel at x goes to x + t * flow_ab(x); sampled backwards, as an approximation)
-        wa = cv2.remap(fa, grid_x - t * flow_ab[..., 0], grid_y - t * flow_ab[..., 1],
-                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-        wb = cv2.remap(fb, grid_x - (1 - t) * flow_ba[..., 0], grid_y - (1 - t) * flow_ba[..., 1],
-                       cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
-        return cv2.addWeighted(wa, 1 - t, wb, t, 0)
+        return meet(self.face(frame, a), self.face(frame, b), t)
 
 
 def load_bank(avatar: Avatar) -> Bank | None:
