@@ -469,10 +469,12 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         def work(task: Task, progress: Progress) -> dict[str, Any]:
             options = PrepareOptions(bbox_shift=bbox_shift)
             m = prepare_avatar(name, source, options, progress=False, on_progress=progress)
+            found = m.get("footage") or {}
             return {
                 "name": m["name"],
                 "frames": m["frame_count"],
                 "faces_missing": len(m["faces_missing"]),
+                "footage": found.get("message"),  # "talking footage: 412 mouths banked, ..."
             }
 
         task = tasks.submit("avatar", work)
