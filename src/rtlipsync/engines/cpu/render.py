@@ -40,10 +40,21 @@ from rtlipsync.face.landmarks import (
 LOWER_SHARE = 0.72  # of a change in lip gap, how much the lower lip/jaw takes
 MAX_GAP = 0.62  # widest lip gap, in mouth half-widths
 WIDTH_SHIFT = 0.2  # corner travel for full spread/round, in mouth half-widths
+# Rounding (o, u, w) pulls the corners in further than spreading pushes them out: a rounded
+# mouth is visibly narrow and nearly circular, not a half-open one.
+ROUND_GAIN = 1.8
+
+
+def _corner_travel(width: float) -> float:
+    """The corners' travel for a width parameter, in `WIDTH_SHIFT` units."""
+    return width * ROUND_GAIN if width < 0 else width
+
+
 SMILE_LIFT = 0.10  # corner travel for a full smile, in mouth half-widths
 CLOSE_OVERLAP = 0.6
 
 
+EDGE_PX = 1.3  # width of the interior's soft edges, in pixels
 TEETH_GAP = 0.12  # lip gap (as `MouthParams.open`) that shows the upper teeth on f/v
 
 
@@ -191,11 +202,13 @@ class MouthRig:
         skin_mean = skin.mean(axis=0)
         light = float(np.clip(skin_mean.mean() / 160.0, 0.55, 1.0))
         lip_colour = lips.mean(axis=0) if len(lips) else np.array([90.0, 90.0, 160.0])
-        self.cavity = np.clip(lip_colour * 0.22 + np.array([8, 6, 14]), 0, 255) * light
+        # The inside of a mouth is a dark, warm red-brown (BGR), from the lips' own colour.
+        self.cavity = np.clip(lip_colour * np.array([0.16, 0.17, 0.30]) + 4, 0, 255) * light
         self.throat = self.cavity * 0.45
         cast = skin_mean / max(skin_mean.max(), 1.0) * 235.0
         self.teeth = np.clip((0.6 * np.array([226.0, 232.0, 236.0]) + 0.4 * cast) * light, 0, 255)
         self.tongue = np.clip(lip_colour * 0.75 + np.array([0, 10, 40]), 0, 255) * light
+        self.inner_lip = np.clip(lip_colour * 0.62, 0, 255)  # the lips' wet inner side
         self.tooth_px = max(2.0, 0.36 * self.half)  # width of a front tooth
 
     def lens(self, u: np.ndarray) -> np.ndarray:
@@ -211,7 +224,7 @@ class MouthRig:
             d_v = cv2.scaleAdd(self.k_press, -release, d_v)
         if params.smile:
             d_v = d_v + params.smile * self.k_smile
-        d_u = params.width * self.k_width
+        d_u = _corner_travel(params.width) * self.k_width
         if params.smile > 0:
             d_u = d_u + 0.5 * params.smile * self.k_width
         dx = d_u * self.ex[0] + d_v * self.ey[0]
@@ -234,7 +247,8 @@ class MouthRig:
         top = self.v_up - (1 - LOWER_SHARE) * change
         bottom = self.v_lo + LOWER_SHARE * change
         # Corners move with the width field; move the interior's u the same way.
-        u_new = self.u_line + params.width * WIDTH_SHIFT * np.clip(self.u_line, -1, 1)
+        travel = _corner_travel(params.width) * WIDTH_SHIFT
+        u_new = self.u_line + travel * np.clip(self.u_line, -1, 1)
         # The interior's bounding box in region pixels, from its outline.
         ox, oy = offset
         outline = np.concatenate([np.stack([u_new, top], 1), np.stack([u_new, bottom], 1)])
@@ -258,24 +272,44 @@ class MouthRig:
         lip_bot = np.interp(U, u_new, bottom)
         inside_u = np.abs(U) <= np.abs(u_new[[0, -1]]).max()
         gap = np.where(inside_u, lip_bot - lip_top, 0.0)
-        alpha = np.clip(V - lip_top + 0.5, 0, 1) * np.clip(lip_bot - V + 0.5, 0, 1) * (gap > 0.3)
+        # Edges a little over a pixel wide: the lips' inner edge is soft, never an outline.
+        alpha = (
+            np.clip((V - lip_top) / EDGE_PX + 0.5, 0, 1)
+            * np.clip((lip_bot - V) / EDGE_PX + 0.5, 0, 1)
+            * (gap > 0.3)
+        )
         if not alpha.any():
             return
         depth = np.clip((V - lip_top) / np.maximum(gap, 1e-3), 0, 1)
         side = np.clip(np.abs(U) / self.u_inner, 0, 1)
         shade = (1.0 - 0.6 * np.sin(np.pi * depth) * (1 - side**2))[..., None]
         colour = self.cavity * shade + self.throat * (1 - shade)
+        # The wet inner side of the lips turns into the dark of the mouth over a short
+        # distance (soft falloff), rather than the cavity starting at the lip line.
+        edge_w = np.maximum(1.2, 0.22 * gap)
+        near = np.exp(-np.minimum(V - lip_top, lip_bot - V).clip(0) / edge_w)[..., None]
+        colour = colour * (1 - near) + self.inner_lip * near
         # Upper teeth: a band under the upper lip, narrower than the mouth, shaded at the sides,
         # in the lip's shadow at the top, with faint gaps between the front teeth.
         tooth_h = np.minimum(0.40 * gap, 0.30 * self.half)
         # On f and v the lower lip comes up to the upper teeth: the gap is all teeth.
         tooth_h = tooth_h + params.teeth * (gap - tooth_h)
-        teeth_a = np.clip(lip_top + tooth_h - V + 0.5, 0, 1) * (1 - _smooth(side, 0.5, 0.95))
+        teeth_a = np.clip((lip_top + tooth_h - V) / EDGE_PX + 0.5, 0, 1) * (
+            1 - _smooth(side, 0.4, 0.9)
+        )
         down = np.clip((V - lip_top) / np.maximum(tooth_h, 1e-3), 0, 1)
-        tooth_shade = 1.0 - 0.35 * side**2 - 0.25 * np.exp(-((down / 0.18) ** 2)) - 0.1 * down**4
-        seams = np.abs(np.abs(U * self.half / self.tooth_px) % 1 - 0.5)
-        tooth_shade = tooth_shade * (1 - 0.18 * np.exp(-((seams - 0.5) ** 2) / 0.004))
-        teeth = self.teeth * np.clip(tooth_shade, 0.35, 1.0)[..., None]
+        # The upper lip overhangs the teeth: their top is in its shadow, the side teeth
+        # recede into the dark, and the biting edges catch a little less light.
+        tooth_shade = 1.0 - 0.45 * side**2 - 0.45 * np.exp(-((down / 0.3) ** 2)) - 0.15 * down**4
+        # Separate teeth: dark seams between them, each a little rounded at its biting edge
+        # and not quite the same shade as its neighbour.
+        pos = np.abs(U * self.half / self.tooth_px)
+        seams = np.abs(pos % 1 - 0.5)
+        tooth_shade = tooth_shade * (1 - 0.3 * np.exp(-((seams - 0.5) ** 2) / 0.006))
+        tooth_shade = tooth_shade * (1 - 0.06 * (np.floor(pos) % 2))
+        scallop = 1.0 - 0.12 * (2 * seams) ** 2  # the edge rises towards each seam
+        teeth_a = teeth_a * np.clip((lip_top + tooth_h * scallop - V) / EDGE_PX + 0.5, 0, 1)
+        teeth = self.teeth * np.clip(tooth_shade, 0.3, 1.0)[..., None]
         # Lower teeth and tongue only show when the mouth is well open.
         wide = float(_smooth(np.array(open_px / self.half), 0.25, 0.55))
         if wide > 0:
