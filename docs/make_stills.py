@@ -1,8 +1,9 @@
 """Write the mouth stills in docs/: closed, half-open, open, rounded and spread, on the default
-avatar and on a video avatar (``--video``), cropped around the face at full size, plus 3x
-close-ups of the mouth.
+avatar, on a video avatar (``--video``) and on a talking clip's still (``--clip``: its most
+closed-mouth frame, as the ground-truth measure uses), cropped around the face at full size,
+plus 3x close-ups of the mouth.
 
-    python docs/make_stills.py [--video PATH]
+    python docs/make_stills.py [--video PATH] [--clip PATH]
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def stills(name: str, frame_index: int, out_dir: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--video", type=Path, default=Path("../shared/media/sun.mp4"))
+    parser.add_argument(
+        "--clip", type=Path, default=Path("../shared/media/talking/video-retalking-2.mp4")
+    )
     args = parser.parse_args()
     out_dir = Path(__file__).parent
     ensure_default_avatar()
@@ -61,6 +65,17 @@ def main() -> None:
     if args.video.is_file():
         prepare_avatar(args.video.stem, args.video)
         stills(args.video.stem, 100, out_dir)
+    if args.clip.is_file():
+        import tempfile
+
+        from rtlipsync.eval.lips import most_closed_frame
+
+        still, _ = most_closed_frame(args.clip)
+        with tempfile.TemporaryDirectory() as tmp:
+            image = Path(tmp) / "still.png"
+            cv2.imwrite(str(image), still)
+            prepare_avatar(f"still-{args.clip.stem}", image)
+        stills(f"still-{args.clip.stem}", 0, out_dir)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ MAX_GAP = 0.62  # widest lip gap, in mouth half-widths
 WIDTH_SHIFT = 0.2  # corner travel for full spread/round, in mouth half-widths
 # Rounding (o, u, w) pulls the corners in further than spreading pushes them out: a rounded
 # mouth is visibly narrow and nearly circular, not a half-open one.
-ROUND_GAIN = 1.8
+ROUND_GAIN = 1.5
 
 
 def _corner_travel(width: float) -> float:
@@ -206,7 +206,10 @@ class MouthRig:
         self.cavity = np.clip(lip_colour * np.array([0.16, 0.17, 0.30]) + 4, 0, 255) * light
         self.throat = self.cavity * 0.45
         cast = skin_mean / max(skin_mean.max(), 1.0) * 235.0
-        self.teeth = np.clip((0.6 * np.array([226.0, 232.0, 236.0]) + 0.4 * cast) * light, 0, 255)
+        # Teeth inside a mouth sit in the lips' shade: a little under the face's own light.
+        self.teeth = np.clip(
+            (0.5 * np.array([226.0, 232.0, 236.0]) + 0.5 * cast) * light * 0.9, 0, 255
+        )
         self.tongue = np.clip(lip_colour * 0.75 + np.array([0, 10, 40]), 0, 255) * light
         self.inner_lip = np.clip(lip_colour * 0.62, 0, 255)  # the lips' wet inner side
         self.tooth_px = max(2.0, 0.36 * self.half)  # width of a front tooth
