@@ -145,6 +145,22 @@ def test_served_frames_change_only_inside_the_mouth_region_and_show_real_mouths(
     assert np.std(tiles) > 0.5
 
 
+def test_the_idle_loop_of_a_talking_avatar_keeps_its_mouth_shut(talking_avatar: Avatar) -> None:
+    from rtlipsync.face.landmarks import FaceLandmarker, lip_gap
+
+    stream = CpuEngine().open_stream(talking_avatar)
+    shown, own = [], []
+    with FaceLandmarker(video=True) as lm:
+        for _ in range(100):  # 4 s of the loop: the footage talks all through it
+            frame = stream.idle()
+            shown.append(lip_gap(lm.detect(frame.image)))
+    with FaceLandmarker(video=True) as lm:
+        for k in range(100):
+            own.append(lip_gap(lm.detect(talking_avatar.frames[int(talking_avatar.loop[k])])))
+    assert max(own) > 0.04  # the footage's own mouth opens in these frames
+    assert max(shown) < 0.015 and np.median(shown) < 0.008  # the idle mouth stays shut
+
+
 def test_reset_mid_word_returns_to_the_resting_mouth_without_a_jump(
     talking_avatar: Avatar,
 ) -> None:

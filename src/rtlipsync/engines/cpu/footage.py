@@ -36,6 +36,10 @@ CLOSED_QUANTILE = 0.03  # the opening of a shut mouth: this low quantile of the 
 # mouth below this share of its wide (p90) opening: the acoustic evidence for a closure is
 # trusted where the rest of the cues agree, not over an open vowel it may have misheard.
 BILABIAL_BELOW = 1.0
+# Memory bounds per avatar (shared by its sessions): decoded mouths kept, and per-frame face
+# outlines kept (as bytes; the rest are made again, about a millisecond each).
+DECODED = 256
+LIMITS_KEPT = 1024
 
 
 class FootageBank:
@@ -72,10 +76,15 @@ class FootageBank:
         return len(self.features)
 
     def patch(self, k: int) -> np.ndarray:
-        if k not in self._cache:
+        """Banked mouth ``k``, decoded (the most recently used `DECODED` are kept)."""
+        face = self._cache.pop(k, None)
+        if face is None:
             blob = self._data[self._offsets[k] : self._offsets[k + 1]]
-            self._cache[k] = cv2.imdecode(blob, cv2.IMREAD_COLOR)
-        return self._cache[k]
+            face = cv2.imdecode(blob, cv2.IMREAD_COLOR)
+        self._cache[k] = face  # most recent last
+        while len(self._cache) > DECODED:
+            del self._cache[next(iter(self._cache))]
+        return face
 
     def distances(self, opening: float, width: float, pose: np.ndarray | None) -> np.ndarray:
         f, s = self.features, self._scale
@@ -110,7 +119,7 @@ class FootageBank:
         key = (frame, region)
         cached = self._limits.get(key)
         if cached is not None:
-            return cached
+            return cached.astype(np.float32)[..., None] / 255.0
         x0, y0, x1, y1 = region
         scale = face_scale(points)
         oval = points[FACE_OVAL].astype(np.float64) - (x0, y0)
@@ -119,10 +128,11 @@ class FootageBank:
             cv2.fillPoly(limit, [np.round(oval + (0, drop)).astype(np.int32)], 1.0)
         margin = max(1, int(round(0.06 * scale)))
         limit = cv2.erode(limit, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
-        limit = cv2.GaussianBlur(limit, (0, 0), max(1.0, 0.04 * scale))[..., None]
-        if len(self._limits) < 2048:
-            self._limits[key] = limit
-        return limit
+        limit = cv2.GaussianBlur(limit, (0, 0), max(1.0, 0.04 * scale))
+        kept = np.round(limit * 255).astype(np.uint8)  # the same weights, kept or not
+        if len(self._limits) < LIMITS_KEPT:
+            self._limits[key] = kept
+        return kept.astype(np.float32)[..., None] / 255.0
 
     def paste(
         self, image: np.ndarray, frame: int, mouth: np.ndarray, points: np.ndarray | None = None
