@@ -36,9 +36,21 @@ def parse_files(tmp_path_factory) -> Path:  # noqa: ANN001
     backbone = ResNet18().state_dict()  # torchvision's file also holds its classifier
     backbone["fc.weight"] = torch.randn(1000, 512)
     backbone["fc.bias"] = torch.randn(1000)
-    torch.save(backbone, folder / "resnet18-5c106cde.pth")
-    torch.save(BiSeNet(19).state_dict(), folder / "79999_iter.pth")
+    # Both published files use torch's legacy (pre-zip) serialisation: written the same way.
+    torch.save(backbone, folder / "resnet18-5c106cde.pth", _use_new_zipfile_serialization=False)
+    torch.save(
+        BiSeNet(19).state_dict(), folder / "79999_iter.pth", _use_new_zipfile_serialization=False
+    )
     return root
+
+
+def test_the_files_use_the_published_serialisation(parse_files: Path) -> None:
+    import zipfile
+
+    for name in ("resnet18-5c106cde.pth", "79999_iter.pth"):
+        path = parse_files / "face-parse-bisent" / name
+        assert not zipfile.is_zipfile(path)
+        assert path.read_bytes()[:2] == b"\x80\x02"  # a pickle protocol-2 header, as published
 
 
 def test_the_files_have_the_published_sizes(parse_files: Path) -> None:

@@ -106,7 +106,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"{path} is missing: run `rtlipsync models download musetalk`")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # Newer files are zip archives, read lazily (mmap); some published ones (the face-
+        # parsing BiSeNet and torchvision's ResNet18) use torch's legacy serialisation,
+        # which cannot be mapped and is read whole. Both are loaded as tensors only.
+        state = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as exc:
         raise WeightsError(
             f"{path} is not a PyTorch checkpoint ({type(exc).__name__}); download it again"
