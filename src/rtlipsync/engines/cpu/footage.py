@@ -31,7 +31,7 @@ from rtlipsync.face.morph import meet
 # Weights of the selection distance, in units of the bank's own spread of each feature.
 W_OPENING, W_WIDTH, W_POSE = 1.0, 0.35, 1.5
 STICK = 0.05  # keep the previous mouth while its distance is within this of the best
-CLOSED_QUANTILE = 0.03  # the opening of a shut mouth: this low quantile of the person's
+CLOSED_QUANTILE = 0.03  # a shut mouth's opening: this low quantile of the person's openings
 # A bilabial heard in the audio shuts the lips when this person's mapping already has the
 # mouth below this share of its wide (p90) opening: the acoustic evidence for a closure is
 # trusted where the rest of the cues agree, not over an open vowel it may have misheard.
