@@ -92,10 +92,24 @@ def test_the_bank_round_trips_through_the_avatar_store(
     before = footage_path(talking_avatar).stat().st_mtime_ns
     prepare_avatar("talker", talking_video, progress=False)
     assert footage_path(talking_avatar).stat().st_mtime_ns == before
+    # The same name from changed footage (its first 4 s only): prepared again, a new bank.
+    prepare_avatar("talker-2", talking_video, progress=False)
+    first = load_footage(load_avatar("talker-2"))
+    assert first is not None
     shorter = _rewrite(talking_video, tmp_path / "talking2.mp4", lambda i, f: f)
-    prepare_avatar("talker-2", shorter, progress=False)
+    frames = list(read_video_frames(shorter))[:100]
+    audio, _ = load_audio(shorter, SAMPLE_RATE)
+    cut = tmp_path / "talking-4s.mp4"
+    with Mp4Writer(cut, frames[0].shape[1], frames[0].shape[0], 25, SAMPLE_RATE) as writer:
+        for i, frame in enumerate(frames):
+            writer.write_video(frame)
+            writer.write_audio(audio[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES])
+    manifest = prepare_avatar("talker-2", cut, progress=False)
     again = load_avatar("talker-2")
-    assert footage_path(again).exists()
+    bank = load_footage(again)
+    assert bank is not None and bank is not first
+    assert manifest["footage"]["mouths"] == len(bank) < len(first)
+    assert int(bank.source_frames.max()) < 100  # only the new footage's frames
     # A bank of another layout version is not served (the avatar falls back to the drawn
     # mouth until it is prepared again).
     data = dict(np.load(footage_path(again)))
