@@ -81,6 +81,37 @@ def test_silence_shows_the_avatar_and_speech_only_the_mouth(
     assert x1 - 2 <= xs.min() and xs.max() <= x2 + 2
 
 
+def test_quiet_noise_is_not_speech_and_speech_fades_in(engine, default_avatar, speech16k) -> None:  # noqa: ANN001
+    """Silence is what the voice activity model hears, not a loudness threshold: room noise
+    louder than the old RMS rule's 100 shows the avatar's own face; speech's first frames
+    crossfade from the avatar's face to the generated one; "off" renders every frame."""
+    from rtlipsync.engines.musetalk.presence import FADE, SpeechPresence
+    from rtlipsync.errors import InputError
+
+    rng = np.random.default_rng(0)
+    noise = np.clip(rng.normal(0, 400, 16000 // 2), -32768, 32767).astype(np.int16)
+    assert np.sqrt(np.mean(noise.astype(float) ** 2)) > 100
+    pcm = np.concatenate([noise, np.zeros(16000 // 4, np.int16), speech16k.pcm[:16000]])
+    own = default_avatar.frames[0]
+    frames = list(render_speech(engine.open_stream(default_avatar), pcm))
+    assert all(np.array_equal(f.image, own) for f in frames[:12])  # the noise: no lips
+    presence = SpeechPresence()
+    presence.push(pcm)
+    presence.end()
+    weights = [presence.weight(f) for f in range(len(frames))]
+    onset = next(f for f, w in enumerate(weights) if w == 1.0)
+    assert 12 < onset and 0 < weights[onset - 1] < 1 and weights[onset - FADE - 1] == 0
+    full = MuseTalkEngine(engine.nets, batch_size=4, silence="off")
+    everything = list(render_speech(full.open_stream(default_avatar), pcm))
+    assert sum(not np.array_equal(f.image, own) for f in everything[:12]) >= 10  # "off"
+    for f in range(onset - FADE, onset + 1):  # the crossfade, frame by frame
+        w = weights[f]
+        expected = w * everything[f].image.astype(float) + (1 - w) * own.astype(float)
+        assert np.abs(frames[f].image.astype(float) - expected).max() <= 2.0
+    with pytest.raises(InputError, match="unknown silence mode"):
+        MuseTalkEngine(engine.nets, silence="rms")
+
+
 def test_a_clock_taking_one_frame_per_tick_renders_each_frame_once(
     engine, default_avatar, speech16k
 ) -> None:  # noqa: ANN001

@@ -8,7 +8,9 @@
   the VAE in batches, and the face is pasted back into the avatar's own frame.
 - On a GPU the face is pasted back on the device (`DeviceBlend`); on the CPU, by `paste`.
 - Silence is not sent through the network (MuseTalk moves the lips in silence, a known
-  artefact of its training data): a silent frame is the avatar's own frame.
+  artefact of its training data): a frame the voice activity model hears no speech in is
+  the avatar's own frame, with a crossfade at speech's edges (`presence`). ``silence="off"``
+  renders every frame, as the official code does (for parity checks).
 - ``reset`` drops everything at once; the idle loop position keeps running.
 """
 
@@ -27,6 +29,7 @@ import torch
 
 from rtlipsync.engines.musetalk.features import AudioFeatures
 from rtlipsync.engines.musetalk.pipeline import Batcher, DeviceBlend, Generator, encode_crops
+from rtlipsync.engines.musetalk.presence import SpeechPresence
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import Avatar, blend_masks
 from rtlipsync.face.geometry import Region, crop_face, paste, paste_region
@@ -34,7 +37,6 @@ from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE, AVFrame, SpeechCh
 
 log = logging.getLogger(__name__)
 
-SILENCE_RMS = 100.0  # int16 RMS below which a frame's 40 ms is silence (about -50 dBFS)
 _SILENCE = np.zeros(FRAME_SAMPLES, np.int16)
 
 
@@ -106,9 +108,14 @@ class MuseTalkNets:
 class MuseTalkEngine:
     name = "musetalk"
 
-    def __init__(self, nets: MuseTalkNets, batch_size: int = 8) -> None:
+    def __init__(self, nets: MuseTalkNets, batch_size: int = 8, silence: str = "vad") -> None:
+        """``silence``: "vad" shows the avatar's own face where no speech is heard (with a
+        crossfade); "off" renders every frame, as the official code does."""
+        if silence not in SILENCE_MODES:
+            raise InputError(f"unknown silence mode {silence!r}: use {' or '.join(SILENCE_MODES)}")
         self.nets = nets
         self.batch_size = batch_size
+        self.silence = silence
 
     def prepare(self, avatar: Avatar, **options: Any) -> None:
         _latents(avatar, self.nets)
@@ -119,7 +126,9 @@ class MuseTalkEngine:
         _parse_masks(avatar, self.nets)
         masks = blend_masks(avatar)
         blend = _device_blend(avatar, self.nets, masks) if self.nets.device_blend else None
-        return MuseTalkStream(avatar, self.nets, latents, masks, self.batch_size, blend)
+        return MuseTalkStream(
+            avatar, self.nets, latents, masks, self.batch_size, blend, self.silence
+        )
 
 
 def _device_blend(
@@ -194,9 +203,13 @@ def _parse_masks(avatar: Avatar, nets: MuseTalkNets) -> None:
     avatar.extras.pop("blend_masks", None)
 
 
+SILENCE_MODES = ("vad", "off")
+
+
 class _Utterance:
-    def __init__(self, nets: MuseTalkNets) -> None:
+    def __init__(self, nets: MuseTalkNets, silence: str) -> None:
         self.features = AudioFeatures(nets.encoder, nets.extractor, str(nets.generate.device))
+        self.presence = SpeechPresence() if silence == "vad" else None
         self.audio = np.zeros(0, np.int16)
         self.made = 0  # frames produced
         self.ended = False
@@ -205,6 +218,16 @@ class _Utterance:
     def frames_total(self) -> int:
         # Ended utterances were padded to whole frames.
         return len(self.audio) // FRAME_SAMPLES
+
+    def frames_ready(self) -> int:
+        ready = min(self.features.frames_ready(), self.frames_total)
+        if self.presence is not None:
+            ready = min(ready, self.presence.frames_ready())
+        return ready
+
+    def weight(self, frame: int) -> float:
+        """How much of ``frame`` is the generated face (1 with silence handling off)."""
+        return 1.0 if self.presence is None else self.presence.weight(frame)
 
 
 class MuseTalkStream:
@@ -220,8 +243,10 @@ class MuseTalkStream:
         masks: tuple[np.ndarray, np.ndarray],
         batch_size: int,
         blend: DeviceBlend | None = None,
+        silence: str = "vad",
     ) -> None:
         self.avatar = avatar
+        self.silence = silence
         self.nets = nets
         self.latents = latents
         self.masks, self.mask_boxes = masks
@@ -239,15 +264,20 @@ class MuseTalkStream:
 
     def push(self, chunk: SpeechChunk) -> None:
         if not self._utterances or self._utterances[-1].ended:
-            self._utterances.append(_Utterance(self.nets))
+            self._utterances.append(_Utterance(self.nets, self.silence))
         u = self._utterances[-1]
         u.audio = np.concatenate([u.audio, chunk.pcm])
         u.features.push(chunk.pcm)
+        if u.presence is not None:
+            u.presence.push(chunk.pcm)
         if chunk.end_of_utterance:
             pad = (-len(u.audio)) % FRAME_SAMPLES
             u.audio = np.concatenate([u.audio, np.zeros(pad, np.int16)])
             u.features.push(np.zeros(pad, np.int16))  # the last part-frame is played too
             u.features.end()
+            if u.presence is not None:
+                u.presence.push(np.zeros(pad, np.int16))
+                u.presence.end()
             u.ended = True
 
     def frames(self) -> Iterator[AVFrame]:
@@ -260,7 +290,7 @@ class MuseTalkStream:
             if not self._utterances:
                 return
             u = self._utterances[0]
-            ready = min(u.features.frames_ready(), u.frames_total)
+            ready = u.frames_ready()
             if u.made >= ready:
                 if u.ended and u.made >= u.frames_total:
                     self._utterances.popleft()
@@ -276,10 +306,10 @@ class MuseTalkStream:
             f = u.made + k
             audio = u.audio[f * FRAME_SAMPLES : (f + 1) * FRAME_SAMPLES]
             source = int(loop[(self._index + k) % len(loop)])
-            rms = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
+            weight = u.weight(f)
             region = paste_region(self.avatar.frames[source].shape, self.mask_boxes[source])
-            talk = rms >= SILENCE_RMS and self.avatar.boxes[source][0] >= 0 and region is not None
-            plan.append((f, audio, source, region if talk else None))
+            talk = weight > 0 and self.avatar.boxes[source][0] >= 0 and region is not None
+            plan.append((f, audio, source, region if talk else None, weight))
         talking = [p for p in plan if p[3] is not None]
         pasted: dict[int, np.ndarray] = {}  # frame → its image with the face in
         if talking:
@@ -292,10 +322,14 @@ class MuseTalkStream:
                 # The speech goes on with the avatar's own face rather than stopping the clock.
                 log.error("MuseTalk could not render %d frames: %s", len(talking), exc)
                 rows = []
-            for (f, _, source, region), row in zip(talking, rows, strict=False):
+            for (f, _, source, region, weight), row in zip(talking, rows, strict=False):
                 pasted[f] = self._paste(source, row, region)
+                if weight < 1.0:  # at speech's edges: part generated, part the avatar's own
+                    own = self.avatar.frames[source][region].astype(np.float32)
+                    mixed = weight * pasted[f][region].astype(np.float32) + (1 - weight) * own
+                    pasted[f][region] = np.round(mixed).astype(np.uint8)
         out = []
-        for f, audio, source, _ in plan:
+        for f, audio, source, _, _ in plan:
             image = pasted[f] if f in pasted else self.avatar.frames[source].copy()
             out.append(AVFrame(image=image, audio=audio, index=self._index, speaking=True))
             self._index += 1
