@@ -83,7 +83,7 @@ def bake(avatar: Avatar, engine: MuseTalkEngine, progress: bool = True) -> Path:
     from rtlipsync.engines.musetalk.engine import _latents
 
     windows = state_windows(engine)
-    latents = _latents(avatar, engine.nets)
+    latents = _latents(avatar, engine.nets, engine.latents, engine.seed)
 
     def faces(frame: int) -> list[np.ndarray]:
         batch = torch.from_numpy(np.repeat(latents[frame : frame + 1], len(windows), axis=0))

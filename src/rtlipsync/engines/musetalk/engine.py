@@ -108,21 +108,34 @@ class MuseTalkNets:
 class MuseTalkEngine:
     name = "musetalk"
 
-    def __init__(self, nets: MuseTalkNets, batch_size: int = 8, silence: str = "vad") -> None:
+    def __init__(
+        self,
+        nets: MuseTalkNets,
+        batch_size: int = 8,
+        silence: str = "vad",
+        latents: str = "mean",
+        seed: int = 0,
+    ) -> None:
         """``silence``: "vad" shows the avatar's own face where no speech is heard (with a
-        crossfade); "off" renders every frame, as the official code does."""
+        crossfade); "off" renders every frame, as the official code does. ``latents``: the
+        VAE posterior's "mean" (default, repeatable) or a "sample" drawn with ``seed`` (the
+        official code samples)."""
         if silence not in SILENCE_MODES:
             raise InputError(f"unknown silence mode {silence!r}: use {' or '.join(SILENCE_MODES)}")
+        if latents not in LATENT_MODES:
+            raise InputError(f"unknown latents {latents!r}: use {' or '.join(LATENT_MODES)}")
         self.nets = nets
         self.batch_size = batch_size
         self.silence = silence
+        self.latents = latents
+        self.seed = seed
 
     def prepare(self, avatar: Avatar, **options: Any) -> None:
-        _latents(avatar, self.nets)
+        _latents(avatar, self.nets, self.latents, self.seed)
         _parse_masks(avatar, self.nets)
 
     def open_stream(self, avatar: Avatar) -> MuseTalkStream:
-        latents = _latents(avatar, self.nets)
+        latents = _latents(avatar, self.nets, self.latents, self.seed)
         _parse_masks(avatar, self.nets)
         masks = blend_masks(avatar)
         blend = _device_blend(avatar, self.nets, masks) if self.nets.device_blend else None
@@ -153,29 +166,40 @@ def _vae_key(vae: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _latents(avatar: Avatar, nets: MuseTalkNets) -> np.ndarray:
-    """(N, 8, 32, 32) float32 crop latents of every frame (zeros where no face), cached."""
-    key = nets.vae_key
+LATENT_MODES = ("mean", "sample")
+
+
+def _latents(avatar: Avatar, nets: MuseTalkNets, mode: str = "mean", seed: int = 0) -> np.ndarray:
+    """(N, 8, 32, 32) float32 crop latents of every frame (zeros where no face), cached per
+    VAE and ``mode``: the posterior's "mean" (the default: an avatar always gives the same
+    latents, so renders repeat), or a "sample" drawn with ``seed``, as the official code
+    draws one (unseeded there)."""
+    name = "latents" if mode == "mean" else f"latents-sample{seed}"
+    key = f"{nets.vae_key}:{name}"
     cached = avatar.extras.get("musetalk")
     if cached is not None and cached[0] == key:
         return cached[1]
     folder = avatar.path / "musetalk"
-    info = folder / "latents.json"
-    path = folder / "latents.npy"
-    if info.exists() and path.exists() and json.loads(info.read_text()).get("vae") == key:
+    info = folder / f"{name}.json"
+    path = folder / f"{name}.npy"
+    if info.exists() and path.exists() and json.loads(info.read_text()).get("vae") == nets.vae_key:
         latents = np.load(path)
     else:
+        generator = None
+        if mode == "sample":
+            generator = torch.Generator(device=str(next(nets.vae.parameters()).device))
+            generator.manual_seed(seed)
         latents = np.zeros((len(avatar.frames), 8, 32, 32), np.float32)
         faces = [i for i, box in enumerate(avatar.boxes) if box[0] >= 0]
         for start in range(0, len(faces), 8):
             batch = faces[start : start + 8]
             crops = np.stack([crop_face(avatar.frames[i], avatar.boxes[i]) for i in batch])
-            latents[batch] = encode_crops(nets.vae, crops).float().cpu().numpy()
+            latents[batch] = encode_crops(nets.vae, crops, generator).float().cpu().numpy()
         folder.mkdir(exist_ok=True)
-        tmp = folder / "latents.tmp.npy"
+        tmp = folder / f"{name}.tmp.npy"
         np.save(tmp, latents)
         tmp.replace(path)
-        info.write_text(json.dumps({"vae": key, "frames": len(latents)}))
+        info.write_text(json.dumps({"vae": nets.vae_key, "frames": len(latents), "mode": mode}))
     avatar.extras["musetalk"] = (key, latents)
     return latents
 

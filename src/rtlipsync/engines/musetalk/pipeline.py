@@ -42,17 +42,23 @@ def masked(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_crops(vae: torch.nn.Module, crops: np.ndarray) -> torch.Tensor:
-    """(B, 8, 32, 32) latents: [masked, reference] on channels, each scaled VAE means.
+def encode_crops(
+    vae: torch.nn.Module, crops: np.ndarray, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B, 8, 32, 32) latents: [masked, reference] on channels, each scaled.
 
-    The mean (``mode``) rather than a sample: the same avatar always gives the same latents.
+    By default the posterior's mean: the same avatar always gives the same latents. With a
+    ``generator`` they are drawn from the posterior, as the official code does (unseeded
+    there; seeded here, so a parity check can be repeated).
     """
     param = next(vae.parameters())
     images = to_tensor(crops).to(param.device, param.dtype)
     scale = vae.config.scaling_factor
 
     def encode(x: torch.Tensor) -> torch.Tensor:
-        return vae.encode(x).latent_dist.mode() * scale
+        posterior = vae.encode(x).latent_dist
+        drawn = posterior.mode() if generator is None else posterior.sample(generator)
+        return drawn * scale
 
     return torch.cat([encode(masked(images)), encode(images)], dim=1)
 
