@@ -239,6 +239,16 @@ class Articulator:
             for h in range(max(a, self._frames_out * HOPS_PER_FRAME + LEAD - PAST), b):
                 self._forced[h] = INDEX[name]
 
+    def whole(self, pcm: np.ndarray, phonemes: tuple[Phoneme, ...] = ()) -> list[MouthParams]:
+        """Every frame of one whole utterance (offline work): the same frames a stream of it
+        gives, however it is chunked."""
+        self.push(pcm, phonemes)
+        self.finish()
+        frames = []
+        while self.frames_ready() > 0:
+            frames.append(self.take())
+        return frames
+
     def finish(self) -> None:
         """Pad silence so every pushed sample's frame (and its look-ahead) can be taken."""
         self.aligner.end_text()

@@ -208,9 +208,10 @@ def footage_truth(
     ``share`` (video and audio, ``footage-<name>`` in the data root), driven by the audio of
     the rest, and compared with the real rest. Nothing of the compared part is seen when
     the avatar is made."""
-    from rtlipsync.media.audio import load_audio
+    from rtlipsync.media.audio import load_audio, to_int16
     from rtlipsync.media.frames import FPS, SAMPLE_RATE
     from rtlipsync.media.video import Mp4Writer, read_video_frames
+    from rtlipsync.speech.asr import wav_bytes
 
     truth = Path(truth)
     real = opening_curve(truth, progress)
@@ -230,25 +231,13 @@ def footage_truth(
                 writer.write_audio(audio[k * SAMPLE_RATE // FPS : (k + 1) * SAMPLE_RATE // FPS])
         prepare_avatar(name, first, progress=progress)
         rest = Path(tmp) / "rest.wav"
-        _write_wav(rest, audio[cut * SAMPLE_RATE // FPS :], SAMPLE_RATE)
+        rest.write_bytes(wav_bytes(to_int16(audio[cut * SAMPLE_RATE // FPS :]), SAMPLE_RATE))
         out = Path(keep or tmp) / f"{truth.stem}-footage.mp4"
         render(name, out, audio=rest, progress=progress, engine=engine)
         rendered = opening_curve(out, progress)
     later = real.times >= cut_s - 1e-6
     tail = OpeningCurve(real.times[later] - cut_s, real.values[later])
     return ClipReport(truth.name, compare(rendered, tail))
-
-
-def _write_wav(path: Path, samples: np.ndarray, rate: int) -> None:
-    import wave
-
-    from rtlipsync.media.audio import to_int16
-
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(rate)
-        f.writeframes(to_int16(samples).tobytes())
 
 
 def medians(reports: list[ClipReport]) -> dict[str, float | None]:

@@ -144,12 +144,9 @@ class FootageCollector:
         self.box: tuple[int, int, int, int] | None = None  # x, y, w, h in reference pixels
         self.mask: np.ndarray | None = None
         self.frames = 0
-        self.faces = 0
-        self.other_face = 0
-        self.cuts: list[int] = []  # frames where a new shot starts
+        self.other_face = 0  # frames of shots showing another face (set by `same_person`)
         self.patches: dict[int, bytes] = {}
         self.features: dict[int, np.ndarray] = {}
-        self._ref_shape: np.ndarray | None = None
         self._shot_shapes: list[list[np.ndarray]] = []  # per shot, each face's shape
         self._shot_of: dict[int, int] = {}
         self._last: tuple[np.ndarray, float, np.ndarray] | None = None
@@ -158,10 +155,9 @@ class FootageCollector:
         self.frames += 1
         if points is None:
             return
-        self.faces += 1
         if self.reference is None:
             self._set_reference(points, frame.shape)
-        assert self._ref_shape is not None and self.reference is not None
+        assert self.reference is not None
         self._track(index, points)
         try:
             to_ref = _similarity(points[STABLE], self.reference[STABLE])
@@ -195,7 +191,6 @@ class FootageCollector:
             resized = abs(np.log(max(scale, 1e-6) / max(s0, 1e-6)))
             if jump > CUT_JUMP or resized > CUT_JUMP or np.abs(shape - sh0).mean() > CUT_SHAPE:
                 self._shot_shapes.append([])
-                self.cuts.append(index)
         self._last = (centre, scale, shape)
         self._shot_shapes[-1].append(shape)
         self._shot_of[index] = len(self._shot_shapes) - 1
@@ -212,7 +207,6 @@ class FootageCollector:
 
     def _set_reference(self, points: np.ndarray, shape: tuple[int, ...]) -> None:
         self.reference = points.copy()
-        self._ref_shape = _shape(points)
         self.box, self.mask = lower_face_region(points, shape)
 
 
@@ -342,17 +336,8 @@ def footage_cues(audio: np.ndarray) -> np.ndarray:
     from rtlipsync.articulation import Articulator
     from rtlipsync.media.audio import to_int16
 
-    articulator = Articulator()
     pcm = to_int16(audio)
-    step = 16000
-    rows = []
-    for start in range(0, len(pcm), step):
-        articulator.push(pcm[start : start + step])
-        while articulator.frames_ready() > 0:
-            rows.append(articulator.take().cues)
-    articulator.finish()
-    while articulator.frames_ready() > 0:
-        rows.append(articulator.take().cues)
+    rows = [p.cues for p in Articulator().whole(pcm)]
     return np.array(rows[: len(pcm) // (16000 // FPS)], np.float32)
 
 

@@ -17,14 +17,14 @@ two equally good frames.
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 
-from rtlipsync.articulation import MouthParams
+from rtlipsync.articulation import CUES, MouthParams
 from rtlipsync.engines.cpu.engine import CpuStream
 from rtlipsync.face.avatar import Avatar
 from rtlipsync.face.footage import FILE, FOOTAGE_VERSION, MouthMapping
@@ -40,10 +40,11 @@ CLOSED_QUANTILE = 0.03  # a shut mouth's opening: this low quantile of the perso
 # mouth below this share of its wide (p90) opening: the acoustic evidence for a closure is
 # trusted where the rest of the cues agree, not over an open vowel it may have misheard.
 BILABIAL_BELOW = 1.0
-# Memory bounds per avatar (shared by its sessions): decoded mouths kept, and per-frame face
-# outlines kept (as bytes; the rest are made again, about a millisecond each).
+# Memory bounds per avatar (shared by its sessions): decoded mouths kept, and per-frame
+# landings kept (the rest are made again, about a millisecond each).
 DECODED = 256
-LIMITS_KEPT = 1024
+LANDINGS_KEPT = 256
+_BILABIAL = CUES.index("bilabial")
 
 
 class FootageBank:
@@ -63,10 +64,9 @@ class FootageBank:
             self.mapping = MouthMapping(
                 weights if len(weights) else None, data["predicted"], data["real"], data["widths"]
             )
-            self.info = json.loads(str(data["info"]))
         self._scale = self.features.std(axis=0) + 1e-6
         self._cache: dict[int, np.ndarray] = {}
-        self._limits: dict[tuple[int, tuple[int, int, int, int]], np.ndarray] = {}
+        self._landings: dict[int, _Landing] = {}
         self.closed = float(np.quantile(self.features[:, 0], CLOSED_QUANTILE))
         # The resting mouth: closed, at the person's usual width and a middling pose.
         rest_cost = (
@@ -116,31 +116,40 @@ class FootageBank:
             return None
         return self.poses[frame]
 
-    def _inside_face(
-        self, frame: int, points: np.ndarray, region: tuple[int, int, int, int]
-    ) -> np.ndarray:
-        """(h, w, 1) weights over ``region`` (x0, y0, x1, y1) of avatar frame ``frame``: 1
-        inside that frame's own face outline (extended downward by the room a dropping jaw
-        needs), falling to 0 just inside its edge. A head turned away from the reference
-        narrows the face on one side; without this the patch would cover hair or background
-        there."""
-        key = (frame, region)
-        cached = self._limits.get(key)
-        if cached is not None:
-            return cached.astype(np.float32)[..., None] / 255.0
-        x0, y0, x1, y1 = region
-        scale = face_scale(points)
-        oval = points[FACE_OVAL].astype(np.float64) - (x0, y0)
-        limit = np.zeros((y1 - y0, x1 - x0), np.float32)
-        for drop in np.linspace(0.0, 0.3 * scale, 4):
-            cv2.fillPoly(limit, [np.round(oval + (0, drop)).astype(np.int32)], 1.0)
-        margin = max(1, int(round(0.06 * scale)))
-        limit = cv2.erode(limit, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
-        limit = cv2.GaussianBlur(limit, (0, 0), max(1.0, 0.04 * scale))
-        kept = np.round(limit * 255).astype(np.uint8)  # the same weights, kept or not
-        if len(self._limits) < LIMITS_KEPT:
-            self._limits[key] = kept
-        return kept.astype(np.float32)[..., None] / 255.0
+    def _landing(
+        self, frame: int, shape: tuple[int, ...], points: np.ndarray | None
+    ) -> _Landing | None:
+        """Where a banked mouth lands on avatar frame ``frame`` and with what weights (made
+        once per frame and kept: it depends on the frame only, not on the mouth shown)."""
+        landing = self._landings.get(frame)
+        if landing is not None:
+            return landing
+        m = self.placements[frame] if frame < len(self.placements) else None
+        if m is None or np.isnan(m[0, 0]):
+            return None
+        x, y, w, h = self.box
+        to_frame = m.astype(np.float64).copy()
+        to_frame[:, 2] += to_frame[:, :2] @ np.array([x, y], np.float64)  # patch pixels → frame
+        corners = np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float64)
+        placed = corners @ to_frame[:, :2].T + to_frame[:, 2]
+        ih, iw = shape[:2]
+        x0 = max(int(np.floor(placed[:, 0].min())), 0)
+        y0 = max(int(np.floor(placed[:, 1].min())), 0)
+        x1 = min(int(np.ceil(placed[:, 0].max())), iw)
+        y1 = min(int(np.ceil(placed[:, 1].max())), ih)
+        if x0 >= x1 or y0 >= y1:
+            return None
+        local = to_frame
+        local[:, 2] -= (x0, y0)
+        size = (x1 - x0, y1 - y0)
+        alpha = cv2.warpAffine(self.mask, local, size, flags=cv2.INTER_LINEAR)
+        if points is not None and not np.isnan(points[0, 0]):
+            inside = np.round(_inside_face(points, x0, y0, size) * 255).astype(np.uint8)
+            alpha = alpha * (inside.astype(np.float32) / 255.0)
+        landing = _Landing(x0, y0, x1, y1, local, alpha[..., None], (alpha > 0.05) & (alpha < 0.6))
+        if len(self._landings) < LANDINGS_KEPT:
+            self._landings[frame] = landing
+        return landing
 
     def paste(
         self, image: np.ndarray, frame: int, mouth: np.ndarray, points: np.ndarray | None = None
@@ -148,43 +157,51 @@ class FootageBank:
         """``image`` (avatar frame ``frame``, whose landmarks are ``points``) with ``mouth`` (a
         reference-space patch) placed and blended in; unchanged when the frame has no face
         of the reference person."""
-        m = self.placements[frame] if frame < len(self.placements) else None
         out = image.copy()
-        if m is None or np.isnan(m[0, 0]):
+        p = self._landing(frame, image.shape, points)
+        if p is None:
             return out
-        x, y, w, h = self.box
-        to_frame = m.astype(np.float64).copy()
-        to_frame[:, 2] += to_frame[:, :2] @ np.array([x, y], np.float64)  # patch pixels → frame
-        corners = np.array([[0, 0], [w, 0], [0, h], [w, h]], np.float64)
-        placed = corners @ to_frame[:, :2].T + to_frame[:, 2]
-        ih, iw = image.shape[:2]
-        x0, y0 = (
-            max(int(np.floor(placed[:, 0].min())), 0),
-            max(int(np.floor(placed[:, 1].min())), 0),
-        )
-        x1, y1 = (
-            min(int(np.ceil(placed[:, 0].max())), iw),
-            min(int(np.ceil(placed[:, 1].max())), ih),
-        )
-        if x0 >= x1 or y0 >= y1:
-            return out
-        local = to_frame.copy()
-        local[:, 2] -= (x0, y0)
-        size = (x1 - x0, y1 - y0)
-        warped = cv2.warpAffine(mouth, local, size, flags=cv2.INTER_LINEAR,
+        warped = cv2.warpAffine(mouth, p.local, (p.x1 - p.x0, p.y1 - p.y0), flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_REPLICATE).astype(np.float32)  # fmt: skip
-        alpha = cv2.warpAffine(self.mask, local, size, flags=cv2.INTER_LINEAR)[..., None]
-        if points is not None and not np.isnan(points[0, 0]):
-            alpha = alpha * self._inside_face(frame, points, (x0, y0, x1, y1))
-        region = image[y0:y1, x0:x1].astype(np.float32)
+        region = image[p.y0 : p.y1, p.x0 : p.x1].astype(np.float32)
         # Match the patch's colour to the frame's where the mask fades out (lighting drifts
         # over a video, and the patch came from another moment of it).
-        rim = (alpha[..., 0] > 0.05) & (alpha[..., 0] < 0.6)
-        if rim.sum() > 20:
-            shift = region[rim].mean(axis=0) - warped[rim].mean(axis=0)
-            warped += shift
-        out[y0:y1, x0:x1] = np.clip(alpha * warped + (1 - alpha) * region, 0, 255).astype(np.uint8)
+        if p.rim.sum() > 20:
+            warped += region[p.rim].mean(axis=0) - warped[p.rim].mean(axis=0)
+        a = p.alpha
+        out[p.y0 : p.y1, p.x0 : p.x1] = np.clip(a * warped + (1 - a) * region, 0, 255).astype(
+            np.uint8
+        )
         return out
+
+
+@dataclass
+class _Landing:
+    """A banked mouth's place on one avatar frame: its box there, the affine from patch
+    pixels into that box, the blend weights (h, w, 1), and the rim where colour is matched."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    local: np.ndarray
+    alpha: np.ndarray
+    rim: np.ndarray
+
+
+def _inside_face(points: np.ndarray, x0: int, y0: int, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) weights over the box at (x0, y0) of ``size``: 1 inside the frame's own face
+    outline (extended downward by the room a dropping jaw needs), falling to 0 just inside
+    its edge. A head turned away from the reference narrows the face on one side; without
+    this the patch would cover hair or background there."""
+    scale = face_scale(points)
+    oval = points[FACE_OVAL].astype(np.float64) - (x0, y0)
+    limit = np.zeros((size[1], size[0]), np.float32)
+    for drop in np.linspace(0.0, 0.3 * scale, 4):
+        cv2.fillPoly(limit, [np.round(oval + (0, drop)).astype(np.int32)], 1.0)
+    margin = max(1, int(round(0.06 * scale)))
+    limit = cv2.erode(limit, np.ones((2 * margin + 1, 2 * margin + 1), np.uint8))
+    return cv2.GaussianBlur(limit, (0, 0), max(1.0, 0.04 * scale))
 
 
 def footage_path(avatar: Avatar) -> Path:
@@ -231,14 +248,13 @@ class FootageStream(CpuStream):
         cues = params.cues
         opening, width = bank.mapping.target(params.open, params.width, cues)
         wide = float(bank.mapping.real[90])
-        closing = cues is not None and cues[-1] > 0.5 and opening < BILABIAL_BELOW * wide
+        closing = cues is not None and cues[_BILABIAL] > 0.5 and opening < BILABIAL_BELOW * wide
         if closing:
             opening = bank.closed  # a bilabial: the lips meet, wherever the footage was going
         d = bank.distances(opening, width, bank.pose_of(source))
         if self._pair is not None and FOLLOW > 0 and not closing:
             nxt = int(bank.successor[self._pair[0]])
-            if nxt >= 0:
-                d = d.copy()
+            if nxt >= 0:  # (``d`` is this frame's own array)
                 d[nxt] = max(d[nxt] - FOLLOW, 0.0)
         order = np.argsort(d)
         a, b = int(order[0]), int(order[1])

@@ -52,19 +52,11 @@ def state_windows(engine: MuseTalkEngine, passage: str = PASSAGE) -> np.ndarray:
     """(S, 50, 384): for each grid state, the Whisper window of the spoken frame whose
     CPU-engine parameters are closest to it."""
     from rtlipsync.engines.musetalk.features import AudioFeatures
-    from rtlipsync.media.frames import chunk_speech
     from rtlipsync.speech.espeak import EspeakTTS
 
     speech = EspeakTTS().synthesize(passage).at_rate(SAMPLE_RATE)
     pcm = speech.pcm
-    analyzer = Articulator()
-    for chunk in chunk_speech(pcm, tuple(speech.phonemes), SAMPLE_RATE // 4):
-        analyzer.push(chunk.pcm, chunk.phonemes)
-    analyzer.finish()
-    params = []
-    while analyzer.frames_ready() > 0:
-        p = analyzer.take()
-        params.append((p.open, p.width))
+    params = [(p.open, p.width) for p in Articulator().whole(pcm, tuple(speech.phonemes))]
     nets = engine.nets
     features = AudioFeatures(nets.encoder, nets.extractor, str(nets.generate.device))
     features.push(pcm)

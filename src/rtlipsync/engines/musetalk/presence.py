@@ -39,18 +39,21 @@ class SpeechPresence:
     def push(self, pcm: np.ndarray) -> None:
         self._pending = np.concatenate([self._pending, np.asarray(pcm, np.int16)])
         self._samples += len(pcm)
-        while len(self._pending) >= WINDOW:
-            window, self._pending = self._pending[:WINDOW], self._pending[WINDOW:]
-            prob = self._model.process_samples((window / 32767.0).tolist())
-            self._speech.append(prob >= THRESHOLD)
+        self._score()
 
     def end(self) -> None:
         """The utterance is complete: its last part-window is scored padded with silence."""
         if len(self._pending):
             pad = np.zeros(WINDOW - len(self._pending), np.int16)
             self._pending = np.concatenate([self._pending, pad])
-            self.push(np.zeros(0, np.int16))
+            self._score()
         self.ended = True
+
+    def _score(self) -> None:
+        while len(self._pending) >= WINDOW:
+            window, self._pending = self._pending[:WINDOW], self._pending[WINDOW:]
+            prob = self._model.process_samples((window / 32767.0).tolist())
+            self._speech.append(prob >= THRESHOLD)
 
     def _frames_scored(self) -> int:
         """Frames every window of which has been scored."""
