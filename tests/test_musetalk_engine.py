@@ -112,6 +112,26 @@ def test_quiet_noise_is_not_speech_and_speech_fades_in(engine, default_avatar, s
         MuseTalkEngine(engine.nets, silence="rms")
 
 
+def test_whole_segment_audio_for_offline_renders(engine, default_avatar, speech16k) -> None:  # noqa: ANN001
+    """``audio="segment"``: the official features, each frame waiting for its 30 s segment
+    (or the utterance's end); live streams declare the 0.48 s their blocks need."""
+    from rtlipsync.errors import InputError
+
+    offline = MuseTalkEngine(engine.nets, batch_size=4, audio="segment")
+    live = engine.open_stream(default_avatar)
+    stream = offline.open_stream(default_avatar)
+    assert live.lookahead == pytest.approx(0.48) and stream.lookahead == 30.0
+    pcm = speech16k.pcm[:16000]
+    stream.push(SpeechChunk(pcm=pcm))
+    assert list(stream.frames()) == []  # the segment is not complete yet
+    stream.push(SpeechChunk(pcm=np.zeros(0, np.int16), end_of_utterance=True))
+    assert len(list(stream.frames())) == 25
+    streamed = list(render_speech(live, pcm))
+    assert len(streamed) == 25
+    with pytest.raises(InputError, match="unknown audio mode"):
+        MuseTalkEngine(engine.nets, audio="whole")
+
+
 def test_a_clock_taking_one_frame_per_tick_renders_each_frame_once(
     engine, default_avatar, speech16k
 ) -> None:  # noqa: ANN001

@@ -95,3 +95,92 @@ def test_streamed_features_equal_whole_clip_features(whisper) -> None:  # noqa: 
     again.push(clip)
     again.end()
     assert np.array_equal(again.window(30), expected[30])  # deterministic
+
+
+def official_windows(encoder, extractor, clip: np.ndarray) -> np.ndarray:  # noqa: ANN001
+    """MuseTalk's own features for a whole clip, step for step as
+    ``musetalk/utils/audio_processor.py`` computes them (30 s segments from the start, each
+    Whisper's whole input; hidden states stacked; trimmed; padded; one window per frame)."""
+    audio = clip.astype(np.float32) / 32768.0
+    segments = [audio[i : i + 480000] for i in range(0, len(audio), 480000)]
+    with torch.no_grad():
+        feats = [
+            torch.stack(
+                encoder(
+                    extractor(s, return_tensors="pt", sampling_rate=16000).input_features,
+                    output_hidden_states=True,
+                ).hidden_states,
+                dim=2,
+            )
+            for s in segments
+        ]
+    feature = torch.cat(feats, dim=1)[:, : int(np.floor(len(audio) / 16000 * 50))]
+    feature = torch.cat(
+        [torch.zeros_like(feature[:, :4]), feature, torch.zeros_like(feature[:, :12])], 1
+    )
+    frames = int(np.floor(len(audio) / 16000 * 25))
+    windows = [feature[:, 2 * f : 2 * f + 10] for f in range(frames)]
+    return torch.cat(windows).reshape(frames, 50, 384).numpy()
+
+
+@pytest.fixture(scope="module")
+def long_clip() -> np.ndarray:
+    return speechlike(31.3, seed=3)  # past the first 30 s segment
+
+
+def test_whole_segments_are_the_official_features(whisper, long_clip) -> None:  # noqa: ANN001
+    official = official_windows(*whisper, long_clip)
+    features = AudioFeatures(*whisper, block_frames=None)
+    features.push(long_clip[:400000])
+    assert features.frames_ready() == 0  # the first segment is not all here yet
+    features.push(long_clip[400000:])
+    assert features.frames_ready() == 748  # frames 0-747 need rows below 1500 only
+    features.end()
+    ours = np.stack([features.window(f) for f in range(features.frames_ready())])
+    assert ours.shape == official.shape == (782, 50, 384)
+    np.testing.assert_allclose(ours, official, rtol=0, atol=2e-4)
+    assert features.lookahead == 30.0
+
+
+def test_streamed_rows_sit_at_the_official_positions(whisper, long_clip) -> None:  # noqa: ANN001
+    """Blocks are cut from each segment's start: a row in the second segment hears only that
+    segment, and a block whose look-ahead reaches its segment's end hears all of it."""
+    whole = AudioFeatures(*whisper, block_frames=None)
+    whole.push(long_clip)
+    whole.end()
+    streamed = AudioFeatures(*whisper, block_frames=100)  # big blocks keep the test short
+    streamed.push(long_clip)
+    streamed.end()
+    assert streamed.frames_ready() == whole.frames_ready() == 782
+    # Rows 1400-1499 are segment 1's last block: the whole segment is their context.
+    for f in (702, 740, 745):  # windows of rows 1400..1499 only
+        np.testing.assert_allclose(streamed.window(f), whole.window(f), rtol=0, atol=2e-4)
+    # Segment 2 (rows 1500-1564) is the utterance's tail: one block, all of its audio.
+    for f in (752, 770, 781):
+        np.testing.assert_allclose(streamed.window(f), whole.window(f), rtol=0, atol=2e-4)
+    # Earlier blocks have not heard their segment's rest: close, not equal.
+    a, b = streamed.window(100), whole.window(100)
+    assert not np.allclose(a, b, atol=2e-4)
+    assert np.linalg.norm(a - b) < 0.1 * np.linalg.norm(b)
+    # A second segment does not hear the first: other audio before it changes nothing there.
+    other = long_clip.copy()
+    other[:480000] = speechlike(30.0, seed=9)
+    changed = AudioFeatures(*whisper, block_frames=100)
+    changed.push(other)
+    changed.end()
+    assert np.array_equal(changed.window(760), streamed.window(760))
+    assert not np.allclose(changed.window(100), streamed.window(100))
+
+
+def test_declared_lookahead_is_what_the_worst_frame_waits_for(whisper) -> None:  # noqa: ANN001
+    clip = speechlike(3.0, seed=4)
+    features = AudioFeatures(*whisper)
+    waits = []
+    made = 0
+    for i in range(320, len(clip) + 1, 320):  # one 20 ms row at a time
+        features.push(clip[i - 320 : i])
+        ready = features.frames_ready()
+        waits += [i - (f + 1) * 640 for f in range(made, ready)]
+        made = ready
+    assert max(waits) == round(features.lookahead * 16000) == 24 * 320
+    assert min(waits) >= 4 * 320  # no frame before its window's own 80 ms of future

@@ -56,10 +56,10 @@ def _avatar_bake(args: argparse.Namespace) -> None:
     print(f"baked {path}: the CPU engine now serves {args.name} with MuseTalk mouths")
 
 
-def _engine(args: argparse.Namespace):  # noqa: ANN202
+def _engine(args: argparse.Namespace, audio: str = "stream"):  # noqa: ANN202
     from rtlipsync.engines import make_engine
 
-    return make_engine(args.engine, args.musetalk_version, args.device, args.compile)
+    return make_engine(args.engine, args.musetalk_version, args.device, args.compile, audio)
 
 
 def _engine_flags(parser: argparse.ArgumentParser, engine: str | None = "cpu") -> None:
@@ -104,7 +104,8 @@ def _render(args: argparse.Namespace) -> None:
                 emotion=args.emotion,
                 progress=not args.quiet,
                 preset=args.preset,
-                engine=_engine(args),
+                # Offline: MuseTalk's audio features as whole official segments.
+                engine=_engine(args, audio="segment"),
             )
         ]
     for r in results:

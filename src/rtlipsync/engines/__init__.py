@@ -9,10 +9,15 @@ ENGINES = ("cpu", "musetalk")
 
 
 def make_engine(
-    name: str = "cpu", version: str = "v15", device: str = "auto", compile: bool = False
+    name: str = "cpu",
+    version: str = "v15",
+    device: str = "auto",
+    compile: bool = False,
+    audio: str = "stream",
 ) -> LipSyncEngine:
     """An engine by name; MuseTalk loads its official weights once (``version``, ``device``,
-    optionally ``torch.compile``-d)."""
+    optionally ``torch.compile``-d) and computes its audio features live ("stream") or as
+    whole official 30 s segments ("segment", for offline renders)."""
     if name == "cpu":
         from rtlipsync.engines.cpu import CpuEngine
 
@@ -27,5 +32,6 @@ def make_engine(
             ) from None
         from rtlipsync.engines.musetalk.engine import MuseTalkEngine, MuseTalkNets
 
-        return MuseTalkEngine(MuseTalkNets.load(version=version, device=device, compile=compile))
+        nets = MuseTalkNets.load(version=version, device=device, compile=compile)
+        return MuseTalkEngine(nets, audio=audio)
     raise InputError(f"unknown engine {name!r}: use {' or '.join(ENGINES)}")

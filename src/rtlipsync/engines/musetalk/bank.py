@@ -58,7 +58,8 @@ def state_windows(engine: MuseTalkEngine, passage: str = PASSAGE) -> np.ndarray:
     pcm = speech.pcm
     params = [(p.open, p.width) for p in Articulator().whole(pcm, tuple(speech.phonemes))]
     nets = engine.nets
-    features = AudioFeatures(nets.encoder, nets.extractor, str(nets.generate.device))
+    # The whole clip is here: its features as the official code computes them.
+    features = AudioFeatures(nets.encoder, nets.extractor, str(nets.generate.device), None)
     features.push(pcm)
     features.push(np.zeros((-len(pcm)) % FRAME_SAMPLES, np.int16))
     features.end()

@@ -3,8 +3,10 @@
 - ``prepare`` adds the avatar's crop latents ([masked, reference] per frame, from the VAE)
   to its folder, once; the crop boxes and blend masks are already there (every avatar has
   them, by MuseTalk's rules).
-- A stream takes speech as it comes: Whisper rows are computed in fixed blocks (so streamed
-  and batch output are the same frames), each ready frame's window goes through the UNet and
+- A stream takes speech as it comes: Whisper rows sit at the official code's positions in 30 s
+  segments and are computed in fixed blocks (so streamed and batch output are the same
+  frames), or, with ``audio="segment"``, a whole segment at a time, exactly as the official
+  code computes them (offline renders); each ready frame's window goes through the UNet and
   the VAE in batches, and the face is pasted back into the avatar's own frame.
 - On a GPU the face is pasted back on the device (`DeviceBlend`); on the CPU, by `paste`.
 - Silence is not sent through the network (MuseTalk moves the lips in silence, a known
@@ -27,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rtlipsync.engines.musetalk.features import AudioFeatures
+from rtlipsync.engines.musetalk.features import BLOCK_FRAMES, AudioFeatures, lookahead
 from rtlipsync.engines.musetalk.pipeline import Batcher, DeviceBlend, Generator, encode_crops
 from rtlipsync.engines.musetalk.presence import SpeechPresence
 from rtlipsync.errors import InputError
@@ -115,11 +117,16 @@ class MuseTalkEngine:
         silence: str = "vad",
         latents: str = "mean",
         seed: int = 0,
+        audio: str = "stream",
     ) -> None:
         """``silence``: "vad" shows the avatar's own face where no speech is heard (with a
         crossfade); "off" renders every frame, as the official code does. ``latents``: the
         VAE posterior's "mean" (default, repeatable) or a "sample" drawn with ``seed`` (the
-        official code samples)."""
+        official code samples). ``audio``: "stream" computes Whisper rows 8 frames at a time
+        (live sessions, 0.48 s look-ahead); "segment" waits for each whole 30 s segment and
+        gives the official features exactly (offline renders, parity checks)."""
+        if audio not in AUDIO_MODES:
+            raise InputError(f"unknown audio mode {audio!r}: use {' or '.join(AUDIO_MODES)}")
         if silence not in SILENCE_MODES:
             raise InputError(f"unknown silence mode {silence!r}: use {' or '.join(SILENCE_MODES)}")
         if latents not in LATENT_MODES:
@@ -129,6 +136,7 @@ class MuseTalkEngine:
         self.silence = silence
         self.latents = latents
         self.seed = seed
+        self.audio = audio
 
     def prepare(self, avatar: Avatar, **options: Any) -> None:
         _latents(avatar, self.nets, self.latents, self.seed)
@@ -140,7 +148,7 @@ class MuseTalkEngine:
         masks = blend_masks(avatar)
         blend = _device_blend(avatar, self.nets, masks) if self.nets.device_blend else None
         return MuseTalkStream(
-            avatar, self.nets, latents, masks, self.batch_size, blend, self.silence
+            avatar, self.nets, latents, masks, self.batch_size, blend, self.silence, self.audio
         )
 
 
@@ -228,11 +236,17 @@ def _parse_masks(avatar: Avatar, nets: MuseTalkNets) -> None:
 
 
 SILENCE_MODES = ("vad", "off")
+AUDIO_MODES = ("stream", "segment")
+
+
+def _block_frames(audio: str) -> int | None:
+    return BLOCK_FRAMES if audio == "stream" else None
 
 
 class _Utterance:
-    def __init__(self, nets: MuseTalkNets, silence: str) -> None:
-        self.features = AudioFeatures(nets.encoder, nets.extractor, str(nets.generate.device))
+    def __init__(self, nets: MuseTalkNets, silence: str, audio: str) -> None:
+        device = str(nets.generate.device)
+        self.features = AudioFeatures(nets.encoder, nets.extractor, device, _block_frames(audio))
         self.presence = SpeechPresence() if silence == "vad" else None
         self.audio = np.zeros(0, np.int16)
         self.made = 0  # frames produced
@@ -257,8 +271,6 @@ class _Utterance:
 class MuseTalkStream:
     """One session's MuseTalk stream (see `rtlipsync.engines.base.EngineStream`)."""
 
-    lookahead = 0.44  # a frame waits for its 8-frame block and 80 ms of look-ahead
-
     def __init__(
         self,
         avatar: Avatar,
@@ -268,9 +280,13 @@ class MuseTalkStream:
         batch_size: int,
         blend: DeviceBlend | None = None,
         silence: str = "vad",
+        audio: str = "stream",
     ) -> None:
         self.avatar = avatar
         self.silence = silence
+        self.audio = audio
+        # What a frame waits for past its end: its Whisper block and that block's look-ahead.
+        self.lookahead = lookahead(_block_frames(audio))
         self.nets = nets
         self.latents = latents
         self.masks, self.mask_boxes = masks
@@ -288,7 +304,7 @@ class MuseTalkStream:
 
     def push(self, chunk: SpeechChunk) -> None:
         if not self._utterances or self._utterances[-1].ended:
-            self._utterances.append(_Utterance(self.nets, self.silence))
+            self._utterances.append(_Utterance(self.nets, self.silence, self.audio))
         u = self._utterances[-1]
         u.audio = np.concatenate([u.audio, chunk.pcm])
         u.features.push(chunk.pcm)
