@@ -18,8 +18,6 @@ from rtlipsync.engines.musetalk.parsing import (  # noqa: E402
     NOSE,
     SKIN,
     UPPER_LIP,
-    BiSeNet,
-    ResNet18,
     blend_mask_from_parse,
     jaw_mask,
     load_parser,
@@ -29,18 +27,11 @@ from rtlipsync.engines.musetalk.parsing import (  # noqa: E402
 
 @pytest.fixture(scope="module")
 def parse_files(tmp_path_factory) -> Path:  # noqa: ANN001
+    from official_musetalk import write_parsing
+
     root = tmp_path_factory.mktemp("models")
-    folder = root / "face-parse-bisent"
-    folder.mkdir()
     torch.manual_seed(0)
-    backbone = ResNet18().state_dict()  # torchvision's file also holds its classifier
-    backbone["fc.weight"] = torch.randn(1000, 512)
-    backbone["fc.bias"] = torch.randn(1000)
-    # Both published files use torch's legacy (pre-zip) serialisation: written the same way.
-    torch.save(backbone, folder / "resnet18-5c106cde.pth", _use_new_zipfile_serialization=False)
-    torch.save(
-        BiSeNet(19).state_dict(), folder / "79999_iter.pth", _use_new_zipfile_serialization=False
-    )
+    write_parsing(root)
     return root
 
 
@@ -56,8 +47,8 @@ def test_the_files_use_the_published_serialisation(parse_files: Path) -> None:
 def test_the_files_have_the_published_sizes(parse_files: Path) -> None:
     for f in weights.FILES:
         if f.path.startswith("face-parse-bisent/"):
-            size = (parse_files / f.path).stat().st_size
-            assert abs(size - f.size) / f.size < 0.005, (f.path, size, f.size)
+            assert (parse_files / f.path).stat().st_size == f.size, f.path
+            assert weights.present(f, parse_files)  # the download's check passes
 
 
 def test_parser_loads_strictly_and_parses(parse_files: Path, tmp_path: Path) -> None:

@@ -18,49 +18,23 @@ pytest.importorskip("transformers")
 
 from rtlipsync.engines.musetalk.model import (  # noqa: E402
     UNET_CONFIG,
-    VAE_CONFIG,
-    WHISPER_TINY_CONFIG,
     WeightsError,
     load_unet,
     load_vae,
     load_whisper_encoder,
-    unet_from_config,
 )
 
 
 @pytest.fixture(scope="module")
 def official(tmp_path_factory) -> Path:  # noqa: ANN001
     """A models folder in the official layout, every network at its real size, random."""
-    from diffusers import AutoencoderKL
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
+    from official_musetalk import write_official_models
 
-    root = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    unet = unet_from_config(UNET_CONFIG)
-    for folder in ("musetalkV15", "musetalk"):
-        (root / folder).mkdir()
-        (root / folder / "musetalk.json").write_text(json.dumps(UNET_CONFIG, indent=2) + "\n")
-    torch.save(unet.state_dict(), root / "musetalkV15" / "unet.pth")
-    os.link(root / "musetalkV15" / "unet.pth", root / "musetalk" / "pytorch_model.bin")
-    del unet
-    AutoencoderKL(**VAE_CONFIG).save_pretrained(root / "sd-vae", safe_serialization=False)
-    # The published 2022 file names the mid-block attention the old way.
-    vae_file = root / "sd-vae" / "diffusion_pytorch_model.bin"
-    legacy = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
-    state = {}
-    for key, value in torch.load(vae_file, weights_only=True).items():
-        for new, old in legacy.items():
-            key = key.replace(f"attentions.0.{new}.", f"attentions.0.{old}.")
-        state[key] = value
-    assert any(".attentions.0.query." in k for k in state)
-    torch.save(state, vae_file)
-    whisper_tiny = WhisperConfig(**WHISPER_TINY_CONFIG)
-    (root / "whisper").mkdir()
-    # openai/whisper-tiny is a whole speech-to-text model: "model.encoder.*", "proj_out", ...
-    model = WhisperForConditionalGeneration(whisper_tiny)
-    model.config.save_pretrained(root / "whisper")
-    torch.save(model.state_dict(), root / "whisper" / "pytorch_model.bin")
-    assert "model.encoder.conv1.weight" in model.state_dict()
+    root = write_official_models(tmp_path_factory.mktemp("models"))
+    vae = torch.load(root / "sd-vae" / "diffusion_pytorch_model.bin", weights_only=True)
+    assert any(".attentions.0.query." in k for k in vae)  # the published key names
+    whisper = torch.load(root / "whisper" / "pytorch_model.bin", mmap=True, weights_only=True)
+    assert "model.encoder.conv1.weight" in whisper and "proj_out.weight" in whisper
     return root
 
 
@@ -161,3 +135,31 @@ def test_known_hashes_are_checked(tmp_path: Path) -> None:
     assert not weights.verify(unet, fake)
     config = next(f for f in weights.FILES if f.path == "sd-vae/config.json")
     assert weights.verify(config, fake)  # no hash known: size only
+
+
+def test_render_runs_on_the_official_layout(official: Path, tmp_path: Path, speech) -> None:  # noqa: ANN001
+    """What a user does after `models download musetalk`: the command line renders with every
+    official file (the legacy face-parsing files included) at full size."""
+    import subprocess
+    import sys
+
+    import av
+
+    from conftest import write_wav
+
+    home = tmp_path / "home"
+    (home / "models").mkdir(parents=True)
+    (home / "models" / "musetalk").symlink_to(official)
+    assert weights.missing("v15", official) == []  # sizes as published, parser included
+    wav = write_wav(tmp_path / "hi.wav", speech.pcm[: speech.sample_rate // 2], speech.sample_rate)
+    out = tmp_path / "out.mp4"
+    env = {**os.environ, "RTLIPSYNC_HOME": str(home)}
+    command = [sys.executable, "-m", "rtlipsync.cli", "-q", "render", "--avatar", "default"]
+    command += ["--audio", str(wav), "--engine", "musetalk", "--device", "cpu", "-o", str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "wrote" in done.stdout and "13 frames" in done.stdout
+    with av.open(str(out)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == 13
+    # The parsed (BiSeNet) blend masks were made from the legacy files and kept.
+    assert (home / "avatars" / "default" / "musetalk" / "masks.npz").exists()
