@@ -105,8 +105,11 @@ def test_preparing_again_is_a_no_op_unless_something_changed(tmp_path: Path) -> 
     image = tmp_path / "face.png"
     image.write_bytes(default_avatar_source().read_bytes())
     first = prepare_avatar("again", image, progress=False)
-    frame = avatars_dir() / "again" / "frames" / "000000.jpg"
+    frame = avatars_dir() / "again" / "frames" / "000000.png"
     stamp = frame.stat().st_mtime_ns
+    # Lossless: the stored frame is the source's pixels exactly.
+    assert np.array_equal(cv2.imread(str(frame)), load_avatar("again").frames[0])
+    assert np.array_equal(load_avatar("again").frames[0], cv2.imread(str(image)))
     assert prepare_avatar("again", image, progress=False)["created"] == first["created"]
     assert frame.stat().st_mtime_ns == stamp
     shifted = prepare_avatar("again", image, PrepareOptions(bbox_shift=4), progress=False)

@@ -278,9 +278,13 @@ def test_parsed_blend_masks_when_the_parser_is_there(engine, default_avatar, tmp
         MuseTalkNets(n.unet, n.vae, n.encoder, n.extractor, "v15", BiSeNet(19).eval())
     )
     stream = parsed.open_stream(avatar)
-    path = avatar.path / "musetalk" / "masks.npz"
+    path = avatar.path / "musetalk" / "masks-jaw.npz"  # v1.5's official mode
     assert path.exists() and not list(path.parent.glob("*.tmp*"))
     with np.load(path) as data, np.load(avatar.path / "masks.npz") as landmark:
-        assert data["masks"].shape == landmark["masks"].shape
         assert np.array_equal(data["boxes"], landmark["boxes"])  # same blend boxes
-    assert stream.masks.shape == (len(avatar.frames), 256, 256)
+        bx1, by1, bx2, by2 = data["boxes"][0]
+        assert data["mask0"].shape == (by2 - by1, bx2 - bx1)  # kept at full size
+    assert len(stream.masks) == len(avatar.frames) and stream.masks[0].shape == (by2 - by1,) * 2
+    v10 = MuseTalkNets(n.unet, n.vae, n.encoder, n.extractor, "v10", BiSeNet(19).eval())
+    MuseTalkEngine(v10).open_stream(avatar)
+    assert (avatar.path / "musetalk" / "masks-raw.npz").exists()  # v1.0 parses in "raw" mode

@@ -22,6 +22,7 @@ from rtlipsync.engines.musetalk.parsing import (  # noqa: E402
     jaw_mask,
     load_parser,
     parse,
+    raw_mask,
 )
 
 
@@ -61,7 +62,7 @@ def test_parser_loads_strictly_and_parses(parse_files: Path, tmp_path: Path) -> 
     assert torch.equal(state["conv_out.conv_out.weight"], saved["conv_out.conv_out.weight"])
     image = np.random.default_rng(0).integers(0, 256, (300, 280, 3), dtype=np.uint8)
     labels = parse(net, image)
-    assert labels.shape == (300, 280) and labels.max() < 19
+    assert labels.shape == (512, 512) and labels.max() < 19  # the parse stays at 512
     bad = tmp_path / "face-parse-bisent"
     bad.mkdir()
     (bad / "resnet18-5c106cde.pth").write_bytes(
@@ -89,6 +90,23 @@ def test_jaw_mask() -> None:
     assert mask[95, 140] == 0  # not at the cheeks
     box = (120, 100, 392, 360)
     stored = blend_mask_from_parse(labels, box, (0, 0, 512, 512))
-    assert stored.shape == (256, 256)
-    assert stored[:100].max() == 0 and stored[:120].max() < 10  # lower half (feathered edge)
-    assert stored[155, 128] > 200  # the lips, at half scale
+    assert stored.shape == (512, 512)  # the blend box's full size
+    assert stored[:200].max() == 0 and stored[:240].max() < 10  # lower half (feathered edge)
+    assert stored[310, 256] > 200  # the lips
+    # The left cheek rectangle includes its last column (cv2.rectangle's ends are inclusive).
+    strip = np.zeros((512, 512), np.uint8)
+    strip[:, 150:180] = SKIN  # narrow enough for the cheek erosion to remove it all
+    mask = jaw_mask(strip)
+    assert mask[50, 256 - 90] == 0  # eroded: the cheek's last column
+    assert mask[50, 256 - 89] == 255 and mask[50, 175] == 255  # dilated: the middle
+
+
+def test_raw_mask_is_v10s_parse() -> None:
+    labels = np.zeros((512, 512), np.uint8)
+    labels[100:360, 120:392] = SKIN
+    labels[180:260, 230:282] = NOSE
+    labels[300:310, 200:312] = MOUTH
+    mask = raw_mask(labels)
+    assert mask[200, 150] == 255 and mask[305, 256] == 255  # skin and mouth
+    assert mask[220, 256] == 0 and mask[50, 50] == 0  # the nose and the background out
+    assert not np.array_equal(mask, jaw_mask(labels))

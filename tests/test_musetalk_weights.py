@@ -162,4 +162,4 @@ def test_render_runs_on_the_official_layout(official: Path, tmp_path: Path, spee
     with av.open(str(out)) as container:
         assert sum(1 for _ in container.decode(video=0)) == 13
     # The parsed (BiSeNet) blend masks were made from the legacy files and kept.
-    assert (home / "avatars" / "default" / "musetalk" / "masks.npz").exists()
+    assert (home / "avatars" / "default" / "musetalk" / "masks-jaw.npz").exists()

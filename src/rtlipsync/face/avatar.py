@@ -4,7 +4,7 @@ An avatar is a folder under ``<data root>/avatars/NAME``::
 
     manifest.json   format version, source and its hash, options, fps, frame count, size,
                     engines prepared for, frames without a face, bbox_shift range
-    frames/         the 25 fps frames, 000000.jpg ...
+    frames/         the 25 fps frames, lossless: 000000.png ... (older avatars: .jpg)
     landmarks.npy   (N, 478, 2) float32 MediaPipe points in pixels, NaN where no face
     boxes.npy       (N, 4) int32 MuseTalk crop boxes, -1 where no face
     masks.npz       feathered lower-face masks (N, 256, 256) and their blend boxes (N, 4)
@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from rtlipsync.paths import avatars_dir, data_root
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+FRAME_FORMAT = "png"
 DEFAULT_AVATAR = "default"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -78,6 +79,7 @@ class PrepareOptions:
             "max_seconds": self.max_seconds,
             "footage_seconds": self.footage_seconds,
             "footage_version": footage.FOOTAGE_VERSION,
+            "frames": FRAME_FORMAT,  # an avatar with JPEG frames is prepared again
         }
 
 
@@ -286,7 +288,11 @@ def _prepare_into(
                     f"frame {i} of {source} is {frame.shape[1]}x{frame.shape[0]}, the first was "
                     f"{size[0]}x{size[1]}: all images of an avatar must have one size"
                 )
-            cv2.imwrite(str(out / "frames" / f"{i:06d}.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            # Lossless, as the official MuseTalk keeps its frames: every engine pastes its mouth
+            # into exactly the source's pixels (JPEG q95 was 44 dB away). Fast PNG compression:
+            # preparation stays quick, at about twice JPEG's size on disk.
+            png = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+            cv2.imwrite(str(out / "frames" / f"{i:06d}.png"), frame, png)
             points = landmarker.detect(frame)
             if collector is not None:
                 collector.add(i, frame, points)
@@ -418,8 +424,10 @@ def load_avatar(name: str) -> Avatar:
             f"{manifest.get('format_version')}); prepare it again with --force"
         )
     frames = []
+    # Avatars prepared before frames were lossless hold JPEG frames, still loaded as they are.
+    ext = "jpg" if (path / "frames" / "000000.jpg").exists() else "png"
     for i in range(manifest["frame_count"]):
-        image = cv2.imread(str(path / "frames" / f"{i:06d}.jpg"), cv2.IMREAD_COLOR)
+        image = cv2.imread(str(path / "frames" / f"{i:06d}.{ext}"), cv2.IMREAD_COLOR)
         if image is None:
             raise InputError(
                 f"avatar {name!r} is damaged (frame {i}); prepare it again with --force"
@@ -439,15 +447,27 @@ def load_avatar(name: str) -> Avatar:
     return avatar
 
 
-def blend_masks(avatar: Avatar) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 256, 256) blend masks and their (N, 4) blend boxes, loaded once: face-parsed ones
-    (``musetalk/masks.npz``) where the MuseTalk engine made them, else the landmark masks."""
+def parsed_masks_name(mode: str = "jaw") -> str:
+    """The file, in an avatar's ``musetalk/`` folder, of its face-parsed blend masks."""
+    return f"masks-{mode}.npz"
+
+
+def blend_masks(avatar: Avatar, mode: str = "jaw") -> tuple[Sequence[np.ndarray], np.ndarray]:
+    """Blend masks (one per frame, each stretched over its blend box) and their (N, 4) blend
+    boxes, loaded once: the face-parsed ones of ``mode`` where the MuseTalk engine made them
+    (full size), else the landmark masks (256 square)."""
     cached = avatar.extras.get("blend_masks")
-    if cached is None:
-        parsed = avatar.path / "musetalk" / "masks.npz"
-        with np.load(parsed if parsed.exists() else avatar.path / "masks.npz") as data:
-            cached = avatar.extras["blend_masks"] = (data["masks"], data["boxes"])
-    return cached
+    if cached is None or cached[0] != mode:
+        parsed = avatar.path / "musetalk" / parsed_masks_name(mode)
+        if parsed.exists():
+            with np.load(parsed) as data:
+                masks: Sequence[np.ndarray] = [data[f"mask{i}"] for i in range(len(data["boxes"]))]
+                boxes = data["boxes"]
+        else:
+            with np.load(avatar.path / "masks.npz") as data:
+                masks, boxes = data["masks"], data["boxes"]
+        cached = avatar.extras["blend_masks"] = (mode, (masks, boxes))
+    return cached[1]
 
 
 def default_avatar_source() -> Path:

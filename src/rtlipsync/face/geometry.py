@@ -72,8 +72,17 @@ def lower_face_mask(points: np.ndarray, box: tuple[int, int, int, int]) -> np.nd
 def finish_blend_mask(
     raw: np.ndarray, box: tuple[int, int, int, int], mask_box: tuple[int, int, int, int]
 ) -> np.ndarray:
+    """`feather_blend_mask`, stored ``MASK_SIZE`` square (the landmark masks every avatar
+    keeps; MuseTalk's parsed masks stay at full size)."""
+    mask = feather_blend_mask(raw, box, mask_box)
+    return cv2.resize(mask, (MASK_SIZE, MASK_SIZE), interpolation=cv2.INTER_AREA)
+
+
+def feather_blend_mask(
+    raw: np.ndarray, box: tuple[int, int, int, int], mask_box: tuple[int, int, int, int]
+) -> np.ndarray:
     """MuseTalk's last steps for any blend mask (0/255 over the blend box): keep it inside the
-    crop box and below the box's centre line, feather it, store it ``MASK_SIZE`` square."""
+    crop box and below the box's centre line, and feather it (a Gaussian 10 % of the box)."""
     bx1, by1, bx2, _ = mask_box
     side = bx2 - bx1
     x1, y1, x2, y2 = box
@@ -82,8 +91,7 @@ def finish_blend_mask(
     mask = raw * keep
     mask[: side // 2] = 0
     k = int((0.1 * side) // 2 * 2) + 1
-    mask = cv2.GaussianBlur(mask, (k, k), 0)
-    return cv2.resize(mask, (MASK_SIZE, MASK_SIZE), interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(mask, (k, k), 0)
 
 
 def crop_face(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

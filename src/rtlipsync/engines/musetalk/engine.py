@@ -30,10 +30,11 @@ import numpy as np
 import torch
 
 from rtlipsync.engines.musetalk.features import BLOCK_FRAMES, AudioFeatures, lookahead
+from rtlipsync.engines.musetalk.parsing import MASK_MODES
 from rtlipsync.engines.musetalk.pipeline import Batcher, DeviceBlend, Generator, encode_crops
 from rtlipsync.engines.musetalk.presence import SpeechPresence
 from rtlipsync.errors import InputError
-from rtlipsync.face.avatar import Avatar, blend_masks
+from rtlipsync.face.avatar import Avatar, blend_masks, parsed_masks_name
 from rtlipsync.face.geometry import Region, crop_face, paste, paste_region
 from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE, AVFrame, SpeechChunk
 
@@ -145,7 +146,7 @@ class MuseTalkEngine:
     def open_stream(self, avatar: Avatar) -> MuseTalkStream:
         latents = _latents(avatar, self.nets, self.latents, self.seed)
         _parse_masks(avatar, self.nets)
-        masks = blend_masks(avatar)
+        masks = blend_masks(avatar, MASK_MODES.get(self.nets.version, "jaw"))
         blend = _device_blend(avatar, self.nets, masks) if self.nets.device_blend else None
         return MuseTalkStream(
             avatar, self.nets, latents, masks, self.batch_size, blend, self.silence, self.audio
@@ -213,24 +214,32 @@ def _latents(avatar: Avatar, nets: MuseTalkNets, mode: str = "mean", seed: int =
 
 
 def _parse_masks(avatar: Avatar, nets: MuseTalkNets) -> None:
-    """With the parser loaded, replace the avatar's landmark blend masks by BiSeNet's (jaw
-    mode) once, in ``musetalk/masks.npz``, which `blend_masks` then prefers."""
-    path = avatar.path / "musetalk" / "masks.npz"
+    """With the parser loaded, make the avatar's blend masks by BiSeNet once, in the official
+    mode of the networks' version (v1.5 "jaw", v1.0 "raw") and at full size, kept in
+    ``musetalk/`` where `blend_masks` then prefers them."""
+    from rtlipsync.engines.musetalk.parsing import MASK_MODES
+
+    mode = MASK_MODES.get(nets.version, "jaw")
+    path = avatar.path / "musetalk" / parsed_masks_name(mode)
     if nets.parser is None or path.exists():
         return
     from rtlipsync.engines.musetalk.parsing import blend_mask_from_parse, crop_blend_box, parse
 
     with np.load(avatar.path / "masks.npz") as data:
-        masks, mask_boxes = data["masks"].copy(), data["boxes"]
+        mask_boxes = data["boxes"]
+    arrays = {"boxes": mask_boxes}
     for i, box in enumerate(avatar.boxes):
         if box[0] < 0:
+            arrays[f"mask{i}"] = np.zeros((1, 1), np.uint8)
             continue
         mask_box = tuple(int(v) for v in mask_boxes[i])
         labels = parse(nets.parser, crop_blend_box(avatar.frames[i], mask_box))
-        masks[i] = blend_mask_from_parse(labels, tuple(int(v) for v in box), mask_box)
+        arrays[f"mask{i}"] = blend_mask_from_parse(
+            labels, tuple(int(v) for v in box), mask_box, mode
+        )
     path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name("masks.tmp.npz")
-    np.savez(tmp, masks=masks, boxes=mask_boxes)
+    tmp = path.with_name(f"{path.stem}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
     avatar.extras.pop("blend_masks", None)
 

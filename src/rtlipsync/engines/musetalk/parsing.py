@@ -7,8 +7,11 @@ first is used. Module names follow the published checkpoint, so it loads strictl
 
 `jaw_mask` turns a parse into MuseTalk v1.5's "jaw" blend mask: skin widened downwards in the
 middle of the face (a cone-and-bar dilation) and narrowed at the cheeks, nose excluded, mouth
-and lips included; then, as every mask, limited to the lower half of the blend box and
-feathered. Class ids: 1 skin, 10 nose, 11 mouth, 12/13 lips.
+and lips included; `raw_mask` is v1.0's (skin, mouth and lips as parsed). Then, as every
+mask, it is limited to the crop box and the lower half of the blend box and feathered, at the
+blend box's full resolution. Each step resamples as the official code does (PIL's bilinear
+into the parser, the parse kept at 512, PIL's bicubic back to the blend box), so the weights
+are the official ones. Class ids: 1 skin, 10 nose, 11 mouth, 12/13 lips.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rtlipsync.engines.musetalk.model import WeightsError, _check_keys, _read_state_dict
-from rtlipsync.face.geometry import finish_blend_mask
+from rtlipsync.face.geometry import feather_blend_mask
 
 SKIN, NOSE, MOUTH, UPPER_LIP, LOWER_LIP = 1, 10, 11, 12, 13
 PARSE_SIZE = 512
@@ -181,14 +184,16 @@ def load_parser(models: Path, device: str | torch.device = "cpu") -> BiSeNet:
 
 @torch.no_grad()
 def parse(net: BiSeNet, image: np.ndarray) -> np.ndarray:
-    """Class ids (H, W) of a BGR face image, parsed at 512 x 512 and sized back."""
-    h, w = image.shape[:2]
-    rgb = cv2.resize(image, (PARSE_SIZE, PARSE_SIZE), interpolation=cv2.INTER_LINEAR)[..., ::-1]
+    """Class ids (512, 512) of a BGR face image, parsed at 512 x 512 (the official code's PIL
+    bilinear resize into the network; the parse stays at 512)."""
+    from PIL import Image
+
+    rgb = Image.fromarray(np.ascontiguousarray(image[..., ::-1]))
+    rgb = np.asarray(rgb.resize((PARSE_SIZE, PARSE_SIZE), Image.BILINEAR))
     x = (rgb.astype(np.float32) / 255.0 - MEAN) / STD
     param = next(net.parameters())
     tensor = torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None].to(param.device)
-    labels = net(tensor).argmax(1)[0].to(torch.uint8).cpu().numpy()
-    return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+    return net(tensor).argmax(1)[0].to(torch.uint8).cpu().numpy()
 
 
 def _jaw_kernel() -> np.ndarray:
@@ -208,22 +213,36 @@ def jaw_mask(labels: np.ndarray, cheek_width: int = 90) -> np.ndarray:
     eroded = cv2.erode(dilated, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (35, 3)), iterations=2)
     mask = dilated.copy()
     centre = labels.shape[1] // 2
-    mask[:, : centre - cheek_width] = eroded[:, : centre - cheek_width]
+    # The official cheek rectangles are drawn with cv2.rectangle, which includes both ends:
+    # columns 0..centre-w and centre+w..end are the eroded cheeks.
+    mask[:, : centre - cheek_width + 1] = eroded[:, : centre - cheek_width + 1]
     mask[:, centre + cheek_width :] = eroded[:, centre + cheek_width :]
     mask[labels == NOSE] = 0
     mask[np.isin(labels, (MOUTH, UPPER_LIP, LOWER_LIP))] = 255
     return mask
 
 
+def raw_mask(labels: np.ndarray) -> np.ndarray:
+    """MuseTalk v1.0's "raw" mask (0/255): skin, mouth and lips as parsed."""
+    return np.isin(labels, (SKIN, MOUTH, UPPER_LIP, LOWER_LIP)).astype(np.uint8) * 255
+
+
+MASK_MODES = {"v15": "jaw", "v10": "raw"}  # each version's official parsing mode
+
+
 def blend_mask_from_parse(
-    labels: np.ndarray, box: tuple[int, int, int, int], mask_box: tuple[int, int, int, int]
+    labels: np.ndarray,
+    box: tuple[int, int, int, int],
+    mask_box: tuple[int, int, int, int],
+    mode: str = "jaw",
 ) -> np.ndarray:
-    """The stored blend mask (``MASK_SIZE`` square over ``mask_box``) from a parse of the
-    blend box, in jaw mode."""
+    """The blend mask (uint8, the blend box's full size) from a 512 x 512 parse of it."""
+    from PIL import Image
+
     side = mask_box[2] - mask_box[0]
-    labels = cv2.resize(labels, (PARSE_SIZE, PARSE_SIZE), interpolation=cv2.INTER_NEAREST)
-    raw = cv2.resize(jaw_mask(labels), (side, side), interpolation=cv2.INTER_CUBIC)
-    return finish_blend_mask(raw, box, mask_box)
+    raw = jaw_mask(labels) if mode == "jaw" else raw_mask(labels)
+    raw = np.asarray(Image.fromarray(raw).resize((side, side), Image.BICUBIC))
+    return feather_blend_mask(raw, box, mask_box)
 
 
 def crop_blend_box(frame: np.ndarray, mask_box: tuple[int, int, int, int]) -> np.ndarray:
