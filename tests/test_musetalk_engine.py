@@ -286,5 +286,10 @@ def test_parsed_blend_masks_when_the_parser_is_there(engine, default_avatar, tmp
         assert data["mask0"].shape == (by2 - by1, bx2 - bx1)  # kept at full size
     assert len(stream.masks) == len(avatar.frames) and stream.masks[0].shape == (by2 - by1,) * 2
     v10 = MuseTalkNets(n.unet, n.vae, n.encoder, n.extractor, "v10", BiSeNet(19).eval())
-    MuseTalkEngine(v10).open_stream(avatar)
+    old = MuseTalkEngine(v10).open_stream(avatar)
     assert (avatar.path / "musetalk" / "masks-raw.npz").exists()  # v1.0 parses in "raw" mode
+    # v1.0's crops stop at the chin: no extra margin below it, so their own latents.
+    x1, y1, x2, y2 = avatar.boxes[0]
+    assert tuple(old.boxes[0]) == (x1, y1, x2, y2 - 10)
+    assert (avatar.path / "musetalk" / "latents-v10.npy").exists()
+    assert len(list(render_speech(old, np.zeros(16000, np.int16)))) == 25

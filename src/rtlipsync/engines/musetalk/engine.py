@@ -140,28 +140,78 @@ class MuseTalkEngine:
         self.audio = audio
 
     def prepare(self, avatar: Avatar, **options: Any) -> None:
-        _latents(avatar, self.nets, self.latents, self.seed)
+        _latents(avatar, self.nets, self.latents, self.seed, self.nets.version)
         _parse_masks(avatar, self.nets)
 
     def open_stream(self, avatar: Avatar) -> MuseTalkStream:
-        latents = _latents(avatar, self.nets, self.latents, self.seed)
+        version = self.nets.version
+        latents = _latents(avatar, self.nets, self.latents, self.seed, version)
         _parse_masks(avatar, self.nets)
-        masks = blend_masks(avatar, MASK_MODES.get(self.nets.version, "jaw"))
-        blend = _device_blend(avatar, self.nets, masks) if self.nets.device_blend else None
+        masks = _masks(avatar, version)
+        boxes = crop_boxes(avatar, version)
+        blend = _device_blend(avatar, self.nets, boxes, masks) if self.nets.device_blend else None
         return MuseTalkStream(
-            avatar, self.nets, latents, masks, self.batch_size, blend, self.silence, self.audio
+            avatar,
+            self.nets,
+            latents,
+            masks,
+            self.batch_size,
+            blend,
+            self.silence,
+            self.audio,
+            boxes,
         )
 
 
+def crop_boxes(avatar: Avatar, version: str = "v15") -> np.ndarray:
+    """The crop boxes ``version`` was trained on: v1.5's reach ``extra_margin`` below the chin
+    (the avatar's own boxes), v1.0's do not (made again from the landmarks, once)."""
+    if version != "v10":
+        return avatar.boxes
+    cached = avatar.extras.get("musetalk_v10_boxes")
+    if cached is None:
+        from rtlipsync.face.geometry import crop_box
+        from rtlipsync.face.landmarks import to_68
+
+        shift = int(avatar.manifest.get("options", {}).get("bbox_shift", 0))
+        cached = avatar.boxes.copy()
+        for i, points in enumerate(avatar.landmarks):
+            if cached[i][0] >= 0:
+                h, w = avatar.frames[i].shape[:2]
+                cached[i] = crop_box(to_68(points), h, w, shift, extra_margin=0)
+        avatar.extras["musetalk_v10_boxes"] = cached
+    return cached
+
+
+def _masks(avatar: Avatar, version: str) -> tuple[Any, np.ndarray]:
+    """The blend masks for ``version``'s boxes: face-parsed where the parser made them, else
+    the landmark masks (v1.0's made again around its own boxes)."""
+    mode = MASK_MODES.get(version, "jaw")
+    if version != "v10" or (avatar.path / "musetalk" / parsed_masks_name(mode)).exists():
+        return blend_masks(avatar, mode)
+    cached = avatar.extras.get("musetalk_v10_masks")
+    if cached is None:
+        from rtlipsync.face.geometry import blend_box, lower_face_mask
+
+        masks, mask_boxes = [], []
+        for points, box in zip(avatar.landmarks, crop_boxes(avatar, version), strict=True):
+            face = box[0] >= 0
+            box = tuple(int(v) for v in box)
+            masks.append(lower_face_mask(points, box) if face else np.zeros((1, 1), np.uint8))
+            mask_boxes.append(blend_box(box) if face else (-1, -1, -1, -1))
+        cached = avatar.extras["musetalk_v10_masks"] = (masks, np.array(mask_boxes, np.int32))
+    return cached
+
+
 def _device_blend(
-    avatar: Avatar, nets: MuseTalkNets, masks: tuple[np.ndarray, np.ndarray]
+    avatar: Avatar, nets: MuseTalkNets, boxes: np.ndarray, masks: tuple[Any, np.ndarray]
 ) -> DeviceBlend:
     """The avatar's `DeviceBlend` on the networks' device, shared by its sessions."""
     device = nets.generate.device
     cached = avatar.extras.get("musetalk_blend")
     if cached is not None and cached.masks is masks[0] and cached.device == device:
         return cached
-    blend = DeviceBlend(avatar.frames, avatar.boxes, masks[0], masks[1], device)
+    blend = DeviceBlend(avatar.frames, boxes, masks[0], masks[1], device)
     avatar.extras["musetalk_blend"] = blend
     return blend
 
@@ -178,12 +228,16 @@ def _vae_key(vae: Any) -> str:
 LATENT_MODES = ("mean", "sample")
 
 
-def _latents(avatar: Avatar, nets: MuseTalkNets, mode: str = "mean", seed: int = 0) -> np.ndarray:
-    """(N, 8, 32, 32) float32 crop latents of every frame (zeros where no face), cached per
-    VAE and ``mode``: the posterior's "mean" (the default: an avatar always gives the same
-    latents, so renders repeat), or a "sample" drawn with ``seed``, as the official code
-    draws one (unseeded there)."""
+def _latents(
+    avatar: Avatar, nets: MuseTalkNets, mode: str = "mean", seed: int = 0, boxes: str = "v15"
+) -> np.ndarray:
+    """(N, 8, 32, 32) float32 crop latents of every frame (zeros where no face) in the crop
+    boxes of version ``boxes``, cached per VAE and ``mode``: the posterior's "mean" (the
+    default: an avatar always gives the same latents, so renders repeat), or a "sample" drawn
+    with ``seed``, as the official code draws one (unseeded there)."""
     name = "latents" if mode == "mean" else f"latents-sample{seed}"
+    name += "-v10" if boxes == "v10" else ""
+    crops_in = crop_boxes(avatar, boxes)
     key = f"{nets.vae_key}:{name}"
     cached = avatar.extras.get("musetalk")
     if cached is not None and cached[0] == key:
@@ -199,10 +253,10 @@ def _latents(avatar: Avatar, nets: MuseTalkNets, mode: str = "mean", seed: int =
             generator = torch.Generator(device=str(next(nets.vae.parameters()).device))
             generator.manual_seed(seed)
         latents = np.zeros((len(avatar.frames), 8, 32, 32), np.float32)
-        faces = [i for i, box in enumerate(avatar.boxes) if box[0] >= 0]
+        faces = [i for i, box in enumerate(crops_in) if box[0] >= 0]
         for start in range(0, len(faces), 8):
             batch = faces[start : start + 8]
-            crops = np.stack([crop_face(avatar.frames[i], avatar.boxes[i]) for i in batch])
+            crops = np.stack([crop_face(avatar.frames[i], crops_in[i]) for i in batch])
             latents[batch] = encode_crops(nets.vae, crops, generator).float().cpu().numpy()
         folder.mkdir(exist_ok=True)
         tmp = folder / f"{name}.tmp.npy"
@@ -224,11 +278,12 @@ def _parse_masks(avatar: Avatar, nets: MuseTalkNets) -> None:
     if nets.parser is None or path.exists():
         return
     from rtlipsync.engines.musetalk.parsing import blend_mask_from_parse, crop_blend_box, parse
+    from rtlipsync.face.geometry import blend_box
 
-    with np.load(avatar.path / "masks.npz") as data:
-        mask_boxes = data["boxes"]
-    arrays = {"boxes": mask_boxes}
-    for i, box in enumerate(avatar.boxes):
+    boxes = crop_boxes(avatar, nets.version)
+    mask_boxes = [blend_box(tuple(int(v) for v in b)) if b[0] >= 0 else (-1,) * 4 for b in boxes]
+    arrays = {"boxes": np.array(mask_boxes, np.int32)}
+    for i, box in enumerate(boxes):
         if box[0] < 0:
             arrays[f"mask{i}"] = np.zeros((1, 1), np.uint8)
             continue
@@ -290,8 +345,10 @@ class MuseTalkStream:
         blend: DeviceBlend | None = None,
         silence: str = "vad",
         audio: str = "stream",
+        boxes: np.ndarray | None = None,
     ) -> None:
         self.avatar = avatar
+        self.boxes = avatar.boxes if boxes is None else boxes  # the version's crop boxes
         self.silence = silence
         self.audio = audio
         # What a frame waits for past its end: its Whisper block and that block's look-ahead.
@@ -357,7 +414,7 @@ class MuseTalkStream:
             source = int(loop[(self._index + k) % len(loop)])
             weight = u.weight(f)
             region = paste_region(self.avatar.frames[source].shape, self.mask_boxes[source])
-            talk = weight > 0 and self.avatar.boxes[source][0] >= 0 and region is not None
+            talk = weight > 0 and self.boxes[source][0] >= 0 and region is not None
             plan.append((f, audio, source, region if talk else None, weight))
         talking = [p for p in plan if p[3] is not None]
         pasted: dict[int, np.ndarray] = {}  # frame → its image with the face in
@@ -390,7 +447,7 @@ class MuseTalkStream:
         or a face to paste here."""
         base = self.avatar.frames[source]
         if self.blend is None:
-            box = tuple(int(v) for v in self.avatar.boxes[source])
+            box = tuple(int(v) for v in self.boxes[source])
             return paste(base, row, box, self.masks[source], self.mask_boxes[source])
         image = base.copy()
         image[region] = row
