@@ -235,14 +235,15 @@ def main() -> None:
     masks, mask_boxes = blend_masks(avatar)
     our_latents = _latents(avatar, nets, "mean")
     lat, diff_max, mask_psnr = [], 0, []
-    official_masks = {}
+    official_masks, official_latents = {}, {}
     with torch.no_grad():
         for i, frame in enumerate(avatar.frames):
             box = [int(v) for v in avatar.boxes[i]]
             crop = crop_face(frame, tuple(box))
             parts = [vae.preprocess_img(crop, half_mask=h) for h in (True, False)]
             mean = torch.cat([vae.vae.encode(x).latent_dist.mean for x in parts], 1)
-            lat.append(psnr(our_latents[i], (mean * vae.scaling_factor)[0].numpy()))
+            official_latents[i] = mean * vae.scaling_factor
+            lat.append(psnr(our_latents[i], official_latents[i][0].numpy()))
             mask, crop_box = get_image_prepare_material(frame, box, fp=fp, mode="jaw")
             official_masks[i] = (mask, crop_box)
             bx1, by1, bx2, by2 = (int(v) for v in mask_boxes[i])
@@ -265,11 +266,8 @@ def main() -> None:
         with torch.no_grad():
             latent = torch.from_numpy(our_latents[i])[None]
             # Official: its own windows and its own latents (mean, as above).
-            crop = crop_face(frame, box)
-            parts = [vae.preprocess_img(crop, half_mask=h) for h in (True, False)]
-            mean = torch.cat([vae.vae.encode(x).latent_dist.mean for x in parts], 1)
             audio = pe(torch.from_numpy(theirs[f])[None])
-            unet_out = unet.model(mean * vae.scaling_factor, timesteps, encoder_hidden_states=audio)
+            unet_out = unet.model(official_latents[i], timesteps, encoder_hidden_states=audio)
             their_unet = unet_out.sample
             their_face = vae.decode_latents(their_unet)[0]
             resized = cv2.resize(their_face.astype(np.uint8), (box[2] - box[0], box[3] - box[1]))

@@ -35,7 +35,12 @@ from tqdm import tqdm
 
 from rtlipsync.errors import InputError
 from rtlipsync.face import footage
-from rtlipsync.face.geometry import bbox_shift_range, blend_box, crop_box, lower_face_mask
+from rtlipsync.face.geometry import (
+    NO_BOX,
+    bbox_shift_range,
+    crop_box,
+    landmark_blend_mask,
+)
 from rtlipsync.face.landmarks import LANDMARK_COUNT, FaceLandmarker, to_68
 from rtlipsync.media.frames import FPS
 from rtlipsync.media.video import (
@@ -310,15 +315,12 @@ def _prepare_into(
                     box = None
             if points is None or box is None:
                 missing.append(i)
-                landmarks.append(nan_points)
-                boxes.append((-1, -1, -1, -1))
-                masks.append(np.zeros((256, 256), np.uint8))
-                mask_boxes.append((-1, -1, -1, -1))
-            else:
-                landmarks.append(points)
-                boxes.append(box)
-                masks.append(lower_face_mask(points, box))
-                mask_boxes.append(blend_box(box))
+                points, box = nan_points, None
+            landmarks.append(points)
+            boxes.append(box or NO_BOX)
+            mask, mask_box = landmark_blend_mask(points, box)
+            masks.append(mask)
+            mask_boxes.append(mask_box)
             bar.update(1)
             if on_progress is not None:
                 on_progress(i + 1, max(estimate, i + 1))

@@ -69,6 +69,19 @@ def lower_face_mask(points: np.ndarray, box: tuple[int, int, int, int]) -> np.nd
     return finish_blend_mask(mask, box, (bx1, by1, bx2, by2))
 
 
+NO_BOX = (-1, -1, -1, -1)  # a frame without a face
+
+
+def landmark_blend_mask(
+    points: np.ndarray, box: tuple[int, int, int, int] | None
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """One frame's landmark blend mask and its blend box; empty (and `NO_BOX`) where the
+    frame has no face (``box`` None or negative)."""
+    if box is None or box[0] < 0:
+        return np.zeros((MASK_SIZE, MASK_SIZE), np.uint8), NO_BOX
+    return lower_face_mask(points, box), blend_box(box)
+
+
 def finish_blend_mask(
     raw: np.ndarray, box: tuple[int, int, int, int], mask_box: tuple[int, int, int, int]
 ) -> np.ndarray:

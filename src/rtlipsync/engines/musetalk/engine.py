@@ -186,20 +186,21 @@ def crop_boxes(avatar: Avatar, version: str = "v15") -> np.ndarray:
 def _masks(avatar: Avatar, version: str) -> tuple[Any, np.ndarray]:
     """The blend masks for ``version``'s boxes: face-parsed where the parser made them, else
     the landmark masks (v1.0's made again around its own boxes)."""
-    mode = MASK_MODES.get(version, "jaw")
+    mode = MASK_MODES[version]
     if version != "v10" or (avatar.path / "musetalk" / parsed_masks_name(mode)).exists():
         return blend_masks(avatar, mode)
     cached = avatar.extras.get("musetalk_v10_masks")
     if cached is None:
-        from rtlipsync.face.geometry import blend_box, lower_face_mask
+        from rtlipsync.face.geometry import landmark_blend_mask
 
-        masks, mask_boxes = [], []
-        for points, box in zip(avatar.landmarks, crop_boxes(avatar, version), strict=True):
-            face = box[0] >= 0
-            box = tuple(int(v) for v in box)
-            masks.append(lower_face_mask(points, box) if face else np.zeros((1, 1), np.uint8))
-            mask_boxes.append(blend_box(box) if face else (-1, -1, -1, -1))
-        cached = avatar.extras["musetalk_v10_masks"] = (masks, np.array(mask_boxes, np.int32))
+        boxes = crop_boxes(avatar, version)
+        made = [
+            landmark_blend_mask(points, tuple(int(v) for v in box))
+            for points, box in zip(avatar.landmarks, boxes, strict=True)
+        ]
+        masks = [m for m, _ in made]
+        cached = (masks, np.array([b for _, b in made], np.int32))
+        avatar.extras["musetalk_v10_masks"] = cached
     return cached
 
 
@@ -271,23 +272,21 @@ def _parse_masks(avatar: Avatar, nets: MuseTalkNets) -> None:
     """With the parser loaded, make the avatar's blend masks by BiSeNet once, in the official
     mode of the networks' version (v1.5 "jaw", v1.0 "raw") and at full size, kept in
     ``musetalk/`` where `blend_masks` then prefers them."""
-    from rtlipsync.engines.musetalk.parsing import MASK_MODES
-
-    mode = MASK_MODES.get(nets.version, "jaw")
+    mode = MASK_MODES[nets.version]
     path = avatar.path / "musetalk" / parsed_masks_name(mode)
     if nets.parser is None or path.exists():
         return
     from rtlipsync.engines.musetalk.parsing import blend_mask_from_parse, crop_blend_box, parse
-    from rtlipsync.face.geometry import blend_box
+    from rtlipsync.face.geometry import NO_BOX, blend_box
 
     boxes = crop_boxes(avatar, nets.version)
-    mask_boxes = [blend_box(tuple(int(v) for v in b)) if b[0] >= 0 else (-1,) * 4 for b in boxes]
+    mask_boxes = [blend_box(tuple(int(v) for v in b)) if b[0] >= 0 else NO_BOX for b in boxes]
     arrays = {"boxes": np.array(mask_boxes, np.int32)}
     for i, box in enumerate(boxes):
         if box[0] < 0:
             arrays[f"mask{i}"] = np.zeros((1, 1), np.uint8)
             continue
-        mask_box = tuple(int(v) for v in mask_boxes[i])
+        mask_box = mask_boxes[i]
         labels = parse(nets.parser, crop_blend_box(avatar.frames[i], mask_box))
         arrays[f"mask{i}"] = blend_mask_from_parse(
             labels, tuple(int(v) for v in box), mask_box, mode
