@@ -2,11 +2,15 @@
 stage, on the same random weights written in the official formats.
 
     python benchmarks/musetalk_parity.py --official PATH_TO_A_CHECKOUT_OF_TMElyralab/MuseTalk
+    python benchmarks/musetalk_parity.py --official PATH --version v10
 
 Both codes get the same models folder (every file the download brings, synthesized at full
 size in its published serialisation), the same avatar frames and crop boxes (the official
 landmark code needs mmpose; the project's boxes, made by MuseTalk's rule, are given to both),
 and the same speech, longer than 30 s so that frames past 10 s and past 30 s are compared.
+Each version runs as the official scripts run it: v1.5 with its UNet, crops reaching
+``extra_margin`` below the chin and the "jaw" mask; v1.0 with its UNet, crops that stop at
+the chin and the "raw" mask.
 Printed per stage, as PSNR (dB) of the project's result against the official one:
 
 - audio windows: every frame's (50, 384) Whisper window, live ("stream") and offline
@@ -143,13 +147,15 @@ def main() -> None:
         help="frames compared through the networks (-1: the last)",
     )
     parser.add_argument("--work", type=Path, help="keep the synthesized files here")
+    parser.add_argument("--version", choices=("v15", "v10"), default="v15", help="MuseTalk version")
     args = parser.parse_args()
     official = args.official.resolve()
     if not (official / "musetalk" / "utils" / "audio_processor.py").exists():
         raise SystemExit(f"{official} is not a checkout of TMElyralab/MuseTalk")
     work = (args.work or Path(tempfile.mkdtemp(prefix="musetalk-parity-"))).resolve()
     print(machine())
-    print(f"official code: {official}; work folder: {work}")
+    version = args.version
+    print(f"official code: {official}; work folder: {work}; MuseTalk {version}")
 
     from official_musetalk import write_official_models
     from rtlipsync.speech.asr import wav_bytes
@@ -157,7 +163,7 @@ def main() -> None:
     models = work / "models"
     if not (models / "musetalkV15" / "unet.pth").exists():
         t = time.perf_counter()
-        write_official_models(models)
+        write_official_models(models, v10_file=True)  # each version's file at its size
         print(f"synthesized the official models folder in {time.perf_counter() - t:.0f} s")
     os.environ["RTLIPSYNC_HOME"] = str(work / "home")
     (work / "home" / "models").mkdir(parents=True, exist_ok=True)
@@ -170,7 +176,9 @@ def main() -> None:
 
     # The avatar: the project prepares it (crop boxes by MuseTalk's rule); both codes use
     # its frames and boxes.
-    from rtlipsync.engines.musetalk.engine import MuseTalkNets, _latents, _parse_masks
+    from rtlipsync.engines.musetalk.engine import MuseTalkNets, _latents, _parse_masks, crop_boxes
+    from rtlipsync.engines.musetalk.model import UNET_FILES
+    from rtlipsync.engines.musetalk.parsing import MASK_MODES
     from rtlipsync.face.avatar import PrepareOptions, blend_masks, load_avatar, prepare_avatar
     from rtlipsync.face.geometry import crop_face, paste
 
@@ -190,7 +198,9 @@ def main() -> None:
     kept = [psnr(avatar.frames[i], cv2.imread(str(p))) for i, p in enumerate(sources)]
     print(f"avatar frames against the source: min {min(kept):.1f} dB over {len(kept)} frames")
 
-    nets = MuseTalkNets.load(models, "v15", "cpu")
+    nets = MuseTalkNets.load(models, version, "cpu")
+    mask_mode = MASK_MODES[version]
+    boxes = crop_boxes(avatar, version)  # both codes crop here
     nets.parser = LandmarkParse()
     total = len(pcm) * 25 // SR
     picks = sorted({f if f >= 0 else total + f for f in map(int, args.frames.split(","))})
@@ -208,13 +218,16 @@ def main() -> None:
         from musetalk.utils.face_parsing import FaceParsing
         from musetalk.utils.utils import load_all_model
 
+        folder, unet_file = UNET_FILES[version]
         vae, unet, pe = load_all_model(
-            unet_model_path=str(models / "musetalkV15" / "unet.pth"),
+            unet_model_path=str(models / folder / unet_file),
             vae_type="sd-vae",
-            unet_config=str(models / "musetalkV15" / "musetalk.json"),
+            unet_config=str(models / folder / "musetalk.json"),
             device=torch.device("cpu"),
         )
-        fp = FaceParsing(left_cheek_width=90, right_cheek_width=90)
+        # As the official scripts make it: v1.5 with the cheek widths its arguments give,
+        # v1.0 with the class defaults.
+        fp = FaceParsing(90, 90) if version == "v15" else FaceParsing()
         fp.net = LandmarkParse()
     finally:
         os.chdir(here)
@@ -232,19 +245,19 @@ def main() -> None:
 
     print("\nstage: latents, masks (every avatar frame)")
     _parse_masks(avatar, nets)
-    masks, mask_boxes = blend_masks(avatar)
-    our_latents = _latents(avatar, nets, "mean")
+    masks, mask_boxes = blend_masks(avatar, mask_mode)
+    our_latents = _latents(avatar, nets, "mean", boxes=version)
     lat, diff_max, mask_psnr = [], 0, []
     official_masks, official_latents = {}, {}
     with torch.no_grad():
         for i, frame in enumerate(avatar.frames):
-            box = [int(v) for v in avatar.boxes[i]]
+            box = [int(v) for v in boxes[i]]
             crop = crop_face(frame, tuple(box))
             parts = [vae.preprocess_img(crop, half_mask=h) for h in (True, False)]
             mean = torch.cat([vae.vae.encode(x).latent_dist.mean for x in parts], 1)
             official_latents[i] = mean * vae.scaling_factor
             lat.append(psnr(our_latents[i], official_latents[i][0].numpy()))
-            mask, crop_box = get_image_prepare_material(frame, box, fp=fp, mode="jaw")
+            mask, crop_box = get_image_prepare_material(frame, box, fp=fp, mode=mask_mode)
             official_masks[i] = (mask, crop_box)
             bx1, by1, bx2, by2 = (int(v) for v in mask_boxes[i])
             ours_mask = cv2.resize(masks[i], (bx2 - bx1, by2 - by1))
@@ -261,7 +274,7 @@ def main() -> None:
     rows = []
     for f in picks:
         i = int(avatar.loop[f % len(avatar.loop)])
-        box = tuple(int(v) for v in avatar.boxes[i])
+        box = tuple(int(v) for v in boxes[i])
         frame = avatar.frames[i]
         with torch.no_grad():
             latent = torch.from_numpy(our_latents[i])[None]

@@ -26,15 +26,41 @@ from rtlipsync.engines.musetalk.weights import FILES
 _LEGACY_VAE = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
 
-def write_unet(root: Path) -> None:
-    """``musetalkV15/`` and ``musetalk/``: the config as published and one random UNet (the
-    v1.0 file is the same tensors under its own name)."""
+def write_unet(root: Path, v10_file: bool = False) -> None:
+    """``musetalkV15/`` and ``musetalk/``: the config as published and one random UNet.
+
+    The v1.0 file holds the same tensors under its own name: a hard link (no second 3.4 GB)
+    unless ``v10_file``, which writes it as a file of its own at the published size, so the
+    download's size check sees v1.0 complete too.
+    """
     unet = unet_from_config(UNET_CONFIG)
     for folder in ("musetalkV15", "musetalk"):
         (root / folder).mkdir(parents=True, exist_ok=True)
         (root / folder / "musetalk.json").write_text(json.dumps(UNET_CONFIG, indent=2) + "\n")
     torch.save(unet.state_dict(), root / "musetalkV15" / "unet.pth")
-    os.link(root / "musetalkV15" / "unet.pth", root / "musetalk" / "pytorch_model.bin")
+    v10 = root / "musetalk" / "pytorch_model.bin"
+    if v10_file:
+        torch.save(unet.state_dict(), v10)
+        published = next(f.size for f in FILES if f.path == "musetalk/pytorch_model.bin")
+        pad_zip(v10, published)
+    else:
+        os.link(root / "musetalkV15" / "unet.pth", v10)
+
+
+def pad_zip(path: Path, size: int) -> None:
+    """Make the zip checkpoint at ``path`` exactly ``size`` bytes with an archive comment.
+
+    The published file was written by an older torch, whose records add a few kilobytes; a
+    zip comment is the one place extra bytes are part of a valid archive.
+    """
+    with path.open("r+b") as f:
+        f.seek(-22, os.SEEK_END)
+        end = f.read(22)
+        assert end[:4] == b"PK\x05\x06" and end[20:22] == b"\0\0", "no bare end record"
+        extra = size - path.stat().st_size
+        assert 0 <= extra <= 0xFFFF, f"cannot pad {path} by {extra} bytes"
+        f.seek(-2, os.SEEK_END)
+        f.write(extra.to_bytes(2, "little") + bytes(extra))
 
 
 def write_vae(root: Path) -> None:
@@ -66,9 +92,13 @@ def write_whisper(root: Path) -> None:
     WhisperFeatureExtractor(feature_size=80).save_pretrained(folder)
 
 
-def write_parsing(root: Path) -> None:
+def write_parsing(root: Path, skin: bool = False) -> None:
     """``face-parse-bisent/``: both files in torch's legacy (pre-zip) serialisation, as the
     published 2017/2019 files are, at the published sizes.
+
+    A random BiSeNet labels almost every pixel background, which leaves blend masks empty
+    and nothing pasted; with ``skin`` its classifier labels every pixel skin instead, so
+    the face MuseTalk makes shows in the frame.
 
     The 2017 backbone predates BatchNorm's ``num_batches_tracked`` and holds the classifier.
     The published pickles also carry details of their era (CUDA storage locations, long
@@ -80,7 +110,12 @@ def write_parsing(root: Path) -> None:
     backbone = {k: v for k, v in ResNet18().state_dict().items() if "num_batches" not in k}
     backbone["fc.weight"] = torch.randn(1000, 512)
     backbone["fc.bias"] = torch.randn(1000)
-    files = {"resnet18-5c106cde.pth": backbone, "79999_iter.pth": BiSeNet(19).state_dict()}
+    parser = BiSeNet(19)
+    if skin:
+        with torch.no_grad():  # features after a ReLU are >= 0: class 1 (skin) wins
+            parser.conv_out.conv_out.weight.zero_()
+            parser.conv_out.conv_out.weight[1] = 1.0
+    files = {"resnet18-5c106cde.pth": backbone, "79999_iter.pth": parser.state_dict()}
     for name, state in files.items():
         path = folder / name
         torch.save(state, path, _use_new_zipfile_serialization=False)
@@ -90,11 +125,14 @@ def write_parsing(root: Path) -> None:
             out.write(bytes(published - path.stat().st_size))
 
 
-def write_official_models(root: Path, seed: int = 0, parsing: bool = True) -> Path:
-    """The whole folder under ``root`` (made if needed); returns ``root``."""
+def write_official_models(
+    root: Path, seed: int = 0, parsing: bool = True, v10_file: bool = False
+) -> Path:
+    """The whole folder under ``root`` (made if needed); returns ``root``. ``v10_file``: see
+    `write_unet`."""
     root.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    write_unet(root)
+    write_unet(root, v10_file)
     write_vae(root)
     write_whisper(root)
     if parsing:

@@ -163,3 +163,83 @@ def test_render_runs_on_the_official_layout(official: Path, tmp_path: Path, spee
         assert sum(1 for _ in container.decode(video=0)) == 13
     # The parsed (BiSeNet) blend masks were made from the legacy files and kept.
     assert (home / "avatars" / "default" / "musetalk" / "masks-jaw.npz").exists()
+
+
+def test_serve_runs_on_the_official_layout(official: Path, tmp_path: Path, default_avatar) -> None:  # noqa: ANN001
+    """`rtlipsync serve --engine musetalk` on the official files at full size: a WebSocket
+    client asks the avatar to speak and gets frames whose mouth MuseTalk made (random weights
+    make it noise, so it plainly differs from the idle face) while the forehead stays."""
+    import asyncio
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import numpy as np
+    import websockets
+
+    from official_musetalk import write_parsing
+    from rtlipsync.transport.websocket import decode_frame
+
+    from conftest import free_port
+
+    home = tmp_path / "home"
+    models = home / "models" / "musetalk"
+    models.mkdir(parents=True)
+    for part in official.iterdir():  # the official files, but a parser that labels skin
+        if part.name != "face-parse-bisent":
+            (models / part.name).symlink_to(part)
+    write_parsing(models, skin=True)
+    assert weights.missing("v15", models) == []
+    port = free_port()
+    env = {**os.environ, "RTLIPSYNC_HOME": str(home)}
+    command = [sys.executable, "-m", "rtlipsync.cli", "serve", "--engine", "musetalk"]
+    command += ["--device", "cpu", "--port", str(port)]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    x1, y1, x2, y2 = (int(v) for v in default_avatar.boxes[0])
+
+    async def scenario() -> None:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 240  # loading 3.4 GB of UNet and the rest
+        async with httpx.AsyncClient(base_url=base) as http:
+            while True:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the server did not come up"
+                try:
+                    if (await http.get("/")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(1.0)
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+            hello = json.loads(await ws.recv())
+            assert hello["type"] == "session"
+            idle = None
+            while idle is None:
+                message = await ws.recv()
+                if isinstance(message, bytes):
+                    idle = decode_frame(message)[1].astype(np.int16)
+            await ws.send(json.dumps({"type": "say", "text": "Hello."}))
+            spoken = []
+            deadline = time.monotonic() + 300  # the CPU runs the full UNet slowly
+            while len(spoken) < 8 and time.monotonic() < deadline:
+                message = await asyncio.wait_for(ws.recv(), timeout=120)
+                if isinstance(message, bytes):
+                    _, image, audio = decode_frame(message)
+                    if np.abs(audio.astype(np.int32)).max() > 1000:  # a speaking frame
+                        spoken.append(image.astype(np.int16))
+            assert len(spoken) == 8, "no speaking frames came"
+            lower = slice((y1 + y2) // 2, y2)
+            made = [np.abs(im[lower, x1:x2] - idle[lower, x1:x2]).mean() > 8 for im in spoken]
+            assert sum(made) >= 4, made  # MuseTalk's mouths (a few may fade in)
+            top = slice(0, max(y1 - 8, 1))  # above the crop nothing is pasted
+            assert all(np.abs(im[top] - idle[top]).mean() < 2 for im in spoken)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
