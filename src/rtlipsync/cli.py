@@ -397,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Without VIDEO, run the whole method on each --truth clip: its most closed-mouth "
         "frame becomes a still avatar, driven by the clip's audio alone, and the render is "
         "compared with the clip; per clip and the medians. With --footage, an avatar is "
-        "prepared from the clip's first 60 %% (its talking footage, video and audio), "
-        "driven by the audio of the last 40 %% and compared with the real last 40 %%.",
+        "prepared from the clip's first 60 % (its talking footage, video and audio), "
+        "driven by the audio of the last 40 % and compared with the real last 40 %.",
     )
     lips.add_argument("video", type=Path, nargs="?", help="rendered video to measure")
     lips.add_argument(

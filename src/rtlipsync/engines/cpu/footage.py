@@ -11,8 +11,8 @@ closed mouth, so the idle loop of a talking video keeps its mouth shut.
 The choice follows the footage: the frame that came after the mouth just shown counts as
 nearer, so consecutive frames are the person's own motion where the speech allows (r against
 the truth rose from 0.47 to 0.50 with it, and frame-to-frame change fell). It also keeps the
-previous mouth while it is nearly as good as the best one, so teeth do not flicker between
-two equally good frames.
+previous pair of mouths while each is nearly as good as the best, and eases the blend between
+them, so a held vowel holds its teeth instead of flickering between equally good frames.
 """
 
 from __future__ import annotations
@@ -33,7 +33,15 @@ from rtlipsync.face.morph import meet
 
 # Weights of the selection distance, in units of the bank's own spread of each feature.
 W_OPENING, W_WIDTH, W_POSE = 1.0, 0.35, 1.5
-STICK = 0.05  # keep the previous mouth while its distance is within this of the best
+# Keep the previous pair of mouths while each is within this of the best choice (in the
+# distance's units, where one unit is a spread of the person's openings), so a held vowel
+# holds its teeth instead of flickering between near-equal frames.
+STICK = 0.5
+# A head-pose difference this small (nose offset in eye distances, about 2 degrees) counts
+# as one spread at most: footage whose head barely moves would otherwise make a tiny pose
+# change outweigh the mouth's shape, and the choice would jump with every frame's pose.
+POSE_SPREAD_FLOOR = 0.03
+T_SMOOTH = 0.5  # share of the previous frame's blend kept while the pair holds
 FOLLOW = 1.0  # how much nearer the footage's next frame counts, after the mouth just shown
 CLOSED_QUANTILE = 0.03  # a shut mouth's opening: this low quantile of the person's openings
 # A bilabial heard in the audio shuts the lips when this person's mapping already has the
@@ -65,6 +73,7 @@ class FootageBank:
                 weights if len(weights) else None, data["predicted"], data["real"], data["widths"]
             )
         self._scale = self.features.std(axis=0) + 1e-6
+        self._scale[3:5] = np.maximum(self._scale[3:5], POSE_SPREAD_FLOOR)
         self._cache: dict[int, np.ndarray] = {}
         self._landings: dict[int, _Landing] = {}
         self.closed = float(np.quantile(self.features[:, 0], CLOSED_QUANTILE))
@@ -230,10 +239,12 @@ class FootageStream(CpuStream):
         super().__init__(avatar)
         self.bank = bank
         self._pair: tuple[int, int] | None = None
+        self._t = 0.0
 
     def reset(self) -> None:
         super().reset()
         self._pair = None
+        self._t = 0.0
 
     def _choose(self, params: MouthParams, source: int, speaking: bool) -> tuple[int, int, float]:
         bank = self.bank
@@ -258,13 +269,18 @@ class FootageStream(CpuStream):
                 d[nxt] = max(d[nxt] - FOLLOW, 0.0)
         order = np.argsort(d)
         a, b = int(order[0]), int(order[1])
-        if self._pair is not None and d[self._pair[0]] <= d[a] + STICK:
-            a = self._pair[0]
-            if b == a:
-                b = int(order[0])
-        self._pair = (a, b)
+        held = self._pair
+        if held is not None and not closing:
+            # Each of the pair shown holds while it is nearly as good as the best.
+            if d[held[0]] <= d[a] + STICK:
+                a, b = held[0], (b if b != held[0] else a)
+            if held[1] != a and d[held[1]] <= d[b] + STICK:
+                b = held[1]
         da, db = float(np.sqrt(d[a])), float(np.sqrt(d[b]))
         t = da / (da + db) if da + db > 1e-9 else 0.0
+        if held == (a, b):
+            t = T_SMOOTH * self._t + (1.0 - T_SMOOTH) * t
+        self._pair, self._t = (a, b), t
         return a, b, t
 
     def _image(self, source: int, params: MouthParams, speaking: bool) -> np.ndarray:
