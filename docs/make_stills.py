@@ -3,7 +3,11 @@ avatar, on a video avatar (``--video``) and on a talking clip's still (``--clip`
 closed-mouth frame, as the ground-truth measure uses), cropped around the face at full size,
 plus 3x close-ups of the mouth.
 
-    python docs/make_stills.py [--video PATH] [--clip PATH]
+    python docs/make_stills.py [--video PATH] [--clip PATH] [--full-hd PATH]
+
+``--full-hd`` (default: a 1080x1920 talking clip) makes a still avatar of that clip's most
+closed-mouth frame at its full resolution, so the mouth's edges can be checked for a seam,
+colour step or resolution step where the frame is 1080p.
 """
 
 from __future__ import annotations
@@ -16,7 +20,12 @@ import numpy as np
 
 from rtlipsync.articulation import MouthParams
 from rtlipsync.engines.cpu.engine import avatar_rigs
-from rtlipsync.face.avatar import ensure_default_avatar, load_avatar, prepare_avatar
+from rtlipsync.face.avatar import (
+    PrepareOptions,
+    ensure_default_avatar,
+    load_avatar,
+    prepare_avatar,
+)
 
 SHAPES = {
     "closed": MouthParams(0.0),
@@ -58,6 +67,9 @@ def main() -> None:
     parser.add_argument(
         "--clip", type=Path, default=Path("../shared/media/talking/video-retalking-2.mp4")
     )
+    parser.add_argument(
+        "--full-hd", type=Path, default=Path("../shared/media/talking/latentsync-demo3.mp4")
+    )
     args = parser.parse_args()
     out_dir = Path(__file__).parent
     ensure_default_avatar()
@@ -66,17 +78,26 @@ def main() -> None:
         prepare_avatar(args.video.stem, args.video)
         stills(args.video.stem, 100, out_dir)
     if args.clip.is_file():
-        import tempfile
-
-        from rtlipsync.eval.lips import most_closed_frame
-
-        still, _ = most_closed_frame(args.clip)
-        with tempfile.TemporaryDirectory() as tmp:
-            image = Path(tmp) / "still.png"
-            cv2.imwrite(str(image), still)
-            prepare_avatar(f"still-{args.clip.stem}", image)
+        still_avatar(args.clip, f"still-{args.clip.stem}", PrepareOptions())
         stills(f"still-{args.clip.stem}", 0, out_dir)
+    if args.full_hd.is_file():
+        name = f"still-{args.full_hd.stem}-full"
+        still_avatar(args.full_hd, name, PrepareOptions(max_size=1920))
+        assert max(load_avatar(name).frames[0].shape[:2]) == 1920, "not a 1080p clip"
+        stills(name, 0, out_dir)
 
+
+def still_avatar(clip: Path, name: str, options: PrepareOptions) -> None:
+    """An avatar of ``clip``'s most closed-mouth frame (as the ground-truth measure makes)."""
+    import tempfile
+
+    from rtlipsync.eval.lips import most_closed_frame
+
+    still, _ = most_closed_frame(clip)
+    with tempfile.TemporaryDirectory() as tmp:
+        image = Path(tmp) / "still.png"
+        cv2.imwrite(str(image), still)
+        prepare_avatar(name, image, options)
 
 if __name__ == "__main__":
     main()
