@@ -99,5 +99,6 @@ def still_avatar(clip: Path, name: str, options: PrepareOptions) -> None:
         cv2.imwrite(str(image), still)
         prepare_avatar(name, image, options)
 
+
 if __name__ == "__main__":
     main()

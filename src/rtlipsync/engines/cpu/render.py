@@ -5,11 +5,11 @@ mouth: ``u`` runs along the lips (-1 and +1 at the corners) and ``v`` down the f
 from the line where the lips meet. A mouth shape then becomes a displacement field on that
 grid: below the lip line the lower lip and jaw drop (the chin follows, the neck stretches);
 above it the upper lip lifts a little; the corners move out (spread) or in (rounded) and up
-or down (smile). The frame is resampled through that field with `cv2.remap`, so skin, lips and
-lighting are the face's own, and the field fades to zero before the region's edge, so there is
-no box. The gap that opens between the lips is filled with a drawn mouth interior: a dark
-cavity shaded to the face's light, upper teeth under the upper lip, lower teeth and tongue
-when wide open, edges anti-aliased.
+or down (smile); stretched lips thin and rounded ones gather. The frame is resampled
+through that field with `cv2.remap`, so skin, lips and lighting are the face's own, and the
+field fades to zero before the region's edge, so there is no box. The gap that opens between
+the lips is filled with a drawn mouth interior: a dark cavity shaded to the face's light,
+upper teeth under the upper lip, lower teeth and tongue when wide open, edges anti-aliased.
 
 For a still image the same machinery adds idle life: blinks (the upper lid slides down over
 the eye) and a slight head sway (a soft-masked rotation about the neck).
@@ -51,6 +51,10 @@ def _corner_travel(width: float) -> float:
 
 
 SMILE_LIFT = 0.10  # corner travel for a full smile, in mouth half-widths
+# Stretched lips thin (their red narrows towards the line where they meet); rounded lips
+# gather and look fuller. Shares of each lip's thickness at full spread and full rounding.
+THIN_SPREAD = 0.3
+FULL_ROUND = 0.15
 CLOSE_OVERLAP = 0.6
 
 
@@ -128,6 +132,10 @@ class MouthRig:
         self.v_line = (self.v_up + self.v_lo) / 2
         self.gap = np.maximum(self.v_lo - self.v_up, 0.0)
         self.u_inner = max(0.5, float(np.abs(self.u_line[[0, -1]]).mean()))
+        # Each side's inner corner: on a turned head one is nearer the middle than the other,
+        # and the lips must part (and the inside show) only up to that side's own corner.
+        self.u_left = max(0.4, float(-self.u_line[0]))
+        self.u_right = max(0.4, float(self.u_line[-1]))
         _, v_uo = local(UPPER_OUTER)
         _, v_lout = local(LOWER_OUTER)
         self.upper_thick = max(2.0, float(np.median(self.v_up - v_uo[order])))
@@ -190,6 +198,17 @@ class MouthRig:
         self.k_smile = (-corner * lip_band * self.half * SMILE_LIFT * taper).astype(np.float32)
         self.k_open = self.k_open.astype(np.float32)
         self.k_rest = self.k_rest.astype(np.float32)
+        # Thinning: each lip's outer edge moves towards the lip line while the line itself
+        # stays (zero there and beyond twice the lip's thickness; the map stays monotonic
+        # because the bump's slope is well under one).
+        up_reach, lo_reach = 2.5 * self.upper_thick, 2.5 * self.lower_thick
+        bump = np.where(  # (the maps subtract the field: + moves the picture down)
+            below,
+            -self.lower_thick * np.sin(np.pi * np.clip(self.vrel / lo_reach, 0, 1)),
+            self.upper_thick * np.sin(np.pi * np.clip(-self.vrel / up_reach, 0, 1)),
+        )
+        mid_lips = 1.0 - _smooth(np.abs(self.U), 0.6, 1.1)
+        self.k_thin = (bump * mid_lips * taper).astype(np.float32)
 
         # Light and colour for the drawn interior, from the face's own pixels: teeth take the
         # picture's colour cast (a warm photo has warm whites) and its brightness.
@@ -216,7 +235,9 @@ class MouthRig:
 
     def lens(self, u: np.ndarray) -> np.ndarray:
         """How far the lips part along the mouth: 1 in the middle, 0 at the inner corners."""
-        return np.clip(1.0 - (np.asarray(u) / self.u_inner) ** 2, 0.0, 1.0) ** 0.65
+        u = np.asarray(u)
+        reach = np.where(u < 0, self.u_left, self.u_right)
+        return np.clip(1.0 - (u / reach) ** 2, 0.0, 1.0) ** 0.65
 
     def displacement(self, params: MouthParams) -> tuple[np.ndarray, np.ndarray]:
         """Image-space (dx, dy) over `region` for a mouth shape, as the backward map offsets."""
@@ -227,6 +248,9 @@ class MouthRig:
             d_v = cv2.scaleAdd(self.k_press, -release, d_v)
         if params.smile:
             d_v = d_v + params.smile * self.k_smile
+        thin = THIN_SPREAD * max(params.width, 0.0) - FULL_ROUND * max(-params.width, 0.0)
+        if thin:
+            d_v = cv2.scaleAdd(self.k_thin, thin, d_v)
         d_u = _corner_travel(params.width) * self.k_width
         if params.smile > 0:
             d_u = d_u + 0.5 * params.smile * self.k_width
@@ -273,7 +297,7 @@ class MouthRig:
         V = self.V[ya:yb, xa:xb] - dv
         lip_top = np.interp(U, u_new, top)
         lip_bot = np.interp(U, u_new, bottom)
-        inside_u = np.abs(U) <= np.abs(u_new[[0, -1]]).max()
+        inside_u = (U >= u_new[0]) & (U <= u_new[-1])
         gap = np.where(inside_u, lip_bot - lip_top, 0.0)
         # Edges a little over a pixel wide: the lips' inner edge is soft, never an outline.
         alpha = (
@@ -322,9 +346,15 @@ class MouthRig:
                 (V - lip_bot) / np.maximum(0.45 * gap, 1)
             ) ** 2
             tongue_a = np.clip((1 - tongue_r) * 3, 0, 1)[..., None] * 0.55 * wide
-            colour = colour * (1 - tongue_a) + self.tongue * tongue_a
-            low_a = (low_a * wide * 0.6)[..., None]
-            colour = colour * (1 - low_a) + (self.teeth * 0.62) * low_a
+            # The tongue's back falls away into the dark; its tip catches the light.
+            tongue = self.tongue * (0.55 + 0.45 * np.clip(1.2 - tongue_r, 0, 1))[..., None]
+            colour = colour * (1 - tongue_a) + tongue * tongue_a
+            # Lower teeth: smaller than the upper ones, with their own seams, in shadow.
+            low_pos = np.abs(U * self.half / (0.75 * self.tooth_px))
+            low_seams = np.abs(low_pos % 1 - 0.5)
+            low_shade = (1 - 0.35 * np.exp(-((low_seams - 0.5) ** 2) / 0.008)) * (1 - 0.4 * side**2)
+            low_a = (low_a * wide * 0.8)[..., None]
+            colour = colour * (1 - low_a) + (self.teeth * 0.7 * low_shade[..., None]) * low_a
         colour = colour * (1 - teeth_a[..., None]) + teeth * teeth_a[..., None]
         patch = roi[ya:yb, xa:xb].astype(np.float32)
         a = alpha[..., None]
