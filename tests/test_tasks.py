@@ -145,3 +145,61 @@ def test_upload_a_video_avatar(default_avatar) -> None:
             time.sleep(0.2)
         assert state["state"] == "done" and state["frames"] > 200
         assert len(seen) >= 3  # progress was reported along the way
+
+
+def test_a_killed_worker_fails_its_job_and_the_server_lives_on(
+    default_avatar, speech, tmp_path
+) -> None:  # noqa: ANN001
+    """The render job's worker process is killed mid-job: that job fails with a sentence
+    saying so, the next job runs in a new worker, and a live session never stops."""
+    import os
+    import signal
+
+    import numpy as np
+    from websockets.sync.client import connect
+
+    from rtlipsync.server import create_app
+
+    from conftest import serving_app
+
+    long = np.tile(speech.pcm, int(np.ceil(20 * speech.sample_rate / len(speech.pcm))))
+    wav = write_wav(tmp_path / "long.wav", long, speech.sample_rate).read_bytes()
+    short = write_wav(tmp_path / "s.wav", speech.pcm, speech.sample_rate).read_bytes()
+    app = create_app()
+    with serving_app(app) as base, httpx.Client(base_url=base, timeout=30) as http:
+        with connect(base.replace("http://", "ws://") + "/ws", max_size=None) as ws:
+            assert json.loads(ws.recv())["type"] == "session"
+            started = time.monotonic()
+            frames = 0
+
+            def receive_for(seconds: float) -> None:
+                nonlocal frames
+                end = time.monotonic() + seconds
+                while time.monotonic() < end:
+                    frames += isinstance(ws.recv(timeout=5), bytes)
+
+            job = http.post("/jobs", data={"avatar": "default"}, files={"audio": ("l.wav", wav)})
+            job_id = job.json()["job"]
+            deadline = time.monotonic() + 60
+            while http.get(f"/jobs/{job_id}").json()["state"] != "running":
+                assert time.monotonic() < deadline, "the job never started"
+                receive_for(0.1)
+            (pid,) = app.state.tasks.workers
+            os.kill(pid, signal.SIGKILL)
+            while (state := http.get(f"/jobs/{job_id}").json())["state"] == "running":
+                receive_for(0.1)
+            assert state["state"] == "failed"
+            assert "stopped (exit code -9)" in state["error"] and "try again" in state["error"]
+            again = http.post(
+                "/jobs", data={"avatar": "default"}, files={"audio": ("s.wav", short)}
+            )
+            while (state := http.get(f"/jobs/{again.json()['job']}").json())["state"] not in (
+                "done",
+                "failed",
+            ):
+                receive_for(0.1)
+            assert state["state"] == "done", state
+            assert app.state.tasks.workers and app.state.tasks.workers[0] != pid
+            receive_for(0.5)
+            elapsed = time.monotonic() - started
+            assert frames >= 0.8 * 25 * elapsed  # the session's frames kept coming

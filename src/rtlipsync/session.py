@@ -47,6 +47,7 @@ from rtlipsync.speech.chat import ChatBrain
 from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.tts import StreamingTTS, TTSError, TTSProvider
 from rtlipsync.speech.vad import VoiceActivity
+from rtlipsync.workers import WorkerCrashed
 
 if TYPE_CHECKING:
     from rtlipsync.speech.realtime import RealtimeBrain
@@ -247,7 +248,12 @@ class Session:
         asr = self.asr
         if asr is None:
             return
-        text = await asyncio.to_thread(asr.transcribe, audio)
+        try:
+            text = await asyncio.to_thread(asr.transcribe, audio)
+        except WorkerCrashed as exc:  # the recogniser's process died: this turn is lost
+            log.warning("speech recognition failed: %s", exc, extra={"session": self.id})
+            self.set_notice("speech recognition failed for that turn; please say it again")
+            return
         if not text:
             return
         self.heard = text

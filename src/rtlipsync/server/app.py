@@ -37,11 +37,9 @@ from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import (
     DEFAULT_AVATAR,
-    PrepareOptions,
     check_name,
     list_avatars,
     load_avatar,
-    prepare_avatar,
 )
 from rtlipsync.media.audio import load_audio, to_int16
 from rtlipsync.media.frames import SAMPLE_RATE
@@ -55,10 +53,10 @@ from rtlipsync.paths import (
     inside_root,
     records_dir,
 )
-from rtlipsync.render import render
-from rtlipsync.server.tasks import Progress, Task, Tasks
+from rtlipsync.server import jobs
+from rtlipsync.server.tasks import Tasks
 from rtlipsync.session import MODES, Session
-from rtlipsync.speech.asr import ASRProvider, PocketSphinxASR
+from rtlipsync.speech.asr import ASRProvider, PocketSphinxASR, WorkerASR
 from rtlipsync.speech.chat import ChatBrain
 from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.llm import ChatLLM, LLMConfig
@@ -67,6 +65,7 @@ from rtlipsync.speech.tts import TTSProvider
 from rtlipsync.transport.recorder import Recorder
 from rtlipsync.transport.webrtc import WebRTCSink, rtc_configuration
 from rtlipsync.transport.websocket import WebSocketSink, decode_microphone, encode_frame
+from rtlipsync.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +180,14 @@ class Sessions:
         self._listeners: list[asyncio.Future[None]] = []
         self.llm = ChatLLM(config.llm) if config.llm is not None else None
         self.metrics = Metrics()
-        self.asr = config.asr()  # one recogniser, shared (its model loads once)
+        # One recogniser, shared (its model loads once). A local one decodes in a worker
+        # process: in this one it held the interpreter and froze every session's video.
+        self.workers: WorkerPool | None = None
+        if getattr(config.asr, "local", False):
+            self.workers = WorkerPool(1, "rtlipsync-asr")
+            self.asr: ASRProvider = WorkerASR(config.asr, self.workers)
+        else:
+            self.asr = config.asr()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -381,6 +387,8 @@ class Sessions:
         await asyncio.gather(*self._listeners, return_exceptions=True)
         if self.llm is not None:
             await self.llm.close()
+        if self.workers is not None:
+            await asyncio.to_thread(self.workers.close)
 
 
 def create_app(config: ServerConfig | None = None) -> FastAPI:
@@ -416,6 +424,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
 
     app = FastAPI(title="rtlipsync", version=__version__, lifespan=lifespan)
     app.state.sessions = sessions
+    app.state.tasks = tasks
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -466,18 +475,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         check_name(name)
         source = await save_upload(file, config.max_avatar_upload_mb, IMAGE_EXTS | VIDEO_EXTS)
 
-        def work(task: Task, progress: Progress) -> dict[str, Any]:
-            options = PrepareOptions(bbox_shift=bbox_shift)
-            m = prepare_avatar(name, source, options, progress=False, on_progress=progress)
-            found = m.get("footage") or {}
-            return {
-                "name": m["name"],
-                "frames": m["frame_count"],
-                "faces_missing": len(m["faces_missing"]),
-                "footage": found.get("message"),  # "talking footage: 412 mouths banked, ..."
-            }
-
-        task = tasks.submit("avatar", work)
+        task = tasks.submit("avatar", jobs.prepare, name, source, bbox_shift)
         return {"code": 0, "task": task.id, "name": name}
 
     @app.get("/tasks/{task_id}")
@@ -501,15 +499,12 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             raise ApiError(404, f"no avatar named {avatar!r}; upload one with POST /avatars")
         source = await save_upload(audio, config.max_upload_mb, AUDIO_EXTS | VIDEO_EXTS)
 
-        def work(task: Task, progress: Progress) -> dict[str, Any]:
-            out = jobs_dir() / f"{task.id}.mp4"
-            try:
-                result = render(avatar, out, audio=source, progress=False, on_progress=progress)
-            finally:
-                source.unlink(missing_ok=True)
-            return {"url": f"/jobs/{task.id}/result", "seconds": result.audio_seconds}
-
-        task = tasks.submit("render", work, webhook=webhook)
+        task_id = tasks.new_id()
+        out = jobs_dir() / f"{task_id}.mp4"
+        task = tasks.submit(
+            "render", jobs.speak, avatar, out, source, True, webhook=webhook, task_id=task_id
+        )
+        task.result["url"] = f"/jobs/{task.id}/result"
         return {"code": 0, "job": task.id}
 
     @app.get("/jobs/{job_id}")
@@ -536,13 +531,13 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         check_id(body.request_id, "request_id")
         check_name(body.streamer_id)
         source = inside_root(body.video_path)
-        m = await asyncio.to_thread(prepare_avatar, body.streamer_id, source, progress=False)
+        m = await tasks.run(jobs.prepare, body.streamer_id, source)
         data = {
             "user_id": body.user_id,
             "request_id": body.request_id,
             "streamer_id": body.streamer_id,
-            "frames": m["frame_count"],
-            "faces_missing": len(m["faces_missing"]),
+            "frames": m["frames"],
+            "faces_missing": m["faces_missing"],
         }
         return {"code": 0, "msg": "success", "data": data}
 
@@ -560,14 +555,14 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         out_dir = data_dir("outputs") / body.user_id / body.request_id
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / f"{chunk}.mp4"
-        result = await asyncio.to_thread(render, body.streamer_id, out, audio=audio, progress=False)
+        result = await tasks.run(jobs.speak, body.streamer_id, out, audio)
         data = {
             "user_id": body.user_id,
             "request_id": body.request_id,
             "streamer_id": body.streamer_id,
             "chunk_id": body.chunk_id,
             "video_path": str(out.relative_to(data_root().resolve())),
-            "duration": round(result.audio_seconds, 3),
+            "duration": round(result["seconds"], 3),
         }
         return {"code": 0, "msg": "success", "data": data}
 

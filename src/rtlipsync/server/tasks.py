@@ -1,8 +1,9 @@
 """Background work for the server: avatar preparation and offline render jobs.
 
-Both are slow and CPU-heavy, so they run one at a time on a worker thread (live sessions
-keep the other core), report progress, and end `done` with a result or `failed` with the
-sentence that says why. A job may name a webhook: it is POSTed the task's final state.
+Both are slow and CPU-heavy, so they run one at a time in a worker process (at a lower CPU
+priority, so live sessions keep their clocks and win the CPU), report progress, and end
+`done` with a result or `failed` with the sentence that says why. A worker that crashes
+fails only its task. A job may name a webhook: it is POSTed the task's final state.
 """
 
 from __future__ import annotations
@@ -10,20 +11,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from rtlipsync.errors import InputError
+from rtlipsync.workers import WorkerCrashed, WorkerPool
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
-Work = Callable[["Task", Progress], dict[str, Any]]  # gets its task and a progress callback
 
 
 @dataclass
@@ -48,45 +48,69 @@ class Task:
 
 
 class Tasks:
-    """A queue of background tasks, run one at a time."""
+    """A queue of background tasks, run one at a time in a worker process."""
 
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rtlipsync-task")
-        self._lock = threading.Lock()
+        self._pool = WorkerPool(1, "rtlipsync-task", nice=10)
 
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
 
+    @property
+    def workers(self) -> list[int]:
+        """Process ids of the task worker processes now running."""
+        return self._pool.workers
+
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_hex(6)
+
+    async def run(self, work: Callable[..., Any], *args: Any) -> Any:
+        """``work(*args)`` in the worker, awaited: for requests that answer with its result.
+        It waits its turn behind running tasks; a cancelled request cancels it."""
+        future = self._pool.submit(work, *args, label=getattr(work, "__name__", "a job"))
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            self._pool.cancel(future)
+            raise
+
     def submit(
         self,
         kind: str,
-        work: Work,
+        work: Callable[..., dict[str, Any]],
+        *args: Any,
         webhook: str | None = None,
+        task_id: str | None = None,
     ) -> Task:
-        task = Task(id=secrets.token_hex(6), kind=kind, webhook=webhook)
+        """Run ``work(*args, on_progress=...)`` (a module-level function: it is sent to the
+        worker) as a task of ``kind``; its returned dict is added to the task's result."""
+        task = Task(id=task_id or self.new_id(), kind=kind, webhook=webhook)
         self._tasks[task.id] = task
         loop = asyncio.get_running_loop()
 
         def progress(done: int, total: int) -> None:
+            task.state = "running"
             task.progress = min(1.0, done / max(total, 1))
 
-        def run() -> None:
-            task.state = "running"
+        def finished(future: Future) -> None:
             try:
-                task.result = work(task, progress)
-                task.progress = 1.0
-                task.state = "done"
+                task.result.update(future.result())
+                task.progress, task.state = 1.0, "done"
             except InputError as exc:
                 task.state, task.error = "failed", str(exc)
+            except (WorkerCrashed, CancelledError) as exc:
+                task.state, task.error = "failed", str(exc) or f"{kind} task cancelled"
             except Exception as exc:  # noqa: BLE001 - reported to the client, logged in full
-                log.exception("%s task %s failed", kind, task.id)
+                log.error("%s task %s failed", kind, task.id, exc_info=exc)
                 task.state, task.error = "failed", f"internal error: {exc}"
             log.info("%s task %s %s", kind, task.id, task.state)
-            if task.webhook:
+            if task.webhook and not loop.is_closed():
                 asyncio.run_coroutine_threadsafe(self._notify(task), loop)
 
-        self._pool.submit(run)
+        future = self._pool.submit(work, *args, progress=progress, label=f"the {kind} task")
+        future.add_done_callback(finished)
         return task
 
     async def _notify(self, task: Task) -> None:
@@ -97,4 +121,4 @@ class Tasks:
             log.warning("webhook %s for task %s failed: %s", task.webhook, task.id, exc)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._pool.close()

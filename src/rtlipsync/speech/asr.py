@@ -11,13 +11,17 @@ from __future__ import annotations
 import io
 import threading
 import wave
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from rtlipsync.errors import InputError
 from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.paths import data_dir
+
+if TYPE_CHECKING:
+    from rtlipsync.workers import WorkerPool
 
 
 @runtime_checkable
@@ -33,6 +37,7 @@ class PocketSphinxASR:
     """Offline English recognition with the model that ships in the pocketsphinx wheel."""
 
     name = "pocketsphinx"
+    local = True  # decodes on this machine's CPU, holding the interpreter: a worker's job
 
     def __init__(self) -> None:
         self._decoder = None
@@ -100,6 +105,7 @@ class FasterWhisperASR:
     """
 
     name = "faster-whisper"
+    local = True
 
     def __init__(
         self,
@@ -138,3 +144,41 @@ class FasterWhisperASR:
                 condition_on_previous_text=False,
             )
             return " ".join(s.text.strip() for s in segments).strip()
+
+
+_RECOGNISERS: dict[object, ASRProvider] = {}  # a worker process's recognisers, by factory
+
+
+def transcribe_with(
+    factory: Callable[[], ASRProvider], pcm: np.ndarray, language: str | None = None
+) -> str:
+    """Transcribe with the recogniser ``factory`` makes, made once per process (in a worker,
+    its model stays loaded for the next utterance)."""
+    key: object = factory
+    try:
+        hash(factory)
+    except TypeError:  # options that are not hashable
+        key = repr(factory)
+    recogniser = _RECOGNISERS.get(key)
+    if recogniser is None:
+        recogniser = _RECOGNISERS[key] = factory()
+    return recogniser.transcribe(pcm, language)
+
+
+class WorkerASR:
+    """A local recogniser run in a worker process: pocketsphinx holds the interpreter while
+    it decodes (1-1.6 s after each spoken turn), which froze every session's video; in a
+    worker the sessions' clocks never wait for it. ``transcribe`` blocks its caller (call it
+    from a thread), and a crashed worker fails only that utterance."""
+
+    local = False  # already off the server's process
+
+    def __init__(self, factory: Callable[[], ASRProvider], pool: WorkerPool) -> None:
+        self.factory, self.pool = factory, pool
+        self.name = str(getattr(factory, "name", "asr"))
+
+    def transcribe(self, pcm: np.ndarray, language: str | None = None) -> str:
+        future = self.pool.submit(
+            transcribe_with, self.factory, np.asarray(pcm, np.int16), language, label="speech"
+        )
+        return future.result()

@@ -7,6 +7,7 @@ error that lists what it does, so a typo never silently falls back to the defaul
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from rtlipsync.errors import InputError
@@ -26,26 +27,46 @@ ASR: dict[str, tuple[Callable[..., ASRProvider], set[str]]] = {
 }
 
 
-def _factory(kind: str, table: dict, options: dict[str, Any]) -> Callable[[], Any]:
+@dataclass(frozen=True)
+class Provider:
+    """A provider by name with its options: calling it makes one. Plain data, so it can be
+    sent to a worker process, which makes (and keeps) its own."""
+
+    kind: str
+    name: str
+    options: tuple[tuple[str, Any], ...] = field(default=())
+
+    def __call__(self) -> Any:
+        make, _ = (TTS if self.kind == "tts" else ASR)[self.name]
+        return make(**dict(self.options))
+
+    @property
+    def local(self) -> bool:
+        """Whether it computes on this machine's CPU (and so belongs in a worker)."""
+        make, _ = (TTS if self.kind == "tts" else ASR)[self.name]
+        return bool(getattr(make, "local", False))
+
+
+def _factory(kind: str, table: dict, options: dict[str, Any]) -> Provider:
     options = dict(options)
     name = str(options.pop("provider", next(iter(table))))
     if name not in table:
         raise InputError(f"unknown {kind} provider {name!r}; known: {', '.join(table)}")
-    make, known = table[name]
+    _, known = table[name]
     unknown = sorted(set(options) - known)
     if unknown:
         raise InputError(
             f"unknown {kind} option(s) for {name}: {', '.join(unknown)}; "
             f"known: {', '.join(sorted(known)) or 'none'}"
         )
-    return lambda: make(**options)
+    return Provider(kind, name, tuple(sorted(options.items())))
 
 
-def tts_factory(options: dict[str, Any]) -> Callable[[], TTSProvider]:
+def tts_factory(options: dict[str, Any]) -> Provider:
     """Makes each session's voice (espeak by default)."""
     return _factory("tts", TTS, options)
 
 
-def asr_factory(options: dict[str, Any]) -> Callable[[], ASRProvider]:
+def asr_factory(options: dict[str, Any]) -> Provider:
     """Makes the server's recogniser (pocketsphinx by default)."""
     return _factory("asr", ASR, options)

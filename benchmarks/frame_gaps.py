@@ -1,0 +1,219 @@
+"""Does a live session's video keep time while the server does heavy work?
+
+The server runs as users run it (`rtlipsync serve`, its own process, default settings: the
+offline recogniser and voice). A real aiortc peer in this process holds a session and stamps
+the arrival of every video frame and audio packet while, in turn:
+
+  (a) it takes spoken turns (espeak speech through its microphone, recognised by
+      pocketsphinx, which the avatar answers);
+  (b) an avatar is uploaded and prepared from a 20 s video;
+  (c) an offline render job of 60 s of speech runs;
+  (d) three other sessions (WebSocket clients) make the avatar speak at once.
+
+Printed per phase: video frames received, the largest and the 99th-percentile gap between
+video frames, and audio underruns at the receiver (gaps between audio packets over 60 ms).
+
+    python benchmarks/frame_gaps.py [--phases abcd] [--video PATH]
+
+Goal for each phase: max gap <= 80 ms, p99 <= 45 ms, no audio underrun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import websockets
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_voice import Microphone  # noqa: E402
+
+from _common import machine  # noqa: E402
+from conftest import espeak_pcm, free_port, write_wav  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Receiver:
+    """An aiortc peer that stamps each video frame and audio packet as it arrives."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection()
+        self.mic = Microphone()
+        self.video: list[float] = []
+        self.audio: list[float] = []
+        self._tasks: list[asyncio.Task] = []
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTrack(self.mic)
+
+        @self.pc.on("track")
+        def on_track(track) -> None:  # noqa: ANN001
+            stamps = self.video if track.kind == "video" else self.audio
+
+            async def pull() -> None:
+                try:
+                    while True:
+                        await track.recv()
+                        stamps.append(time.monotonic())
+                except Exception:  # noqa: BLE001 - the call ended
+                    return
+
+            self._tasks.append(asyncio.ensure_future(pull()))
+
+    async def connect(self, http: httpx.AsyncClient) -> int:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        answer = (await http.post("/offer", json=offer)).json()
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        return int(answer["sessionid"])
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+
+    def report(self, label: str, start: float, end: float) -> dict[str, float]:
+        video = np.array([t for t in self.video if start <= t <= end])
+        audio = np.array([t for t in self.audio if start <= t <= end])
+        gaps = np.diff(video) * 1000 if len(video) > 1 else np.array([np.inf])
+        audio_gaps = np.diff(audio) * 1000 if len(audio) > 1 else np.array([np.inf])
+        row = {
+            "frames": len(video),
+            "fps": len(video) / max(end - start, 1e-9),
+            "max_ms": float(gaps.max()),
+            "p99_ms": float(np.percentile(gaps, 99)),
+            "underruns": int((audio_gaps > 60).sum()),
+        }
+        ok = row["max_ms"] <= 80 and row["p99_ms"] <= 45 and row["underruns"] == 0
+        print(
+            f"  {label:<36} {row['frames']:5d} frames {row['fps']:5.1f} fps  max gap "
+            f"{row['max_ms']:6.0f} ms  p99 {row['p99_ms']:5.0f} ms  audio underruns "
+            f"{row['underruns']:3d}  {'ok' if ok else 'MISSED'}",
+            flush=True,
+        )
+        return row
+
+
+async def spoken_turns(rx: Receiver, turns: int) -> None:
+    for text in ["hello there", "what time is it", "tell me a story", "good morning"][:turns]:
+        duration = rx.mic.say(espeak_pcm(text))
+        await asyncio.sleep(duration + 4.0)  # recognised, answered, spoken
+
+
+async def wait_task(http: httpx.AsyncClient, url: str, timeout: float = 600) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = (await http.get(url)).json()
+        if state["state"] in ("done", "failed"):
+            return state
+        await asyncio.sleep(0.25)
+    raise TimeoutError(url)
+
+
+async def run(base: str, phases: str, video: Path, work: Path) -> None:
+    rx = Receiver()
+    async with httpx.AsyncClient(base_url=base, timeout=120) as http:
+        await rx.connect(http)
+        await asyncio.sleep(3.0)  # connected and settled
+        t = time.monotonic()
+        await asyncio.sleep(5.0)
+        rx.report("idle (reference)", t, time.monotonic())
+        if "a" in phases:
+            t = time.monotonic()
+            await spoken_turns(rx, 4)
+            rx.report("(a) spoken turns, offline recogniser", t, time.monotonic())
+        if "b" in phases:
+            t = time.monotonic()
+            with video.open("rb") as f:
+                r = await http.post(
+                    "/avatars", data={"name": "gaps-upload"}, files={"file": (video.name, f)}
+                )
+            state = await wait_task(http, f"/tasks/{r.json()['task']}")
+            rx.report(f"(b) avatar prepared ({state['state']})", t, time.monotonic())
+        if "c" in phases:
+            speech = np.tile(espeak_pcm("The quick brown fox jumps over the lazy dog. " * 3), 6)
+            wav = write_wav(work / "sixty.wav", speech[: 60 * 16000], 16000)
+            t = time.monotonic()
+            with wav.open("rb") as f:
+                r = await http.post("/jobs", data={"avatar": "default"}, files={"audio": f})
+            state = await wait_task(http, f"/jobs/{r.json()['job']}")
+            rx.report(f"(c) 60 s render job ({state['state']})", t, time.monotonic())
+        if "d" in phases:
+            t = time.monotonic()
+            url = base.replace("http://", "ws://") + "/ws"
+            others = [await websockets.connect(url, max_size=None) for _ in range(3)]
+
+            async def drain(ws) -> None:  # noqa: ANN001
+                try:
+                    async for _ in ws:
+                        pass
+                except websockets.ConnectionClosed:
+                    return
+
+            drains = [asyncio.ensure_future(drain(ws)) for ws in others]
+            line = "Three other people are talking to the avatar at the same time as you."
+            for ws in others:
+                await ws.send(json.dumps({"type": "say", "text": line}))
+            rx.mic.say(espeak_pcm("hello there"))
+            await asyncio.sleep(8.0)
+            rx.report("(d) three other sessions speaking", t, time.monotonic())
+            for ws in others:
+                await ws.close()
+            for task in drains:
+                task.cancel()
+    await rx.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--phases", default="abcd")
+    parser.add_argument(
+        "--video",
+        type=Path,
+        default=ROOT.parent / "shared" / "media" / "talking" / "latentsync-demo3.mp4",
+        help="a ~20 s video to upload in phase (b)",
+    )
+    args = parser.parse_args()
+    print(machine())
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        port = free_port()
+        env = {**os.environ, "RTLIPSYNC_HOME": str(work / "home")}
+        log = (work / "serve.log").open("w")
+        server = subprocess.Popen(
+            [sys.executable, "-m", "rtlipsync.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit((work / "serve.log").read_text()[-3000:])
+                try:
+                    if httpx.get(f"{base}/digital_human/check").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.5)
+            print(f"server: rtlipsync serve (pid {server.pid}), default settings")
+            asyncio.run(run(base, args.phases, args.video, work))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+            log.close()
+
+
+if __name__ == "__main__":
+    main()

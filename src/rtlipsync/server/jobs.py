@@ -1,0 +1,44 @@
+"""The server's heavy jobs, as plain functions of plain data so a worker process can run
+them (`rtlipsync.server.tasks`): what each endpoint reports comes back as a small dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rtlipsync.face.avatar import PrepareOptions, prepare_avatar
+from rtlipsync.render import render
+from rtlipsync.workers import Progress
+
+
+def prepare(
+    name: str, source: Path, bbox_shift: int = 0, on_progress: Progress | None = None
+) -> dict[str, Any]:
+    """Prepare avatar ``name`` from ``source``; what preparation found."""
+    m = prepare_avatar(
+        name, source, PrepareOptions(bbox_shift=bbox_shift), progress=False, on_progress=on_progress
+    )
+    found = m.get("footage") or {}
+    return {
+        "name": m["name"],
+        "frames": m["frame_count"],
+        "faces_missing": len(m["faces_missing"]),
+        "footage": found.get("message"),  # "talking footage: 412 mouths banked, ..."
+    }
+
+
+def speak(
+    avatar: str,
+    out: Path,
+    audio: Path,
+    remove_audio: bool = False,
+    on_progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Render ``avatar`` speaking ``audio`` into ``out``; the audio's length in seconds.
+    ``remove_audio``: the audio was an upload, deleted once used."""
+    try:
+        result = render(avatar, out, audio=audio, progress=False, on_progress=on_progress)
+    finally:
+        if remove_audio:
+            audio.unlink(missing_ok=True)
+    return {"seconds": result.audio_seconds}
