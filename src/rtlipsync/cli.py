@@ -174,6 +174,7 @@ def _serve(args: argparse.Namespace) -> None:
             tts=tts,
             asr=asr_factory(settings.asr),
             vad={k: float(v) for k, v in settings.vad.items()},
+            warm_workers=True,
         )
     )
     log.info(

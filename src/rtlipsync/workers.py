@@ -50,13 +50,8 @@ class _Job:
     future: Future = field(default_factory=Future)
 
 
-def _worker_main(conn: Connection, nice: int) -> None:
+def _worker_main(conn: Connection) -> None:
     """A worker's loop: run each call it is sent, answer with its result or its error."""
-    if nice:
-        try:
-            os.nice(nice)
-        except OSError:
-            pass
     while True:
         try:
             message = conn.recv()
@@ -93,12 +88,19 @@ class _Worker:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(
             target=_worker_main,
-            args=(child, pool.nice),
+            args=(child,),
             name=f"{pool.name}-{index}",
             daemon=True,
         )
         self.process.start()
         self.pid = self.process.pid
+        if pool.nice and self.pid is not None:
+            # Lowered from outside at once: a new interpreter importing its modules at full
+            # priority was enough to make a live session's video skip a frame.
+            try:
+                os.setpriority(os.PRIO_PROCESS, self.pid, pool.nice)
+            except OSError:
+                pass
         child.close()
         self.job: _Job | None = None
         self.stopping = False  # stopped on purpose: closing, or its call was cancelled

@@ -99,6 +99,10 @@ class ServerConfig:
     # The microphone's VAD: speech shorter than min_speech (s) never interrupts the avatar;
     # min_silence (s) of quiet ends the user's turn.
     vad: dict[str, float] = field(default_factory=dict)
+    # Start the worker processes (recognition, background tasks) with the server, so their
+    # first use never starts an interpreter while sessions are live: a worker starting up
+    # made a live session's video skip a frame or two. `rtlipsync serve` turns it on.
+    warm_workers: bool = False
 
 
 class ApiError(Exception):
@@ -191,6 +195,11 @@ class Sessions:
 
     def __len__(self) -> int:
         return len(self._live)
+
+    def warm(self) -> None:
+        """Start the recogniser's worker and load its model now (in the background)."""
+        if isinstance(self.asr, WorkerASR):
+            self.asr.warm()
 
     def get(self, session_id: int) -> Session:
         return self.live(session_id).session
@@ -418,6 +427,9 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(load_avatar, config.avatar)  # prepare/load before the first user
+        if config.warm_workers:
+            sessions.warm()
+            tasks.warm()
         yield
         await sessions.close_all()
         await asyncio.to_thread(tasks.shutdown)

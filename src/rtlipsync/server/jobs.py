@@ -11,6 +11,11 @@ from rtlipsync.render import render
 from rtlipsync.workers import Progress
 
 
+def ready() -> bool:
+    """Nothing: calling it in a worker imports this module and everything the jobs need."""
+    return True
+
+
 def prepare(
     name: str, source: Path, bbox_shift: int = 0, on_progress: Progress | None = None
 ) -> dict[str, Any]:

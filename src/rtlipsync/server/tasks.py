@@ -57,6 +57,12 @@ class Tasks:
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
 
+    def warm(self) -> None:
+        """Start the worker and import the jobs' modules there now, without waiting."""
+        from rtlipsync.server import jobs
+
+        self._pool.submit(jobs.ready, label="warming up")
+
     @property
     def workers(self) -> list[int]:
         """Process ids of the task worker processes now running."""
