@@ -147,9 +147,9 @@ def test_upload_a_video_avatar(default_avatar) -> None:
         assert len(seen) >= 3  # progress was reported along the way
 
 
-def test_a_killed_worker_fails_its_job_and_the_server_lives_on(
+def test_a_killed_worker_fails_its_job_and_the_server_lives_on(  # noqa: ANN001
     default_avatar, speech, tmp_path
-) -> None:  # noqa: ANN001
+) -> None:
     """The render job's worker process is killed mid-job: that job fails with a sentence
     saying so, the next job runs in a new worker, and a live session never stops."""
     import os
@@ -159,6 +159,7 @@ def test_a_killed_worker_fails_its_job_and_the_server_lives_on(
     from websockets.sync.client import connect
 
     from rtlipsync.server import create_app
+    from rtlipsync.server.app import uploads_dir
 
     from conftest import serving_app
 
@@ -166,6 +167,7 @@ def test_a_killed_worker_fails_its_job_and_the_server_lives_on(
     wav = write_wav(tmp_path / "long.wav", long, speech.sample_rate).read_bytes()
     short = write_wav(tmp_path / "s.wav", speech.pcm, speech.sample_rate).read_bytes()
     app = create_app()
+    before = set(uploads_dir().iterdir())
     with serving_app(app) as base, httpx.Client(base_url=base, timeout=30) as http:
         with connect(base.replace("http://", "ws://") + "/ws", max_size=None) as ws:
             assert json.loads(ws.recv())["type"] == "session"
@@ -200,6 +202,7 @@ def test_a_killed_worker_fails_its_job_and_the_server_lives_on(
                 receive_for(0.1)
             assert state["state"] == "done", state
             assert app.state.tasks.workers and app.state.tasks.workers[0] != pid
+            assert set(uploads_dir().iterdir()) <= before  # the killed job's upload went too
             receive_for(0.5)
             elapsed = time.monotonic() - started
             assert frames >= 0.8 * 25 * elapsed  # the session's frames kept coming

@@ -514,7 +514,14 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         task_id = tasks.new_id()
         out = jobs_dir() / f"{task_id}.mp4"
         task = tasks.submit(
-            "render", jobs.speak, avatar, out, source, True, webhook=webhook, task_id=task_id
+            "render",
+            jobs.speak,
+            avatar,
+            out,
+            source,
+            webhook=webhook,
+            task_id=task_id,
+            cleanup=lambda: source.unlink(missing_ok=True),
         )
         task.result["url"] = f"/jobs/{task.id}/result"
         return {"code": 0, "job": task.id}

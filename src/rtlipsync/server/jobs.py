@@ -33,17 +33,8 @@ def prepare(
 
 
 def speak(
-    avatar: str,
-    out: Path,
-    audio: Path,
-    remove_audio: bool = False,
-    on_progress: Progress | None = None,
+    avatar: str, out: Path, audio: Path, on_progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Render ``avatar`` speaking ``audio`` into ``out``; the audio's length in seconds.
-    ``remove_audio``: the audio was an upload, deleted once used."""
-    try:
-        result = render(avatar, out, audio=audio, progress=False, on_progress=on_progress)
-    finally:
-        if remove_audio:
-            audio.unlink(missing_ok=True)
+    """Render ``avatar`` speaking ``audio`` into ``out``; the audio's length in seconds."""
+    result = render(avatar, out, audio=audio, progress=False, on_progress=on_progress)
     return {"seconds": result.audio_seconds}

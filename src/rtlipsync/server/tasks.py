@@ -89,9 +89,11 @@ class Tasks:
         *args: Any,
         webhook: str | None = None,
         task_id: str | None = None,
+        cleanup: Callable[[], None] | None = None,
     ) -> Task:
         """Run ``work(*args, on_progress=...)`` (a module-level function: it is sent to the
-        worker) as a task of ``kind``; its returned dict is added to the task's result."""
+        worker) as a task of ``kind``; its returned dict is added to the task's result.
+        ``cleanup`` runs here once it has ended, however (a crashed worker cleans nothing)."""
         task = Task(id=task_id or self.new_id(), kind=kind, webhook=webhook)
         self._tasks[task.id] = task
         loop = asyncio.get_running_loop()
@@ -112,6 +114,8 @@ class Tasks:
                 log.error("%s task %s failed", kind, task.id, exc_info=exc)
                 task.state, task.error = "failed", f"internal error: {exc}"
             log.info("%s task %s %s", kind, task.id, task.state)
+            if cleanup is not None:
+                cleanup()
             if task.webhook and not loop.is_closed():
                 asyncio.run_coroutine_threadsafe(self._notify(task), loop)
 
