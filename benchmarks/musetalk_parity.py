@@ -176,7 +176,12 @@ def main() -> None:
 
     # The avatar: the project prepares it (crop boxes by MuseTalk's rule); both codes use
     # its frames and boxes.
-    from rtlipsync.engines.musetalk.engine import MuseTalkNets, _latents, _parse_masks, crop_boxes
+    from rtlipsync.engines.musetalk.engine import (
+        MuseTalkNets,
+        crop_boxes,
+        crop_latents,
+        parse_masks,
+    )
     from rtlipsync.engines.musetalk.model import UNET_FILES
     from rtlipsync.engines.musetalk.parsing import MASK_MODES
     from rtlipsync.face.avatar import PrepareOptions, blend_masks, load_avatar, prepare_avatar
@@ -244,9 +249,9 @@ def main() -> None:
         print(f"  {mode:<8} {cells}   ({time.perf_counter() - t:.0f} s)")
 
     print("\nstage: latents, masks (every avatar frame)")
-    _parse_masks(avatar, nets)
+    parse_masks(avatar, nets)
     masks, mask_boxes = blend_masks(avatar, mask_mode)
-    our_latents = _latents(avatar, nets, "mean", boxes=version)
+    our_latents = crop_latents(avatar, nets, "mean", boxes=version)
     lat, diff_max, mask_psnr = [], 0, []
     official_masks, official_latents = {}, {}
     with torch.no_grad():

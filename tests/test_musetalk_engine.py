@@ -182,10 +182,10 @@ def test_latents_are_cached_with_the_vae_that_made_them(engine, default_avatar) 
 
 
 def test_latents_are_the_posterior_mean_or_a_seeded_sample(engine, default_avatar) -> None:  # noqa: ANN001
-    from rtlipsync.engines.musetalk.engine import _latents
+    from rtlipsync.engines.musetalk.engine import crop_latents
     from rtlipsync.errors import InputError
 
-    mean = _latents(default_avatar, engine.nets)
+    mean = crop_latents(default_avatar, engine.nets)
     sampled = MuseTalkEngine(engine.nets, latents="sample", seed=3)
     sampled.prepare(default_avatar)
     drawn = np.load(default_avatar.path / "musetalk" / "latents-sample3.npy")
@@ -194,9 +194,9 @@ def test_latents_are_the_posterior_mean_or_a_seeded_sample(engine, default_avata
     again = MuseTalkEngine(engine.nets, latents="sample", seed=3)
     again.prepare(default_avatar)  # the same seed, read back: the same latents
     assert np.array_equal(default_avatar.extras["musetalk"][1], drawn)
-    other = _latents(default_avatar, engine.nets, "sample", seed=4)
+    other = crop_latents(default_avatar, engine.nets, "sample", seed=4)
     assert not np.allclose(other, drawn)  # another seed, another draw
-    assert np.array_equal(_latents(default_avatar, engine.nets), mean)  # the mean is kept
+    assert np.array_equal(crop_latents(default_avatar, engine.nets), mean)  # the mean is kept
     with pytest.raises(InputError, match="unknown latents"):
         MuseTalkEngine(engine.nets, latents="mode")
 

@@ -73,10 +73,10 @@ def bake(avatar: Avatar, engine: MuseTalkEngine, progress: bool = True) -> Path:
     """Render the bank for ``avatar`` (every face frame of its loop x every state)."""
     import torch
 
-    from rtlipsync.engines.musetalk.engine import _latents
+    from rtlipsync.engines.musetalk.engine import crop_latents
 
     windows = state_windows(engine)
-    latents = _latents(avatar, engine.nets, engine.latents, engine.seed)
+    latents = crop_latents(avatar, engine.nets, engine.latents, engine.seed)
 
     def faces(frame: int) -> list[np.ndarray]:
         batch = torch.from_numpy(np.repeat(latents[frame : frame + 1], len(windows), axis=0))

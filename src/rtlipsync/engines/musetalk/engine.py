@@ -140,13 +140,13 @@ class MuseTalkEngine:
         self.audio = audio
 
     def prepare(self, avatar: Avatar, **options: Any) -> None:
-        _latents(avatar, self.nets, self.latents, self.seed, self.nets.version)
-        _parse_masks(avatar, self.nets)
+        crop_latents(avatar, self.nets, self.latents, self.seed, self.nets.version)
+        parse_masks(avatar, self.nets)
 
     def open_stream(self, avatar: Avatar) -> MuseTalkStream:
         version = self.nets.version
-        latents = _latents(avatar, self.nets, self.latents, self.seed, version)
-        _parse_masks(avatar, self.nets)
+        latents = crop_latents(avatar, self.nets, self.latents, self.seed, version)
+        parse_masks(avatar, self.nets)
         masks = _masks(avatar, version)
         boxes = crop_boxes(avatar, version)
         blend = _device_blend(avatar, self.nets, boxes, masks) if self.nets.device_blend else None
@@ -229,7 +229,7 @@ def _vae_key(vae: Any) -> str:
 LATENT_MODES = ("mean", "sample")
 
 
-def _latents(
+def crop_latents(
     avatar: Avatar, nets: MuseTalkNets, mode: str = "mean", seed: int = 0, boxes: str = "v15"
 ) -> np.ndarray:
     """(N, 8, 32, 32) float32 crop latents of every frame (zeros where no face) in the crop
@@ -268,7 +268,7 @@ def _latents(
     return latents
 
 
-def _parse_masks(avatar: Avatar, nets: MuseTalkNets) -> None:
+def parse_masks(avatar: Avatar, nets: MuseTalkNets) -> None:
     """With the parser loaded, make the avatar's blend masks by BiSeNet once, in the official
     mode of the networks' version (v1.5 "jaw", v1.0 "raw") and at full size, kept in
     ``musetalk/`` where `blend_masks` then prefers them."""

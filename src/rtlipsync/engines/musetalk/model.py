@@ -102,7 +102,7 @@ def unet_from_config(config: dict[str, Any], device: str | torch.device = "cpu")
         return UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")})
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"{path} is missing: run `rtlipsync models download musetalk`")
     try:
@@ -121,7 +121,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _check_keys(what: str, path: Path, missing: list[str], unexpected: list[str]) -> None:
+def check_keys(what: str, path: Path, missing: list[str], unexpected: list[str]) -> None:
     if missing or unexpected:
         raise WeightsError(
             f"{path} is not {what}: {len(missing)} missing keys {missing[:3]}, "
@@ -149,14 +149,14 @@ def load_unet(  # noqa: ANN201
     except ValueError as exc:
         raise WeightsError(f"{config_path} is not JSON: {exc}") from exc
     path = models / folder / name
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     unet = unet_from_config(config, "meta")
     try:
         result = unet.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as exc:  # shape mismatches
         first = str(exc).split("\n\t")[1] if "\n\t" in str(exc) else str(exc)
         raise WeightsError(f"{path} does not fit the MuseTalk UNet: {first}") from exc
-    _check_keys("a MuseTalk UNet", path, result.missing_keys, result.unexpected_keys)
+    check_keys("a MuseTalk UNet", path, result.missing_keys, result.unexpected_keys)
     return unet.to(device=device, dtype=dtype).eval()
 
 
@@ -175,7 +175,7 @@ def load_vae(  # noqa: ANN201
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise WeightsError(f"cannot load the VAE from {folder}: {exc}") from exc
-    _check_keys("sd-vae-ft-mse", folder, info["missing_keys"], info["unexpected_keys"])
+    check_keys("sd-vae-ft-mse", folder, info["missing_keys"], info["unexpected_keys"])
     if info.get("mismatched_keys"):
         raise WeightsError(f"{folder}: misshapen keys {info['mismatched_keys'][:3]}")
     return vae.to(device=device, dtype=dtype).eval()
@@ -194,5 +194,5 @@ def load_whisper_encoder(  # noqa: ANN201
         raise WeightsError(f"cannot load Whisper from {folder}: {exc}") from exc
     missing = [k for k in info["missing_keys"] if k.startswith("encoder.")]
     unexpected = [k for k in info["unexpected_keys"] if not k.startswith(("decoder.", "proj_out"))]
-    _check_keys("whisper-tiny", folder, missing, unexpected)
+    check_keys("whisper-tiny", folder, missing, unexpected)
     return model.encoder.to(device=device, dtype=dtype).eval()

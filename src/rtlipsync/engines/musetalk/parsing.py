@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rtlipsync.engines.musetalk.model import WeightsError, _check_keys, _read_state_dict
+from rtlipsync.engines.musetalk.model import WeightsError, check_keys, read_state_dict
 from rtlipsync.face.geometry import feather_blend_mask
 
 SKIN, NOSE, MOUTH, UPPER_LIP, LOWER_LIP = 1, 10, 11, 12, 13
@@ -159,21 +159,21 @@ def load_parser(models: Path, device: str | torch.device = "cpu") -> BiSeNet:
     (its classifier skipped), then the whole network strictly from ``79999_iter.pth``."""
     folder = models / "face-parse-bisent"
     net = BiSeNet(19)
-    backbone = _read_state_dict(folder / "resnet18-5c106cde.pth")
+    backbone = read_state_dict(folder / "resnet18-5c106cde.pth")
     backbone = {k: v for k, v in backbone.items() if not k.startswith("fc.")}
     result = net.cp.resnet.load_state_dict(backbone, strict=False)
-    _check_keys(
+    check_keys(
         "torchvision's ResNet18",
         folder / "resnet18-5c106cde.pth",
         result.missing_keys,
         result.unexpected_keys,
     )
-    state = _read_state_dict(folder / "79999_iter.pth")
+    state = read_state_dict(folder / "79999_iter.pth")
     try:
         result = net.load_state_dict(state, strict=False)
     except RuntimeError as exc:
         raise WeightsError(f"{folder / '79999_iter.pth'} does not fit BiSeNet: {exc}") from exc
-    _check_keys(
+    check_keys(
         "the face-parsing BiSeNet",
         folder / "79999_iter.pth",
         result.missing_keys,
