@@ -132,6 +132,7 @@ def main() -> None:
             asr=(lambda: OpenAIASR(**fakes)) if args.asr == "openai" else PocketSphinxASR,
             tts=(lambda: OpenAITTS(**fakes)) if args.tts == "openai" else EspeakTTS,
             vad={"min_silence": args.min_silence},
+            warm_workers=True,  # as `rtlipsync serve` runs
             realtime=RealtimeConfig(url=rt.replace("http://", "ws://") + "/v1/realtime"),
         )
         app = create_app(config)
