@@ -122,6 +122,18 @@ async def wait_task(http: httpx.AsyncClient, url: str, timeout: float = 600) -> 
     raise TimeoutError(url)
 
 
+async def post_form(url: str, **fields: str) -> dict:
+    """POST a multipart form from another process (``curl``), as a user's browser would:
+    this process's event loop is the receiver's, and sending megabytes from it would delay
+    the receiver. A value starting with "@" is a file."""
+    args = [part for key, value in fields.items() for part in ("-F", f"{key}={value}")]
+    upload = await asyncio.create_subprocess_exec(
+        "curl", "-s", *args, url, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await upload.communicate()
+    return json.loads(out)
+
+
 async def run(base: str, phases: str, video: Path, work: Path) -> None:
     rx = Receiver()
     async with httpx.AsyncClient(base_url=base, timeout=120) as http:
@@ -135,60 +147,49 @@ async def run(base: str, phases: str, video: Path, work: Path) -> None:
     await rx.close()
 
 
-async def run_phase(  # noqa: ANN201
+async def run_phase(
     phase: str, rx: Receiver, http: httpx.AsyncClient, base: str, video: Path, work: Path
-):
-    if True:
-        if phase == "a":
-            t = time.monotonic()
-            await spoken_turns(rx, 4)
-            rx.report("(a) spoken turns, offline recogniser", t, time.monotonic())
-        if phase == "b":
-            t = time.monotonic()
-            # Uploaded by another process, as a user's browser would: this one's event loop
-            # is the receiver's, and sending megabytes from it would delay the receiver.
-            name = f"gaps-upload-{time.monotonic_ns()}"
-            upload = await asyncio.create_subprocess_exec(
-                "curl", "-s", "-F", f"name={name}", "-F", f"file=@{video}", f"{base}/avatars",
-                stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, _ = await upload.communicate()
-            state = await wait_task(http, f"/tasks/{json.loads(out)['task']}")
-            rx.report(f"(b) avatar prepared ({state['state']})", t, time.monotonic())
-        if phase == "c":
-            speech = np.tile(espeak_pcm("The quick brown fox jumps over the lazy dog. " * 3), 6)
-            wav = write_wav(work / "sixty.wav", speech[: 60 * 16000], 16000)
-            t = time.monotonic()
-            upload = await asyncio.create_subprocess_exec(
-                "curl", "-s", "-F", "avatar=default", "-F", f"audio=@{wav}", f"{base}/jobs",
-                stdout=asyncio.subprocess.PIPE,
-            )  # fmt: skip
-            out, _ = await upload.communicate()
-            state = await wait_task(http, f"/jobs/{json.loads(out)['job']}")
-            rx.report(f"(c) 60 s render job ({state['state']})", t, time.monotonic())
-        if phase == "d":
-            t = time.monotonic()
-            url = base.replace("http://", "ws://") + "/ws"
-            others = [await websockets.connect(url, max_size=None) for _ in range(3)]
+) -> None:
+    if phase == "a":
+        t = time.monotonic()
+        await spoken_turns(rx, 4)
+        rx.report("(a) spoken turns, offline recogniser", t, time.monotonic())
+    if phase == "b":
+        t = time.monotonic()
+        name = f"gaps-upload-{time.monotonic_ns()}"
+        task = await post_form(f"{base}/avatars", name=name, file=f"@{video}")
+        state = await wait_task(http, f"/tasks/{task['task']}")
+        rx.report(f"(b) avatar prepared ({state['state']})", t, time.monotonic())
+    if phase == "c":
+        speech = np.tile(espeak_pcm("The quick brown fox jumps over the lazy dog. " * 3), 6)
+        wav = write_wav(work / "sixty.wav", speech[: 60 * 16000], 16000)
+        t = time.monotonic()
+        job = await post_form(f"{base}/jobs", avatar="default", audio=f"@{wav}")
+        state = await wait_task(http, f"/jobs/{job['job']}")
+        rx.report(f"(c) 60 s render job ({state['state']})", t, time.monotonic())
+    if phase == "d":
+        t = time.monotonic()
+        url = base.replace("http://", "ws://") + "/ws"
+        others = [await websockets.connect(url, max_size=None) for _ in range(3)]
 
-            async def drain(ws) -> None:  # noqa: ANN001
-                try:
-                    async for _ in ws:
-                        pass
-                except websockets.ConnectionClosed:
-                    return
+        async def drain(ws) -> None:  # noqa: ANN001
+            try:
+                async for _ in ws:
+                    pass
+            except websockets.ConnectionClosed:
+                return
 
-            drains = [asyncio.ensure_future(drain(ws)) for ws in others]
-            line = "Three other people are talking to the avatar at the same time as you."
-            for ws in others:
-                await ws.send(json.dumps({"type": "say", "text": line}))
-            rx.mic.say(espeak_pcm("hello there"))
-            await asyncio.sleep(8.0)
-            rx.report("(d) three other sessions speaking", t, time.monotonic())
-            for ws in others:
-                await ws.close()
-            for task in drains:
-                task.cancel()
+        drains = [asyncio.ensure_future(drain(ws)) for ws in others]
+        line = "Three other people are talking to the avatar at the same time as you."
+        for ws in others:
+            await ws.send(json.dumps({"type": "say", "text": line}))
+        rx.mic.say(espeak_pcm("hello there"))
+        await asyncio.sleep(8.0)
+        rx.report("(d) three other sessions speaking", t, time.monotonic())
+        for ws in others:
+            await ws.close()
+        for task in drains:
+            task.cancel()
 
 
 def main() -> None:

@@ -23,8 +23,6 @@ from rtlipsync.workers import WorkerCrashed, WorkerPool
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int], None]
-
 
 @dataclass
 class Task:

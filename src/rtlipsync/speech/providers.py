@@ -36,15 +36,17 @@ class Provider:
     name: str
     options: tuple[tuple[str, Any], ...] = field(default=())
 
+    @property
+    def make(self) -> Callable[..., Any]:
+        return (TTS if self.kind == "tts" else ASR)[self.name][0]
+
     def __call__(self) -> Any:
-        make, _ = (TTS if self.kind == "tts" else ASR)[self.name]
-        return make(**dict(self.options))
+        return self.make(**dict(self.options))
 
     @property
     def local(self) -> bool:
         """Whether it computes on this machine's CPU (and so belongs in a worker)."""
-        make, _ = (TTS if self.kind == "tts" else ASR)[self.name]
-        return bool(getattr(make, "local", False))
+        return bool(getattr(self.make, "local", False))
 
 
 def _factory(kind: str, table: dict, options: dict[str, Any]) -> Provider:
