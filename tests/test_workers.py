@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from concurrent.futures import CancelledError
 
@@ -35,6 +36,17 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
+class TwoPartError(Exception):
+    """Pickles, but does not unpickle: its arguments do not rebuild it."""
+
+    def __init__(self, what: str, why: str) -> None:
+        super().__init__(f"{what}: {why}")
+
+
+def refuse_oddly() -> None:
+    raise TwoPartError("odd", "no rebuilding")
+
+
 @pytest.fixture
 def pool():
     workers = WorkerPool(size=1, name="test-worker")
@@ -62,6 +74,35 @@ def test_an_error_comes_back_with_its_message(pool: WorkerPool) -> None:
     with pytest.raises(InputError, match="no face in it"):
         pool.submit(refuse).result(timeout=60)
     assert pool.submit(square, 2).result(timeout=10)[0] == 4  # the worker carries on
+
+
+def test_fast_answers_are_never_lost_while_threads_compete(pool: WorkerPool) -> None:
+    """A worker can answer before the thread that sent the call runs again (busy threads
+    hold the interpreter): the answer must still find its call."""
+    pool.submit(square, 1).result(timeout=60)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(3)]
+    for thread in spinners:
+        thread.start()
+    try:
+        for _ in range(60):
+            with pytest.raises(InputError):
+                pool.submit(refuse).result(timeout=20)
+    finally:
+        stop.set()
+        for thread in spinners:
+            thread.join()
+
+
+def test_an_answer_that_does_not_unpickle_fails_only_its_call(pool: WorkerPool) -> None:
+    with pytest.raises(RuntimeError, match="unreadable answer"):
+        pool.submit(refuse_oddly).result(timeout=60)
+    assert pool.submit(square, 6).result(timeout=10)[0] == 36
 
 
 def test_a_crashed_worker_fails_its_call_and_is_replaced(pool: WorkerPool) -> None:

@@ -202,14 +202,18 @@ class WorkerPool:
                 self._idle.append(worker)
                 continue
             env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+            # The worker is marked busy with this job before it is sent: a worker can answer
+            # before `send` returns here, and its reader must find the job it answered.
+            worker.job = job
+            self._busy.append(worker)
             try:
                 worker.conn.send((job.fn, job.args, job.kwargs, job.progress is not None, env))
             except Exception as exc:  # noqa: BLE001 - e.g. arguments that do not pickle
-                job.future.set_exception(exc)
+                worker.job = None
+                self._busy.remove(worker)
                 self._idle.append(worker)
+                job.future.set_exception(exc)
                 continue
-            worker.job = job
-            self._busy.append(worker)
 
     def _read(self, worker: _Worker) -> None:
         """A worker's reader thread: deliver its answers until it stops."""
@@ -218,7 +222,10 @@ class WorkerPool:
                 kind, value, detail = worker.conn.recv()
             except (EOFError, OSError):
                 break
-            job = worker.job
+            except Exception as exc:  # noqa: BLE001 - an answer that does not unpickle here
+                kind, value, detail = "error", RuntimeError(f"unreadable answer: {exc}"), ""
+            with self._lock:
+                job = worker.job
             if kind == "progress":
                 if job is not None and job.progress is not None:
                     try:
