@@ -33,8 +33,9 @@ def test_one_utterance_gives_one_start_and_one_end() -> None:
     speech = espeak_pcm("Excuse me, could you tell me the way to the station?")
     pcm = np.concatenate([silence(1.0), speech, silence(1.0)])
     events = events_of(pcm)
-    assert [e.kind for e in events] == ["start", "end"]
-    start, end = events
+    assert [e.kind for e in events] == ["onset", "start", "end"]
+    onset, start, end = events
+    assert 0.9 <= onset.at <= 1.1  # the first window that sounds like speech: duck now
     assert 0.9 <= start.at <= 1.35  # speech begins at 1.0 s
     assert 1.0 + len(speech) / SAMPLE_RATE - 0.4 <= end.at <= 1.0 + len(speech) / SAMPLE_RATE + 0.2
     assert len(end.audio) / SAMPLE_RATE >= 0.8 * len(speech) / SAMPLE_RATE
@@ -45,8 +46,12 @@ def test_one_utterance_gives_one_start_and_one_end() -> None:
 def test_a_cough_or_noise_does_not_start_speech() -> None:
     speech = espeak_pcm("Hm.")[: int(0.15 * SAMPLE_RATE)]  # a 150 ms vocal burst
     pcm = np.concatenate([silence(0.5), speech, silence(1.0)])
-    assert events_of(pcm) == []  # shorter than min_speech (250 ms): no barge-in
-    assert [e.kind for e in events_of(pcm, min_speech=0.064)] == ["start", "end"]  # it was heard
+    # Shorter than min_speech (250 ms): no barge-in; heard at once, and over within 0.2 s.
+    onset, lapse = events_of(pcm)
+    assert (onset.kind, lapse.kind) == ("onset", "lapse")
+    assert 0.45 <= onset.at <= 0.6 and 0.65 <= lapse.at <= 0.85  # it is at 0.5-0.65 s
+    kinds = [e.kind for e in events_of(pcm, min_speech=0.064)]
+    assert kinds == ["onset", "start", "end"]  # it was heard
     noise = (np.random.default_rng(0).normal(0, 0.05, 3 * SAMPLE_RATE) * 32767).astype(np.int16)
     assert events_of(noise) == []
 
@@ -82,7 +87,7 @@ def test_openai_compatible_transcription() -> None:
 def test_vad_hears_english_and_chinese(voice: str, text: str) -> None:
     speech = EspeakTTS().synthesize(text, voice=voice).at_rate(SAMPLE_RATE).pcm
     pcm = np.concatenate([silence(0.5), speech, silence(1.0)])
-    assert [e.kind for e in events_of(pcm)] == ["start", "end"]
+    assert [e.kind for e in events_of(pcm)] == ["onset", "start", "end"]
 
 
 def test_providers_by_name_and_faster_whisper_extra() -> None:

@@ -8,6 +8,9 @@ receiver's A/V sync holds and idle frames keep flowing when nothing is said.
 
 `interrupt` stops speech within one frame: the stream drops what it holds, every sink drops
 what it has queued, and any speech still being synthesized is discarded when it arrives.
+A barge-in starts before that: the first sound like the user's voice ducks the avatar's
+audio (`duck`) at once, and the avatar is cut off when the voice lasts long enough to be
+speech, or comes back up, without a word lost, when it was a cough.
 
 A session's mode says who answers: ``repeat`` speaks the user's words, ``chat`` answers them
 through a language model (`ChatBrain`), ``realtime`` hands the microphone to a speech-to-speech
@@ -24,6 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -32,8 +36,8 @@ from rtlipsync.engines.base import EngineStream, LipSyncEngine
 from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import Avatar
+from rtlipsync.media.clock import Clock, MediaClock
 from rtlipsync.media.frames import (
-    FPS,
     FRAME_SAMPLES,
     SAMPLE_RATE,
     AVFrame,
@@ -54,10 +58,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FRAME_PERIOD = 1.0 / FPS
 MAX_TEXT = 2000  # characters a single say() accepts
 MODES = ("repeat", "chat", "realtime")
 MAX_PERSONA = 4000  # characters of a persona (system prompt)
+DUCK_GAIN = 0.18  # the avatar's level (-15 dB) while a voice may be cutting in
+RESUME_FRAMES = 3  # a ducked voice comes back up over this many frames (120 ms): no click
+DUCK_FADE = SAMPLE_RATE // 100  # samples (10 ms) over which it goes down: quick, no click
 
 
 class FrameSink(Protocol):
@@ -81,7 +87,10 @@ class Session:
         engine: LipSyncEngine | None = None,
         tts: TTSProvider | None = None,
         session_id: int | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        """``clock`` paces the session's frames: the event loop's time by default, a
+        `ManualClock` in tests that step the session frame by frame."""
         self.id = session_id if session_id is not None else secrets.randbelow(900_000) + 100_000
         self.avatar = avatar  # the session's own face
         self.engine = engine or CpuEngine()
@@ -116,13 +125,16 @@ class Session:
         self._played_samples = 0  # speech samples sent since the last interruption
         self.last_index = -1
         self.history: deque[tuple[int, bool]] = deque(maxlen=500)  # (frame index, speaking)
+        self._gain = 1.0  # the level the last frame's audio ended at
+        self.ducked = False  # a voice may be cutting in: the avatar's audio is lowered
         self.on_frame: Callable[[AVFrame], None] | None = None
+        self.clock = MediaClock(self._tick, clock)
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(
-                self._clock(), name=f"clock-{self.id}"
+                self.clock.run(), name=f"clock-{self.id}"
             )
 
     async def close(self) -> None:
@@ -234,15 +246,25 @@ class Session:
         if realtime is not None:
             realtime.send_audio(pcm)
         for event in vad.push(pcm):
-            if realtime is not None:
-                realtime.local_speech(event.kind == "start")
-            elif event.kind == "start" and self.is_speaking:
-                log.info("barge-in: the user started speaking", extra={"session": self.id})
-                self.interrupt()
-            elif event.kind == "end" and event.audio is not None:
-                # The user stopped at event.at on the stream; the VAD knew it only now.
-                stopped = time.monotonic() - (vad.elapsed - event.at)
-                self._track(self._understand(event.audio, stopped))
+            if event.kind == "onset":
+                if self.is_speaking:
+                    self.duck(True)  # heard at once; cut off only once it is speech
+            elif event.kind == "lapse":
+                self.duck(False)  # a cough, not speech: the avatar carries on
+            elif event.kind == "start":
+                if realtime is not None:
+                    realtime.local_speech(True)  # the service's own VAD decides the cut
+                elif self.is_speaking:
+                    log.info("barge-in: the user started speaking", extra={"session": self.id})
+                    self.interrupt()
+            elif event.kind == "end":
+                self.duck(False)  # whatever plays next is heard in full
+                if realtime is not None:
+                    realtime.local_speech(False)
+                elif event.audio is not None:
+                    # The user stopped at event.at on the stream; the VAD knew it only now.
+                    stopped = time.monotonic() - (vad.elapsed - event.at)
+                    self._track(self._understand(event.audio, stopped))
 
     async def _understand(self, audio: np.ndarray, stopped: float | None) -> None:
         asr = self.asr
@@ -432,10 +454,37 @@ class Session:
                     return
             self._captions.append((sample, text))
 
+    def duck(self, on: bool) -> None:
+        """Lower the avatar's voice now (a voice may be cutting in), or bring it back. Its
+        speech plays on underneath, so nothing is lost if it was not a barge-in."""
+        if on != self.ducked:
+            self.ducked = on
+            log.info("%s", "ducked" if on else "unducked", extra={"session": self.id})
+
+    def _level(self, frame: AVFrame) -> AVFrame:
+        """The frame with its audio at the session's level, faded from the last frame's level
+        so that a duck is heard within 10 ms of the frame's start and nothing clicks."""
+        target = DUCK_GAIN if self.ducked else 1.0
+        start = self._gain
+        if start == target == 1.0:
+            return frame
+        n = len(frame.audio)
+        if target > start:  # back up gently, over a few frames
+            target = min(target, start + (1.0 - DUCK_GAIN) / RESUME_FRAMES)
+            ramp = np.linspace(start, target, n, endpoint=False, dtype=np.float32)
+        else:  # down at once: a 10 ms fade, then the lower level
+            ramp = np.full(n, target, np.float32)
+            fade = min(n, DUCK_FADE)
+            ramp[:fade] = np.linspace(start, target, fade, endpoint=False, dtype=np.float32)
+        self._gain = target
+        audio = (frame.audio * ramp).astype(np.int16)
+        return replace(frame, audio=audio)
+
     def interrupt(self) -> int:
         """Stop speaking now; returns the index of the last frame that may still carry speech."""
         if self.realtime is not None:
             self.realtime.stop_reply()  # before the counters of what was played are reset
+        self.ducked = False  # what is said next is heard at full level
         self._generation += 1
         for task in list(self._say_tasks):  # a reply being generated stops too (LLM, TTS)
             task.cancel()
@@ -478,36 +527,27 @@ class Session:
                 frame = self.stream.idle()
         return frame
 
-    async def _clock(self) -> None:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        k = 0
-        while True:
-            frame = await asyncio.to_thread(self._next_frame)
-            frame.index = k  # the session's timeline, whichever stream made the frame
-            self.speaking = frame.speaking
-            if self.metrics is not None:
-                self.metrics.frames.inc()
-            if frame.speaking:
-                if self.turn is not None and "first_frame" not in self.turn.marks:
-                    self.mark("first_frame")
-                    self.last_turn = self.turn.as_ms()
-                    log.info(
-                        "turn %s: %s ms", self.turn.mode, self.last_turn, extra={"session": self.id}
-                    )
-                with self._lock:
-                    self._played_samples += FRAME_SAMPLES
-                    while self._captions and self._captions[0][0] < self._played_samples:
-                        self.caption = self._captions.popleft()[1]
-            self.last_index = frame.index
-            self.history.append((frame.index, frame.speaking))
-            for sink in list(self._sinks):
-                sink.put(frame)
-            if self.on_frame is not None:
-                self.on_frame(frame)
-            k += 1
-            delay = start + k * FRAME_PERIOD - loop.time()
-            if delay < -0.25:  # fell far behind (a stall): re-anchor rather than burst
-                start = loop.time() - k * FRAME_PERIOD
-                delay = 0.0
-            await asyncio.sleep(max(0.0, delay))
+    async def _tick(self, k: int) -> None:
+        """One frame of the media clock: the next frame, at the session's level, to the sinks."""
+        frame = self._level(await asyncio.to_thread(self._next_frame))
+        frame.index = k  # the session's timeline, whichever stream made the frame
+        self.speaking = frame.speaking
+        if self.metrics is not None:
+            self.metrics.frames.inc()
+        if frame.speaking:
+            if self.turn is not None and "first_frame" not in self.turn.marks:
+                self.mark("first_frame")
+                self.last_turn = self.turn.as_ms()
+                log.info(
+                    "turn %s: %s ms", self.turn.mode, self.last_turn, extra={"session": self.id}
+                )
+            with self._lock:
+                self._played_samples += FRAME_SAMPLES
+                while self._captions and self._captions[0][0] < self._played_samples:
+                    self.caption = self._captions.popleft()[1]
+        self.last_index = frame.index
+        self.history.append((frame.index, frame.speaking))
+        for sink in list(self._sinks):
+            sink.put(frame)
+        if self.on_frame is not None:
+            self.on_frame(frame)

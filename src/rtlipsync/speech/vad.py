@@ -6,6 +6,11 @@ speech, so a cough or a door does not cut the avatar off; an end after ``min_sil
 quiet, with hysteresis between the two thresholds so a breath does not split a sentence.
 The end event carries the utterance's audio, from a little before the start (``pre_roll``),
 ready for the recogniser.
+
+Waiting ``min_speech`` to be sure costs a quarter of a second before a barge-in can cut the
+avatar off, so two earlier events say what is happening meanwhile: ``onset`` at the first
+window that sounds like speech (the avatar ducks), and ``lapse`` when that sound stopped
+before it became speech (a cough: the avatar comes back up).
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ import numpy as np
 from rtlipsync.media.frames import SAMPLE_RATE
 
 WINDOW = 512  # samples, 32 ms: the model's fixed window
+LAPSE_WINDOWS = 3  # quiet windows (96 ms) after an onset that end it: a dip is not a lapse
 
 
 @dataclass
 class VADEvent:
-    kind: str  # "start" or "end"
-    at: float  # seconds of stream time at which speech started (start) or stopped (end)
+    kind: str  # "onset", "lapse", "start" or "end"
+    at: float  # seconds of stream time at which it happened (speech started, stopped, ...)
     audio: np.ndarray | None = None  # int16 utterance audio, on "end"
 
 
@@ -58,6 +64,8 @@ class VoiceActivity:
         self._speaking = False
         self._run = 0  # consecutive speech windows (idle) or quiet windows (speaking)
         self._start_window = 0
+        self._onset = False  # a sound like speech began and is not yet confirmed or lapsed
+        self._quiet = 0  # quiet windows since the onset's last speech-like window
 
     @property
     def speaking(self) -> bool:
@@ -75,24 +83,32 @@ class VoiceActivity:
         while len(self._pending) >= WINDOW:
             window, self._pending = self._pending[:WINDOW], self._pending[WINDOW:]
             prob = self._model.process_samples((window / 32767.0).tolist())
-            event = self._step(window, prob)
-            if event is not None:
-                events.append(event)
+            events.extend(self._step(window, prob))
         return events
 
-    def _step(self, window: np.ndarray, prob: float) -> VADEvent | None:
+    def _step(self, window: np.ndarray, prob: float) -> list[VADEvent]:
         index = self._windows
         self._windows += 1
         if not self._speaking:
             self._recent.append(window)
-            self._run = self._run + 1 if prob >= self.threshold else 0
+            voiced = prob >= self.threshold
+            self._run = self._run + 1 if voiced else 0
+            events = []
+            if voiced and not self._onset:
+                self._onset, self._quiet = True, 0
+                events.append(VADEvent("onset", index * WINDOW / SAMPLE_RATE))
+            elif self._onset:
+                self._quiet = 0 if voiced else self._quiet + 1
+                if self._quiet >= LAPSE_WINDOWS:
+                    self._onset = False
+                    events.append(VADEvent("lapse", (index + 1) * WINDOW / SAMPLE_RATE))
             if self._run >= self.min_speech_windows:
-                self._speaking = True
+                self._speaking, self._onset = True, False
                 self._start_window = index - self._run + 1
                 self._utterance = list(self._recent)
                 self._run = 0
-                return VADEvent("start", self._start_window * WINDOW / SAMPLE_RATE)
-            return None
+                events.append(VADEvent("start", self._start_window * WINDOW / SAMPLE_RATE))
+            return events
         self._utterance.append(window)
         self._run = self._run + 1 if prob < self.release else 0
         if self._run >= self.min_silence_windows:
@@ -101,5 +117,5 @@ class VoiceActivity:
             audio = np.concatenate(self._utterance)
             self._utterance, self._run = [], 0
             self._recent.clear()
-            return VADEvent("end", end_window * WINDOW / SAMPLE_RATE, audio)
-        return None
+            return [VADEvent("end", end_window * WINDOW / SAMPLE_RATE, audio)]
+        return []
