@@ -143,3 +143,29 @@ def test_barge_in_and_a_cough_that_does_not(default_avatar) -> None:
 
     with serving() as base:
         asyncio.run(scenario(base))
+
+
+def test_the_microphone_is_delivered_without_aiortcs_playout_cushion() -> None:
+    """The server's receiver of a microphone hands each packet on after one packet of
+    reordering wait (aiortc's default is four: 80 ms on every barge-in and end of turn)."""
+    from aiortc.jitterbuffer import JitterBuffer
+
+    from rtlipsync.transport.webrtc import MIC_PREFETCH, listen_promptly
+
+    async def scenario() -> None:
+        caller, server = RTCPeerConnection(), RTCPeerConnection()
+        tracks: list[MediaStreamTrack] = []
+        server.on("track", tracks.append)
+        caller.addTrack(Microphone())
+        await caller.setLocalDescription(await caller.createOffer())
+        await server.setRemoteDescription(caller.localDescription)
+        (track,) = tracks
+        assert listen_promptly(server, track)
+        (transceiver,) = server.getTransceivers()
+        buffers = [v for v in vars(transceiver.receiver).values() if isinstance(v, JitterBuffer)]
+        assert len(buffers) == 1 and buffers[0]._prefetch == MIC_PREFETCH  # noqa: SLF001
+        assert not listen_promptly(server, Microphone())  # not one of this peer's tracks
+        await caller.close()
+        await server.close()
+
+    asyncio.run(scenario())

@@ -63,7 +63,7 @@ from rtlipsync.speech.llm import ChatLLM, LLMConfig
 from rtlipsync.speech.realtime import RealtimeBrain, RealtimeConfig
 from rtlipsync.speech.tts import TTSProvider
 from rtlipsync.transport.recorder import Recorder
-from rtlipsync.transport.webrtc import WebRTCSink, rtc_configuration
+from rtlipsync.transport.webrtc import WebRTCSink, listen_promptly, rtc_configuration
 from rtlipsync.transport.websocket import WebSocketSink, decode_microphone, encode_frame
 from rtlipsync.workers import WorkerPool
 
@@ -326,6 +326,7 @@ class Sessions:
         @pc.on("track")  # fired while the offer is applied: registered before it
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "audio":  # the user's microphone
+                listen_promptly(pc, track)
                 self._listeners.append(asyncio.ensure_future(_listen(track, session)))
 
         try:

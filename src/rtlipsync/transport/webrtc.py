@@ -18,7 +18,8 @@ from collections import deque
 import av
 import cv2
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc.jitterbuffer import JitterBuffer
 
 from rtlipsync.media.frames import FPS, PACKET_SAMPLES, SAMPLE_RATE, AVFrame
 
@@ -103,6 +104,29 @@ class WebRTCSink:
     def close(self) -> None:
         self.video.stop()
         self.audio.stop()
+
+
+# The microphone feeds a VAD and a recogniser, not a loudspeaker: it needs no reordering
+# cushion. aiortc holds each received audio packet until four more arrive (80 ms), which
+# delayed every barge-in and every end of turn by that much; one is enough to deliver in
+# order on a LAN, and a packet that comes later than that is dropped, which the VAD and the
+# recogniser tolerate.
+MIC_PREFETCH = 1
+
+
+def listen_promptly(pc: RTCPeerConnection, track: MediaStreamTrack) -> bool:
+    """Deliver the peer's microphone ``track`` after one packet of reordering wait instead
+    of aiortc's four; False when this aiortc keeps its buffer elsewhere (then nothing
+    changes but the delay)."""
+    for transceiver in pc.getTransceivers():
+        receiver = transceiver.receiver
+        if receiver.track is track and hasattr(receiver, _JITTER):
+            setattr(receiver, _JITTER, JitterBuffer(capacity=16, prefetch=MIC_PREFETCH))
+            return True
+    return False
+
+
+_JITTER = "_RTCRtpReceiver__jitter_buffer"  # aiortc 1.x: RTCRtpReceiver.__jitter_buffer
 
 
 def rtc_configuration(ice_servers: list[dict[str, object]] | None = None) -> RTCConfiguration:
