@@ -159,7 +159,7 @@ def test_a_killed_worker_fails_its_job_and_the_server_lives_on(  # noqa: ANN001
     from websockets.sync.client import connect
 
     from rtlipsync.server import create_app
-    from rtlipsync.server.app import uploads_dir
+    from rtlipsync.server.app import jobs_dir, uploads_dir
 
     from conftest import serving_app
 
@@ -192,6 +192,7 @@ def test_a_killed_worker_fails_its_job_and_the_server_lives_on(  # noqa: ANN001
                 receive_for(0.1)
             assert state["state"] == "failed"
             assert "stopped (exit code -9)" in state["error"] and "try again" in state["error"]
+            assert not list(jobs_dir().glob(".*.mp4"))  # its unfinished video is gone too
             again = http.post(
                 "/jobs", data={"avatar": "default"}, files={"audio": ("s.wav", short)}
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import queue
 import tempfile
@@ -211,6 +212,16 @@ class Mp4Writer:
         self._container.close()
         os.replace(self._tmp, self.path)
         return self.path
+
+    @staticmethod
+    def discard_partials(path: str | Path) -> int:
+        """Remove what writers of ``path`` left unfinished (a process killed mid-render
+        cannot clean up after itself); how many files went."""
+        path = Path(path)
+        partials = list(path.parent.glob(f".{glob.escape(path.stem)}.*.mp4"))
+        for partial in partials:
+            partial.unlink(missing_ok=True)
+        return len(partials)
 
     def abort(self) -> None:
         if self._thread.is_alive():

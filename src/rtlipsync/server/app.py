@@ -43,7 +43,7 @@ from rtlipsync.face.avatar import (
 )
 from rtlipsync.media.audio import load_audio, to_int16
 from rtlipsync.media.frames import SAMPLE_RATE
-from rtlipsync.media.video import IMAGE_EXTS, VIDEO_EXTS
+from rtlipsync.media.video import IMAGE_EXTS, VIDEO_EXTS, Mp4Writer
 from rtlipsync.metrics import Metrics
 from rtlipsync.paths import (
     avatars_dir,
@@ -522,7 +522,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             source,
             webhook=webhook,
             task_id=task_id,
-            cleanup=lambda: source.unlink(missing_ok=True),
+            cleanup=lambda: (source.unlink(missing_ok=True), Mp4Writer.discard_partials(out)),
         )
         task.result["url"] = f"/jobs/{task.id}/result"
         return {"code": 0, "job": task.id}
@@ -575,7 +575,10 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         out_dir = data_dir("outputs") / body.user_id / body.request_id
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / f"{chunk}.mp4"
-        result = await tasks.run(jobs.speak, body.streamer_id, out, audio)
+        try:
+            result = await tasks.run(jobs.speak, body.streamer_id, out, audio)
+        finally:
+            Mp4Writer.discard_partials(out)  # a killed or cancelled render's unfinished file
         data = {
             "user_id": body.user_id,
             "request_id": body.request_id,
