@@ -29,9 +29,9 @@ from rtlipsync.face.avatar import ensure_default_avatar, load_avatar, prepare_av
 from rtlipsync.media.audio import load_audio, to_int16  # noqa: E402
 from rtlipsync.media.frames import SAMPLE_RATE  # noqa: E402
 from rtlipsync.render import render  # noqa: E402
+from rtlipsync.testing.speech import write_wav  # noqa: E402
 
 from _common import machine  # noqa: E402
-from conftest import write_wav  # noqa: E402
 from reference_bank import bake_reference  # noqa: E402
 
 

@@ -19,27 +19,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fake_openai import FakeOpenAI, Reply  # noqa: E402
-from fake_realtime import FakeRealtime  # noqa: E402
-from rtlipsync.face.avatar import ensure_default_avatar  # noqa: E402
-from rtlipsync.server import ServerConfig, create_app  # noqa: E402
-from rtlipsync.speech.asr import OpenAIASR  # noqa: E402
-from rtlipsync.speech.llm import LLMConfig  # noqa: E402
-from rtlipsync.speech.openai_tts import OpenAITTS  # noqa: E402
-from rtlipsync.speech.realtime import RealtimeConfig  # noqa: E402
-from test_voice import Microphone  # noqa: E402
+from rtlipsync.face.avatar import ensure_default_avatar
+from rtlipsync.server import ServerConfig, create_app
+from rtlipsync.speech.asr import OpenAIASR
+from rtlipsync.speech.llm import LLMConfig
+from rtlipsync.speech.openai_tts import OpenAITTS
+from rtlipsync.speech.realtime import RealtimeConfig
+from rtlipsync.testing.fake_openai import FakeOpenAI, Reply
+from rtlipsync.testing.fake_realtime import FakeRealtime
+from rtlipsync.testing.peers import Microphone
+from rtlipsync.testing.serving import serving_app
+from rtlipsync.testing.speech import espeak_pcm
 
-from _common import machine  # noqa: E402
-from conftest import espeak_pcm, serving_app  # noqa: E402
+from _common import machine
 
 DUCKED = 0.5  # of the avatar's level: audibly lowered (-6 dB)
 QUIET = 0.02  # of the level: cut

@@ -35,11 +35,11 @@ import numpy as np
 import websockets
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_voice import Microphone  # noqa: E402
+from rtlipsync.testing.peers import Microphone
+from rtlipsync.testing.serving import free_port
+from rtlipsync.testing.speech import espeak_pcm, write_wav
 
-from _common import machine  # noqa: E402
-from conftest import espeak_pcm, free_port, write_wav  # noqa: E402
+from _common import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,22 +19,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from rtlipsync.face.avatar import ensure_default_avatar, load_avatar  # noqa: E402
-from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE, AVFrame  # noqa: E402
-from rtlipsync.server import ServerConfig  # noqa: E402
+from rtlipsync.face.avatar import ensure_default_avatar, load_avatar
+from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE, AVFrame
+from rtlipsync.server import ServerConfig
+from rtlipsync.testing.serving import serving
 
-from _common import machine  # noqa: E402
-from conftest import serving  # noqa: E402  (the tests' loopback server helper)
+from _common import machine
 
 # RTCP sender reports seen by the receiver: ssrc -> [(ntp seconds, rtp timestamp)].
 SENDER_REPORTS: dict[int, list[tuple[float, int]]] = {}

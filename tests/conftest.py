@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import socket
 import threading
 import time
-import wave
-from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+# Shared with the benchmarks: defined once in the package, named here for the tests.
+from rtlipsync.testing.serving import free_port, serving, serving_app, wait_for  # noqa: F401
+from rtlipsync.testing.speech import espeak_pcm, write_wav  # noqa: F401
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 
@@ -23,18 +21,6 @@ def media(name: str) -> Path:
     path = MEDIA / name
     if not path.is_file():
         pytest.skip(f"shared test media not present: {path}")
-    return path
-
-
-def write_wav(path: Path, samples: np.ndarray, rate: int, channels: int = 1) -> Path:
-    pcm = (
-        samples if samples.dtype == np.int16 else (np.clip(samples, -1, 1) * 32767).astype(np.int16)
-    )
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
     return path
 
 
@@ -57,13 +43,6 @@ def default_avatar(data_root: Path):
 
     ensure_default_avatar()
     return load_avatar("default")
-
-
-def espeak_pcm(text: str, rate: int = 16_000, wpm: int = 140) -> np.ndarray:
-    """``text`` spoken by the offline voice: mono int16 at ``rate``."""
-    from rtlipsync.speech.espeak import EspeakTTS
-
-    return EspeakTTS(rate_wpm=wpm).synthesize(text).at_rate(rate).pcm
 
 
 @pytest.fixture(scope="session")
@@ -98,47 +77,3 @@ def no_leaked_threads():
             break
         time.sleep(0.05)
     assert not leaked, f"test left threads running: {leaked}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serving(config=None) -> Iterator[str]:
-    """Run our server under uvicorn on a loopback port in a thread; yield its base URL."""
-    from rtlipsync.server import create_app
-
-    with serving_app(create_app(config)) as base:
-        yield base
-
-
-@contextlib.contextmanager
-def serving_app(app) -> Iterator[str]:  # noqa: ANN001 - any ASGI app
-    """Run an ASGI app under uvicorn on a loopback port in a thread; yield its base URL."""
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn-test")
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
-
-
-async def wait_for(predicate, timeout: float) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.02)
-    return predicate()

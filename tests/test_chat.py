@@ -7,12 +7,12 @@ import time
 
 import httpx
 
-from fake_openai import FakeOpenAI, Reply
 from rtlipsync.server import ServerConfig
 from rtlipsync.session import Session
 from rtlipsync.speech.chat import ChatBrain
 from rtlipsync.speech.llm import ChatLLM, LLMConfig
 from rtlipsync.speech.sentences import SentenceSplitter, split_emotion
+from rtlipsync.testing.fake_openai import FakeOpenAI, Reply
 
 from conftest import free_port, serving, serving_app, wait_for
 

@@ -14,8 +14,6 @@ import asyncio
 
 import numpy as np
 
-from fake_openai import FakeOpenAI, Reply
-from fake_realtime import FakeRealtime
 from rtlipsync.eval.bilabials import score
 from rtlipsync.face.landmarks import FaceLandmarker
 from rtlipsync.session import Session
@@ -24,6 +22,8 @@ from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.llm import ChatLLM, LLMConfig
 from rtlipsync.speech.openai_tts import OpenAITTS
 from rtlipsync.speech.realtime import RealtimeBrain, RealtimeConfig
+from rtlipsync.testing.fake_openai import FakeOpenAI, Reply
+from rtlipsync.testing.fake_realtime import FakeRealtime
 
 from conftest import serving_app, wait_for
 

@@ -8,11 +8,11 @@ import wave
 import numpy as np
 import pytest
 
-from fake_openai import FakeOpenAI
 from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.speech.asr import ASRProvider, OpenAIASR, PocketSphinxASR
 from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.vad import VoiceActivity
+from rtlipsync.testing.fake_openai import FakeOpenAI
 
 from conftest import espeak_pcm, serving_app
 

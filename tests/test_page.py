@@ -163,10 +163,10 @@ def test_page_microphone_joins_the_session(default_avatar, query: str) -> None:
 def test_page_realtime_mode_with_a_persona(default_avatar) -> None:
     from playwright.sync_api import sync_playwright
 
-    from fake_realtime import FakeRealtime
     from rtlipsync.server import ServerConfig
     from rtlipsync.speech.espeak import EspeakTTS
     from rtlipsync.speech.realtime import RealtimeConfig
+    from rtlipsync.testing.fake_realtime import FakeRealtime
 
     from conftest import serving_app
 

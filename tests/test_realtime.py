@@ -8,10 +8,10 @@ import time
 
 import numpy as np
 
-from fake_realtime import FakeRealtime
 from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.session import Session
 from rtlipsync.speech.realtime import RealtimeBrain, RealtimeConfig
+from rtlipsync.testing.fake_realtime import FakeRealtime
 
 from conftest import espeak_pcm, serving_app, wait_for
 

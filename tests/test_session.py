@@ -8,7 +8,6 @@ import asyncio
 
 import numpy as np
 
-from fake_openai import FakeOpenAI, Reply
 from rtlipsync.media.clock import FRAME_PERIOD, ManualClock, MediaClock
 from rtlipsync.media.frames import FRAME_SAMPLES, PACKET_SAMPLES, SAMPLE_RATE, AVFrame
 from rtlipsync.session import DUCK_GAIN, Session
@@ -16,6 +15,7 @@ from rtlipsync.speech.chat import ChatBrain
 from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.llm import ChatLLM, LLMConfig
 from rtlipsync.speech.tts import Speech
+from rtlipsync.testing.fake_openai import FakeOpenAI, Reply
 
 from conftest import espeak_pcm, serving_app, wait_for
 

@@ -57,10 +57,10 @@ def test_openai_compatible_speech_streams_into_the_lips(default_avatar) -> None:
     import asyncio
     import time
 
-    from fake_openai import FakeOpenAI
     from rtlipsync.session import Session
     from rtlipsync.speech.openai_tts import OpenAITTS
     from rtlipsync.speech.tts import StreamingTTS
+    from rtlipsync.testing.fake_openai import FakeOpenAI
 
     from conftest import serving_app, wait_for
 

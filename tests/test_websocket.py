@@ -214,9 +214,9 @@ def test_action_clips_and_humanecho(default_avatar, tmp_path) -> None:
 
 def test_microphone_over_the_websocket(default_avatar) -> None:
     """Where WebRTC cannot connect, the microphone rides the same socket: barge-in and turns."""
-    from fake_openai import FakeOpenAI
     from rtlipsync.server import ServerConfig
     from rtlipsync.speech.asr import OpenAIASR
+    from rtlipsync.testing.fake_openai import FakeOpenAI
 
     from conftest import espeak_pcm, serving_app
 
