@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rtlipsync.errors import InputError
-from rtlipsync.media.audio import load_audio
+from rtlipsync.media.audio import GrowingBuffer, load_audio
 from rtlipsync.media.frames import FRAME_SAMPLES, PACKET_SAMPLES, Phoneme, SpeechChunk, chunk_speech
 from rtlipsync.media.video import Mp4Writer, read_video_frames
 
@@ -111,3 +111,61 @@ def test_mp4_writer_is_atomic(tmp_path: Path) -> None:
         assert c.streams.video[0].codec_context.name == "h264"
         assert c.streams.audio[0].codec_context.name == "aac"
         assert c.streams.video[0].frames == 25
+
+
+def test_growing_buffer_appends_and_reads_in_order() -> None:
+    buf = GrowingBuffer()
+    rng = np.random.default_rng(0)
+    pieces = [rng.integers(-30000, 30000, n).astype(np.int16) for n in (5, 4000, 1, 9000, 320)]
+    whole = np.concatenate(pieces)
+    taken = []
+    for piece in pieces:
+        buf.append(piece)
+        taken.append(buf.take(700))  # read while it grows: storage is reused, then doubled
+    assert len(buf) == len(whole) - sum(len(t) for t in taken)
+    taken.append(buf.take(len(buf)))
+    assert np.array_equal(np.concatenate(taken), whole) and len(buf) == 0
+    rows = GrowingBuffer(np.float32, (2, 3))
+    for k in range(40):
+        rows.append(np.full((k % 3 + 1, 2, 3), k, np.float32))
+    assert rows.data.shape == (sum(k % 3 + 1 for k in range(40)), 2, 3)
+    assert rows.data[-1, 0, 0] == 39 and rows.data[0, 1, 2] == 0
+
+
+def _forged_rate_wav(path: Path, rate: int, samples: int) -> Path:
+    """A WAV whose header claims ``rate`` Hz: 16,000 samples at 1 Hz are 4.4 hours."""
+    import wave
+
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.zeros(samples, np.int16).tobytes())
+    return path
+
+
+def test_load_audio_refuses_a_rate_no_audio_has(tmp_path: Path) -> None:
+    wav = _forged_rate_wav(tmp_path / "one-hz.wav", 1, 16_000)
+    with pytest.raises(InputError, match=r"sample rate is 1 Hz"):
+        load_audio(wav, 16_000)
+
+
+def test_load_audio_stops_at_its_length_limit(tmp_path: Path) -> None:
+    # 12 minutes of silence in a few kilobytes: refused once 10 minutes are decoded.
+    flac = tmp_path / "silence.flac"
+    with av.open(str(flac), "w") as out:
+        stream = out.add_stream("flac", rate=8000, layout="mono")
+        for k in range(12 * 60):
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((1, 8000), np.int16), format="s16", layout="mono"
+            )
+            frame.sample_rate, frame.pts = 8000, k * 8000
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    assert flac.stat().st_size < 200_000
+    with pytest.raises(InputError, match=r"more than 600 s of audio.*send a shorter file"):
+        load_audio(flac, 16_000, max_seconds=600, label="upload.flac")
+    samples, rate = load_audio(flac, max_seconds=800)
+    assert rate == 8000 and len(samples) == 12 * 60 * 8000

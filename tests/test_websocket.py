@@ -257,3 +257,63 @@ def test_microphone_over_the_websocket(default_avatar) -> None:
         asr = lambda: OpenAIASR(base_url=f"{api}/v1", api_key="k")  # noqa: E731
         with serving(ServerConfig(asr=asr)) as base:
             asyncio.run(scenario(base))
+
+
+def test_hostile_and_long_audio_uploads_never_stall_the_session(default_avatar, tmp_path) -> None:
+    """A WAV whose header says 1 Hz (16,000 samples: 4.4 hours) took the server down for
+    minutes; a real 10-minute WAV froze every session for seconds. Now the first is refused,
+    audio past max_audio_seconds is refused, and the long one is queued while frames flow."""
+    import wave
+
+    def wav(name: str, rate: int, samples: np.ndarray) -> bytes:
+        path = tmp_path / name
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(samples.astype(np.int16).tobytes())
+        return path.read_bytes()
+
+    forged = wav("forged.wav", 1, np.zeros(16_000))
+    too_long = wav("long.wav", 8000, np.zeros(11 * 60 * 8000))
+    rng = np.random.default_rng(0)
+    ten_minutes = wav("talk.wav", 16_000, rng.normal(0, 3000, 600 * 16_000))
+
+    async def scenario(base: str) -> None:
+        url = base.replace("http://", "ws://") + "/ws"
+        async with (
+            websockets.connect(url, max_size=None) as ws,
+            httpx.AsyncClient(base_url=base, timeout=60) as http,
+        ):
+            sid = json.loads(await ws.recv())["sessionid"]
+            await frames_for(ws, 0.3)
+
+            async def upload(name: str, data: bytes) -> httpx.Response:
+                files = {"file": (name, data, "audio/wav")}
+                return await http.post("/humanaudio", data={"sessionid": str(sid)}, files=files)
+
+            r = await upload("forged.wav", forged)
+            assert r.status_code == 400 and "sample rate is 1 Hz" in r.json()["msg"]
+            r = await upload("long.wav", too_long)
+            assert r.status_code == 400, r.text
+            assert r.json()["msg"].startswith("long.wav holds more than 600 s of audio")
+            arrivals: list[float] = []
+
+            async def watch() -> None:
+                while True:
+                    if isinstance(await ws.recv(), bytes):
+                        arrivals.append(time.monotonic())
+
+            watcher = asyncio.ensure_future(watch())
+            await asyncio.sleep(0.3)
+            r = await upload("talk.wav", ten_minutes)
+            assert r.json() == {"code": 0, "msg": "ok"}, r.text
+            await asyncio.sleep(1.0)
+            watcher.cancel()
+            gaps = np.diff(arrivals)
+            assert len(arrivals) > 25 and gaps.max() < 1.0, gaps.max()  # it froze 5 s before
+            state = (await http.get(f"/sessions/{sid}")).json()
+            assert state["speaking"]
+
+    with serving() as base:
+        asyncio.run(scenario(base))

@@ -52,8 +52,8 @@ class _Speech:
     phonemes: list[Phoneme]
 
 
-def _speech_from_audio(path: str | Path) -> _Speech:
-    samples, rate = load_audio(path)
+def _speech_from_audio(path: str | Path, max_seconds: float | None = None) -> _Speech:
+    samples, rate = load_audio(path, max_seconds=max_seconds)
     if np.max(np.abs(samples)) == 0:
         log.warning("audio %s is all silence: the mouth will stay closed", path)
     out_rate = rate if rate in AAC_RATES else 48_000
@@ -88,14 +88,18 @@ def render(
     preset: str = "veryfast",
     on_progress: Callable[[int, int], None] | None = None,
     engine: LipSyncEngine | None = None,
+    max_audio_seconds: float | None = None,
 ) -> RenderResult:
     """Render ``avatar`` saying ``audio`` (a file) or ``text`` (spoken offline) into ``output``
-    with ``engine`` (the CPU engine by default)."""
+    with ``engine`` (the CPU engine by default); audio longer than ``max_audio_seconds`` is
+    refused before anything is rendered."""
     if (audio is None) == (text is None):
         raise InputError("give exactly one of --audio FILE or --text TEXT")
     out = check_output(output)
     speech = (
-        _speech_from_audio(audio) if audio is not None else _speech_from_text(text or "", voice)
+        _speech_from_audio(audio, max_audio_seconds)
+        if audio is not None
+        else _speech_from_text(text or "", voice)
     )
     av = load_avatar(avatar)
     stream = (engine or CpuEngine()).open_stream(av)

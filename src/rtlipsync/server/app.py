@@ -85,6 +85,9 @@ class ServerConfig:
     avatar: str = DEFAULT_AVATAR
     max_sessions: int = 8
     max_upload_mb: float = 50.0  # audio uploads
+    # Audio is refused past this length once decoded (a small file can decode to hours):
+    # for /humanaudio, render jobs and the seed's /digital_human/gen.
+    max_audio_seconds: float = 600.0
     max_avatar_upload_mb: float = 300.0  # images and videos to prepare as avatars
     # A WebRTC peer that sends no RTCP receiver report (browsers send one about every
     # second) for this long is gone: its session is closed. ICE consent alone takes 30 s.
@@ -520,6 +523,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             avatar,
             out,
             source,
+            config.max_audio_seconds,
             webhook=webhook,
             task_id=task_id,
             cleanup=lambda: (source.unlink(missing_ok=True), Mp4Writer.discard_partials(out)),
@@ -576,7 +580,9 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / f"{chunk}.mp4"
         try:
-            result = await tasks.run(jobs.speak, body.streamer_id, out, audio)
+            result = await tasks.run(
+                jobs.speak, body.streamer_id, out, audio, config.max_audio_seconds
+            )
         finally:
             Mp4Writer.discard_partials(out)  # a killed or cancelled render's unfinished file
         data = {
@@ -643,8 +649,15 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
             tmp.write(data)
             tmp.flush()
-            samples, _ = await asyncio.to_thread(load_audio, tmp.name, SAMPLE_RATE)
-        session.push_speech(to_int16(samples))
+            samples, _ = await asyncio.to_thread(
+                load_audio,
+                tmp.name,
+                SAMPLE_RATE,
+                config.max_audio_seconds,
+                Path(file.filename or "the upload").name,
+            )
+        # Off the event loop: queuing minutes of speech takes a few milliseconds per minute.
+        await asyncio.to_thread(session.push_speech, to_int16(samples))
         return {"code": 0, "msg": "ok"}
 
     @app.post("/record")

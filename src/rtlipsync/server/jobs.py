@@ -33,8 +33,20 @@ def prepare(
 
 
 def speak(
-    avatar: str, out: Path, audio: Path, on_progress: Progress | None = None
+    avatar: str,
+    out: Path,
+    audio: Path,
+    max_seconds: float | None = None,
+    on_progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Render ``avatar`` speaking ``audio`` into ``out``; the audio's length in seconds."""
-    result = render(avatar, out, audio=audio, progress=False, on_progress=on_progress)
+    """Render ``avatar`` speaking ``audio`` (at most ``max_seconds`` of it) into ``out``; the
+    audio's length in seconds."""
+    result = render(
+        avatar,
+        out,
+        audio=audio,
+        progress=False,
+        on_progress=on_progress,
+        max_audio_seconds=max_seconds,
+    )
     return {"seconds": result.audio_seconds}

@@ -16,6 +16,7 @@ from rtlipsync.articulation import Articulator, MouthParams
 from rtlipsync.engines.cpu.render import FrameRig, IdleLife
 from rtlipsync.face.avatar import Avatar, blend_masks
 from rtlipsync.face.geometry import paste
+from rtlipsync.media.audio import GrowingBuffer
 from rtlipsync.media.frames import FPS, FRAME_SAMPLES, SAMPLE_RATE, AVFrame, SpeechChunk
 
 _SILENCE = np.zeros(FRAME_SAMPLES, np.int16)
@@ -85,7 +86,7 @@ class CpuStream:
         # Ended utterances whose frames are not all shown yet: each keeps its own
         # articulator, so the next utterance starts on a fresh frame grid meanwhile.
         self._ended: deque[Articulator] = deque()
-        self._audio = np.zeros(0, np.int16)  # pushed speech not yet paired with a frame
+        self._audio = GrowingBuffer()  # pushed speech not yet paired with a frame
         self._index = 0  # frames produced on this stream's timeline
         self._last = MouthParams()
         self._last_speaking = False
@@ -95,13 +96,13 @@ class CpuStream:
         return len(self._audio) / SAMPLE_RATE
 
     def push(self, chunk: SpeechChunk) -> None:
-        self._audio = np.concatenate([self._audio, chunk.pcm])
+        self._audio.append(chunk.pcm)
         self._analyzer.push(chunk.pcm, chunk.phonemes, chunk.emotion, chunk.text)
         if chunk.end_of_utterance:
             pad = (-len(self._audio)) % FRAME_SAMPLES
             if pad:
                 silence = np.zeros(pad, np.int16)
-                self._audio = np.concatenate([self._audio, silence])
+                self._audio.append(silence)
                 self._analyzer.push(silence)
             self._analyzer.finish()
             self._ended.append(self._analyzer)
@@ -115,8 +116,7 @@ class CpuStream:
             if source.frames_ready() == 0:
                 return  # waiting for look-ahead
             params = source.take()
-            audio, self._audio = self._audio[:FRAME_SAMPLES], self._audio[FRAME_SAMPLES:]
-            yield self._frame(params, audio, speaking=True)
+            yield self._frame(params, self._audio.take(FRAME_SAMPLES), speaking=True)
 
     def idle(self) -> AVFrame:
         # After speech the mouth closes over two frames rather than snapping shut.
@@ -129,7 +129,7 @@ class CpuStream:
     def reset(self) -> None:
         self._analyzer.reset()
         self._ended.clear()
-        self._audio = np.zeros(0, np.int16)
+        self._audio.clear()
 
     def _frame(self, params: MouthParams, audio: np.ndarray, speaking: bool) -> AVFrame:
         loop = self.avatar.loop

@@ -36,6 +36,7 @@ from rtlipsync.engines.musetalk.presence import SpeechPresence
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import Avatar, blend_masks, parsed_masks_name
 from rtlipsync.face.geometry import Region, crop_face, paste, paste_region
+from rtlipsync.media.audio import GrowingBuffer
 from rtlipsync.media.frames import FRAME_SAMPLES, SAMPLE_RATE, AVFrame, SpeechChunk
 
 log = logging.getLogger(__name__)
@@ -311,7 +312,7 @@ class _Utterance:
         device = str(nets.generate.device)
         self.features = AudioFeatures(nets.encoder, nets.extractor, device, _block_frames(audio))
         self.presence = SpeechPresence() if silence == "vad" else None
-        self.audio = np.zeros(0, np.int16)
+        self.audio = GrowingBuffer()  # the utterance's samples, all kept (frames index it)
         self.made = 0  # frames produced
         self.ended = False
 
@@ -371,13 +372,13 @@ class MuseTalkStream:
         if not self._utterances or self._utterances[-1].ended:
             self._utterances.append(_Utterance(self.nets, self.silence, self.audio))
         u = self._utterances[-1]
-        u.audio = np.concatenate([u.audio, chunk.pcm])
+        u.audio.append(chunk.pcm)
         u.features.push(chunk.pcm)
         if u.presence is not None:
             u.presence.push(chunk.pcm)
         if chunk.end_of_utterance:
             pad = (-len(u.audio)) % FRAME_SAMPLES
-            u.audio = np.concatenate([u.audio, np.zeros(pad, np.int16)])
+            u.audio.append(np.zeros(pad, np.int16))
             u.features.push(np.zeros(pad, np.int16))  # the last part-frame is played too
             u.features.end()
             if u.presence is not None:
@@ -409,7 +410,7 @@ class MuseTalkStream:
         plan = []
         for k in range(count):
             f = u.made + k
-            audio = u.audio[f * FRAME_SAMPLES : (f + 1) * FRAME_SAMPLES]
+            audio = u.audio.data[f * FRAME_SAMPLES : (f + 1) * FRAME_SAMPLES].copy()
             source = int(loop[(self._index + k) % len(loop)])
             weight = u.weight(f)
             region = paste_region(self.avatar.frames[source].shape, self.mask_boxes[source])

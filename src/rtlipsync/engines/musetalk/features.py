@@ -29,6 +29,7 @@ import math
 import numpy as np
 import torch
 
+from rtlipsync.media.audio import GrowingBuffer
 from rtlipsync.media.frames import FPS, SAMPLE_RATE
 
 ROWS_PER_SECOND = 50
@@ -107,8 +108,8 @@ class AudioFeatures:
         self.reset()
 
     def reset(self) -> None:
-        self._audio = np.zeros(0, np.float32)
-        self._rows = np.zeros((0, LAYERS, WIDTH), np.float32)  # rows computed so far
+        self._audio = GrowingBuffer(np.float32)
+        self._rows = GrowingBuffer(np.float32, (LAYERS, WIDTH))  # rows computed so far
         self._ended = False
 
     def push(self, pcm: np.ndarray) -> None:
@@ -116,7 +117,7 @@ class AudioFeatures:
         pcm = np.asarray(pcm)
         if pcm.dtype == np.int16:
             pcm = pcm.astype(np.float32) / 32768.0
-        self._audio = np.concatenate([self._audio, pcm.astype(np.float32)])
+        self._audio.append(pcm.astype(np.float32))
 
     def end(self) -> None:
         """No more audio: the last rows can be computed (zeros follow the end)."""
@@ -148,7 +149,7 @@ class AudioFeatures:
         have = min(len(self._rows), self.total_rows)
         lo, hi = max(first, 0), min(first + WINDOW_ROWS, have)
         if hi > lo:
-            rows[lo - first : hi - first] = self._rows[lo:hi]
+            rows[lo - first : hi - first] = self._rows.data[lo:hi]
         return rows.reshape(WINDOW_ROWS * LAYERS, WIDTH)
 
     def _compute(self) -> None:
@@ -162,13 +163,13 @@ class AudioFeatures:
             need = min(stop + self.context_rows, segment + SEGMENT_ROWS) * ROW_SAMPLES
             if len(self._audio) < need and not self._ended:
                 return
-            self._rows = np.concatenate([self._rows, self._block(segment, start, stop, need)])
+            self._rows.append(self._block(segment, start, stop, need))
 
     @torch.no_grad()
     def _block(self, segment: int, start: int, stop: int, need: int) -> np.ndarray:
         """Rows [start, stop) of the segment starting at row ``segment``, from its audio up to
         sample ``need`` (the extractor pads the rest of the 30 s with zeros)."""
-        audio = self._audio[segment * ROW_SAMPLES : need]
+        audio = self._audio.data[segment * ROW_SAMPLES : need]
         mel = self.extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
         states = encoder_states(self.encoder, mel.to(self.device, self.dtype))[0]
         return states[start - segment : stop - segment].float().cpu().numpy()
