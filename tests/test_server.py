@@ -268,6 +268,13 @@ def test_seed_preprocess_and_gen_stay_inside_the_data_root(
             assert r.status_code == 403 and "outside the data root" in r.json()["msg"], path
         r = http.post("/digital_human/gen", json={**ids, "tts_path": "/etc/hostname"})
         assert r.status_code == 403
+        assert str(data_root) not in r.json()["msg"]  # no server path in what a client sees
+        # A NUL byte or a name longer than file systems allow answered 500.
+        for bad in ("inputs/\0face.png", "inputs/" + "a" * 300 + ".png", "a/" * 600):
+            for route, field in (("preprocess", "video_path"), ("gen", "tts_path")):
+                r = http.post(f"/digital_human/{route}", json={**ids, field: bad})
+                assert r.status_code == 400, (route, bad[:20], r.text)
+                assert "NUL" in r.json()["msg"] or "too long" in r.json()["msg"]
         r = http.post(
             "/digital_human/gen", json={**ids, "user_id": "../..", "tts_path": "inputs/tts.wav"}
         )

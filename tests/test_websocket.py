@@ -59,16 +59,19 @@ def test_websocket_session(default_avatar) -> None:
             assert sum(loud(a) for _, _, a in after) <= 3  # stops within a few frames
             assert not any(loud(a) for _, _, a in after[3:])
 
-            for garbage in ("not json", json.dumps([1, 2]), json.dumps({"type": "dance"})):
-                await ws.send(garbage)
+            garbage = ("not json", json.dumps([1, 2]), json.dumps({"type": "dance"}))
+            nested = '{"type": ' + "[" * 100_000 + "]" * 100_000 + "}"  # crashed the handler
+            for message in (*garbage, nested):
+                await ws.send(message)
             await ws.send(b"\x00\x01\x02")  # microphone audio, but not whole samples
             errors = []
             deadline = time.monotonic() + 3
-            while len(errors) < 4 and time.monotonic() < deadline:
+            while len(errors) < 5 and time.monotonic() < deadline:
                 message = await ws.recv()
                 if isinstance(message, str) and json.loads(message)["type"] == "error":
                     errors.append(json.loads(message)["msg"])
-            assert len(errors) == 4, errors
+            assert len(errors) == 5, errors
+            assert "nested too deeply" in errors[3]
             assert len(await frames_for(ws, 0.5)) >= 8  # the session carries on
             async with httpx.AsyncClient(base_url=base) as http:
                 assert (await http.get(f"/sessions/{sid}")).status_code == 200
@@ -207,6 +210,16 @@ def test_action_clips_and_humanecho(default_avatar, tmp_path) -> None:
                 await echo.send("nobody hears this")
                 reply = json.loads(await echo.recv())
                 assert reply["code"] == -1 and "unknown session" in reply["msg"]
+                # Ids that are not whole numbers, and deep nesting, crashed the handler.
+                for bad in ("[1]", "null", "1e999", '"x"', "true"):
+                    await echo.send('{"sessionid": ' + bad + ', "text": "hi"}')
+                    reply = json.loads(await echo.recv())
+                    assert reply["code"] == -1 and "sessionid must be" in reply["msg"], bad
+                await echo.send('{"text": ' + "[" * 100_000 + "]" * 100_000 + "}")
+                reply = json.loads(await echo.recv())
+                assert reply["code"] == -1 and "nested too deeply" in reply["msg"]
+                await echo.send(json.dumps({"sessionid": sid, "text": "Still here."}))
+                assert sum(loud(a) for _, _, a in await frames_for(ws, 1.0)) > 5
 
     with serving() as base:
         asyncio.run(scenario(base))

@@ -14,6 +14,8 @@ import platformdirs
 
 from rtlipsync.errors import InputError
 
+MAX_PATH = 1024  # characters of a path a request may name
+MAX_NAME = 255  # characters of one of its parts (the file systems' own limit)
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -46,11 +48,21 @@ def inside_root(path: str | Path) -> Path:
     Raises `PermissionError` for anything that resolves elsewhere (``..``, absolute paths,
     symbolic links out), so a server cannot be made to read or write beyond its data.
     """
+    text = str(path)
+    if "\0" in text:
+        raise InputError("a path may not contain a NUL character")
+    if len(text) > MAX_PATH or any(len(part) > MAX_NAME for part in Path(text).parts):
+        raise InputError(
+            f"path is too long: at most {MAX_PATH} characters, {MAX_NAME} per folder or file"
+        )
     root = data_root().resolve()
     candidate = Path(path)
-    resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    try:
+        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name the system refuses
+        raise InputError(f"{path} is not a usable path: {exc}") from None
     if resolved != root and root not in resolved.parents:
-        raise PermissionError(f"{path} is outside the data root; give a path inside {root}")
+        raise PermissionError(f"{path} is outside the data root: give a path inside it")
     return resolved
 
 

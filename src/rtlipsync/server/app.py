@@ -711,8 +711,9 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             target = sessionid
             try:
                 if text.lstrip().startswith("{"):
-                    message = json.loads(text)
-                    target = int(message.get("sessionid", target or 0)) or target
+                    message = json_object(text)
+                    if "sessionid" in message:
+                        target = session_id(message["sessionid"])
                     text = str(message.get("text", ""))
                 if target is None:
                     target = sessions.only()
@@ -804,6 +805,30 @@ async def _send_frames(ws: WebSocket, session: Session, sink: WebSocketSink) -> 
             await ws.send_json({"type": "state", "speaking": now[0], "caption": now[1]})
 
 
+def json_object(text: str) -> dict[str, Any]:
+    """A WebSocket message as a JSON object, or an `ApiError` saying what is wrong with it
+    (never a crash: a deeply nested message made the parser give up with RecursionError)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"not JSON: {exc}") from exc
+    except RecursionError:
+        raise ApiError(400, "message is nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ApiError(400, "a message is a JSON object")
+    return value
+
+
+def session_id(value: object) -> int:
+    """A ``sessionid`` from a JSON message: a whole number, or an `ApiError`."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ApiError(400, f"sessionid must be a whole number, got {json.dumps(value)[:40]}")
+    try:
+        return int(value)
+    except ValueError:
+        raise ApiError(400, f"sessionid must be a whole number, got {value!r:.40}") from None
+
+
 async def _receive_commands(ws: WebSocket, session: Session) -> None:
     while True:
         message = await ws.receive()
@@ -819,11 +844,8 @@ async def _receive_commands(ws: WebSocket, session: Session) -> None:
                 session.listening = True
                 session.listen(audio)
                 continue
-            try:
-                command = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ApiError(400, f"not JSON: {exc}") from exc
-            if not isinstance(command, dict) or "type" not in command:
+            command = json_object(text)
+            if "type" not in command:
                 raise ApiError(400, 'a message is a JSON object with a "type"')
             kind = command["type"]
             if kind == "say":
