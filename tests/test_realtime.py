@@ -322,3 +322,25 @@ def test_the_transcript_gives_the_reply_its_expression(default_avatar) -> None:
         assert max(smiles) > 0.5  # a smile, from the words of the reply
 
     run_realtime(default_avatar, fake, scenario)
+
+
+def test_a_failed_offer_closes_its_service_socket(default_avatar) -> None:
+    """A realtime session opens its socket to the service before the offer is negotiated;
+    an offer that then fails left the socket open (5 bad offers: 5 sockets, 0 sessions)."""
+    import httpx
+
+    from rtlipsync.server import ServerConfig
+
+    from conftest import serving
+
+    fake = FakeRealtime(espeak_pcm("Hello.", 24_000))
+    bad_sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"  # looks like SDP, cannot negotiate
+    with serving_app(fake.app()) as service:
+        url = service.replace("http://", "ws://") + "/v1/realtime"
+        config = ServerConfig(realtime=RealtimeConfig(url=url, api_key="k"), mode="realtime")
+        with serving(config) as base, httpx.Client(base_url=base, timeout=30) as http:
+            for _ in range(5):
+                r = http.post("/offer", json={"sdp": bad_sdp, "type": "offer"})
+                assert r.status_code == 400 and "cannot negotiate" in r.json()["msg"], r.text
+            assert len(fake.handshakes) == 5  # each did open one
+            assert asyncio.run(wait_for(lambda: fake.open_sockets == 0, 5)), fake.open_sockets

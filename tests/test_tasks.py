@@ -37,6 +37,9 @@ class Hooks(BaseHTTPRequestHandler):
 
 
 def test_upload_avatar_then_use_it(default_avatar) -> None:
+    from rtlipsync.server.app import uploads_dir
+
+    before = set(uploads_dir().iterdir())
     with serving() as base, httpx.Client(base_url=base, timeout=30) as http:
         face = default_avatar_source().read_bytes()
         r = http.post(
@@ -63,6 +66,7 @@ def test_upload_avatar_then_use_it(default_avatar) -> None:
         state = poll(http, f"/tasks/{wall.json()['task']}")
         assert state["state"] == "failed" and "no face found" in state["error"]
         assert http.get("/tasks/nothing").status_code == 404
+    assert set(uploads_dir().iterdir()) <= before  # prepared or failed, no upload is kept
 
 
 def _flat_png() -> bytes:

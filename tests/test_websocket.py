@@ -330,3 +330,22 @@ def test_hostile_and_long_audio_uploads_never_stall_the_session(default_avatar, 
 
     with serving() as base:
         asyncio.run(scenario(base))
+
+
+def test_concurrent_opens_never_exceed_max_sessions(default_avatar) -> None:
+    from rtlipsync.server import ServerConfig
+
+    async def scenario(base: str) -> None:
+        url = base.replace("http://", "ws://") + "/ws"
+
+        async def hello() -> str:
+            async with websockets.connect(url) as ws:
+                kind = json.loads(await ws.recv())["type"]
+                await asyncio.sleep(1.0)  # hold the place while the others try
+                return kind
+
+        kinds = await asyncio.gather(*(hello() for _ in range(12)))
+        assert sorted(kinds) == ["error"] * 4 + ["session"] * 8, kinds
+
+    with serving(ServerConfig(max_sessions=8)) as base:
+        asyncio.run(scenario(base))

@@ -16,7 +16,7 @@ import logging
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -184,6 +184,7 @@ class Sessions:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self._live: dict[int, _Live] = {}
+        self._opening = 0  # sessions being opened: they hold a place too
         self._listeners: list[asyncio.Future[None]] = []
         self.llm = ChatLLM(config.llm) if config.llm is not None else None
         self.metrics = Metrics()
@@ -246,10 +247,6 @@ class Sessions:
     ) -> Session:
         mode = mode or self.config.mode
         self._check_mode(mode)
-        if len(self._live) >= self.config.max_sessions:
-            raise ApiError(
-                503, f"server is full ({self.config.max_sessions} sessions); try again later"
-            )
         try:
             avatar = await asyncio.to_thread(load_avatar, avatar_name or self.config.avatar)
         except InputError as exc:
@@ -309,12 +306,28 @@ class Sessions:
             extra={"session": session.id},
         )
 
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[None]:
+        """Hold one of the ``max_sessions`` places while a session is being opened: the
+        opening awaits (loading the avatar, negotiating), and counting only live sessions
+        let 12 concurrent offers make 12 sessions with a limit of 8."""
+        if len(self._live) + self._opening >= self.config.max_sessions:
+            raise ApiError(
+                503, f"server is full ({self.config.max_sessions} sessions); try again later"
+            )
+        self._opening += 1
+        try:
+            yield
+        finally:
+            self._opening -= 1
+
     async def open_websocket(
         self, avatar_name: str | None, sink: WebSocketSink, mode: str | None = None
     ) -> Session:
-        session = await self._new_session(avatar_name, mode)
-        session.add_sink(sink)
-        self._register(session)
+        with self._slot():
+            session = await self._new_session(avatar_name, mode)
+            session.add_sink(sink)
+            self._register(session)
         return session
 
     async def open(self, offer: Offer) -> tuple[Session, RTCSessionDescription]:
@@ -322,7 +335,17 @@ class Sessions:
             raise ApiError(400, f"expected an SDP offer, got type {offer.type!r}")
         if "m=" not in offer.sdp or not offer.sdp.lstrip().startswith("v="):
             raise ApiError(400, "malformed SDP: it must start with v= and hold m= lines")
-        session = await self._new_session(offer.avatar, offer.mode, offer.persona)
+        with self._slot():
+            session = await self._new_session(offer.avatar, offer.mode, offer.persona)
+            try:
+                return await self._negotiate(session, offer)
+            except BaseException:
+                await session.close()  # its realtime socket, if it opened one, too
+                raise
+
+    async def _negotiate(
+        self, session: Session, offer: Offer
+    ) -> tuple[Session, RTCSessionDescription]:
         pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
         sink = WebRTCSink()
 
@@ -491,7 +514,16 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         check_name(name)
         source = await save_upload(file, config.max_avatar_upload_mb, IMAGE_EXTS | VIDEO_EXTS)
 
-        task = tasks.submit("avatar", jobs.prepare, name, source, bbox_shift)
+        # The avatar keeps what it needs (frames, landmarks, its bank): the upload goes once
+        # it is prepared or has failed.
+        task = tasks.submit(
+            "avatar",
+            jobs.prepare,
+            name,
+            source,
+            bbox_shift,
+            cleanup=lambda: source.unlink(missing_ok=True),
+        )
         return {"code": 0, "task": task.id, "name": name}
 
     @app.get("/tasks/{task_id}")

@@ -40,6 +40,7 @@ class FakeRealtime:
     handshakes: list[dict[str, str]] = field(default_factory=list)
     sent_audio_ms: dict[str, int] = field(default_factory=dict)  # per assistant item
     delta_times: list[float] = field(default_factory=list)  # loop time of each delta sent
+    open_sockets: int = 0  # clients connected now
     _ids: Any = field(default_factory=itertools.count)
 
     def app(self) -> Starlette:
@@ -59,6 +60,7 @@ class FakeRealtime:
             await ws.close(code=1008)  # before accept: the handshake fails with HTTP 403
             return
         await ws.accept()
+        self.open_sockets += 1
         lock = asyncio.Lock()
         state: dict[str, Any] = {"config": {}, "response": None, "task": None, "ws": ws}
         vad = {"speaking": False, "quiet": 0, "ms": 0, "item": None, "start": 0}
@@ -77,6 +79,7 @@ class FakeRealtime:
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
+            self.open_sockets -= 1
             if state["task"] is not None:
                 state["task"].cancel()
 
