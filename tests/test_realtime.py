@@ -344,3 +344,35 @@ def test_a_failed_offer_closes_its_service_socket(default_avatar) -> None:
                 assert r.status_code == 400 and "cannot negotiate" in r.json()["msg"], r.text
             assert len(fake.handshakes) == 5  # each did open one
             assert asyncio.run(wait_for(lambda: fake.open_sockets == 0, 5)), fake.open_sockets
+
+
+def test_verbose_logs_keep_the_api_key_out(default_avatar, capsys) -> None:  # noqa: ANN001
+    """With -v the handshake's headers are logged (websockets does at debug level): the key
+    in its Authorization header must not be."""
+    import logging
+
+    from rtlipsync.logs import configure_logging
+
+    key = "sk-test-0123456789abcdef"
+    fake = FakeRealtime(espeak_pcm("Hello.", 24_000))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging(verbose=True)
+    try:
+        with serving_app(fake.app()) as base:
+            url = base.replace("http://", "ws://") + "/v1/realtime"
+
+            async def main() -> None:
+                session = Session(default_avatar)
+                session.realtime = RealtimeBrain(session, RealtimeConfig(url=url, api_key=key))
+                assert await session.realtime.start()
+                await session.close()
+
+            asyncio.run(main())
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    logged = capsys.readouterr().err
+    assert fake.handshakes[0]["authorization"] == f"Bearer {key}"  # it was sent
+    assert "Authorization: [redacted]" in logged  # and logged, without its value
+    assert key not in logged and "0123456789abcdef" not in logged

@@ -12,6 +12,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 
@@ -22,6 +23,35 @@ class _SessionField(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "session"):
             record.session = "-"
+        return True
+
+
+# Credentials as libraries print them at debug level (websockets logs every handshake
+# header, httpx and openai their requests): the header's value, a key in a query string, or
+# an OpenAI-style key anywhere.
+_SECRETS = (
+    re.compile(r"(?i)(authorization['\"]?\s*[:=,]\s*['\"]?)(?:bearer\s+|basic\s+)?[^\s'\",)]+"),
+    re.compile(r"(?i)((?:api[_-]?key|access_token|token)=)[^\s&'\"]+"),
+    re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials replaced by ``[redacted]``."""
+    for pattern in _SECRETS:
+        text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + "[redacted]", text)
+    return text
+
+
+class _Redact(logging.Filter):
+    """Keep credentials out of the log, whichever library writes the line (with ``-v`` the
+    realtime service's API key was logged in its handshake's Authorization header)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
         return True
 
 
@@ -42,6 +72,7 @@ def configure_logging(verbose: bool = False) -> None:
     """Structured one-line logs on stderr: time, level, session id, source, message."""
     handler = _CurrentStderr()
     handler.addFilter(_SessionField())
+    handler.addFilter(_Redact())
     handler.setFormatter(
         logging.Formatter(
             "%(asctime)s %(levelname)s session=%(session)s %(name)s: %(message)s",
