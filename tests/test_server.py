@@ -302,3 +302,32 @@ def test_a_peer_whose_network_vanishes_is_cleaned_up(default_avatar) -> None:
 
     with serving(ServerConfig(peer_timeout=4.0)) as base:
         asyncio.run(scenario(base))
+
+
+def test_request_bodies_are_limited_before_they_are_read(default_avatar) -> None:
+    """A 200 MB upload was written in full before its 413; a 10 MB SDP froze every session
+    while it was parsed. Now the length a request declares is judged first."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from rtlipsync.server import ServerConfig
+
+    with serving(ServerConfig(max_upload_mb=5)) as base, httpx.Client(base_url=base) as http:
+        host, port = urlsplit(base).hostname, urlsplit(base).port
+        with socket.create_connection((host, port), timeout=10) as raw:
+            raw.sendall(
+                b"POST /humanaudio HTTP/1.1\r\nHost: x\r\nContent-Length: 209715200\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n"
+            )  # and not one byte more: the answer comes at once
+            head = raw.recv(4096).decode()
+        assert head.startswith("HTTP/1.1 413") and "larger than 5184 KB" in head, head
+        offer = {"sdp": "v=0\r\nm=audio " + "x" * 2_000_000, "type": "offer"}
+        r = http.post("/offer", json=offer)
+        assert r.status_code == 413 and "larger than 1024 KB" in r.json()["msg"]
+
+        def chunks():  # noqa: ANN202 - a body of unknown length
+            yield b'{"sessionid": 1, "text": "hi"}'
+
+        r = http.post("/human", content=chunks(), headers={"content-type": "application/json"})
+        assert r.status_code == 411
+        assert http.get("/digital_human/check").status_code == 200  # the server is fine

@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import httpx
 
 from rtlipsync.face.avatar import default_avatar_source
+from rtlipsync.server import ServerConfig
 
 from conftest import free_port, media, serving, write_wav
 
@@ -83,7 +84,8 @@ def test_render_job_with_webhook(default_avatar, speech, tmp_path) -> None:
     thread = threading.Thread(target=hooks.serve_forever, name="webhook")
     thread.start()
     try:
-        with serving() as base, httpx.Client(base_url=base, timeout=30) as http:
+        config = ServerConfig(webhook_hosts=["127.0.0.1"])  # this test's own hook server
+        with serving(config) as base, httpx.Client(base_url=base, timeout=30) as http:
             r = http.post(
                 "/jobs",
                 data={"avatar": "default", "webhook": f"http://127.0.0.1:{port}/done"},
@@ -118,6 +120,11 @@ def test_render_job_with_webhook(default_avatar, speech, tmp_path) -> None:
                 http.post("/jobs", data=bad_hook, files={"audio": ("s.wav", wav)}).status_code
                 == 400
             )
+            # Not into the server's own network unless named (it posted to any address).
+            for inside in ("http://localhost:9/x", "http://10.1.2.3/x", "http://[::1]:80/"):
+                hook = {"avatar": "default", "webhook": inside}
+                r = http.post("/jobs", data=hook, files={"audio": ("s.wav", wav)})
+                assert r.status_code == 400 and "webhook_hosts" in r.json()["msg"], inside
             r = http.post(
                 "/jobs", data={"avatar": "default"}, files={"audio": ("s.wav", b"RIFFjunk" * 50)}
             )

@@ -349,3 +349,29 @@ def test_concurrent_opens_never_exceed_max_sessions(default_avatar) -> None:
 
     with serving(ServerConfig(max_sessions=8)) as base:
         asyncio.run(scenario(base))
+
+
+def test_closing_a_session_closes_its_websocket(default_avatar) -> None:
+    """POST /close left the session's socket open, and commands on it still spoke."""
+
+    async def scenario(base: str) -> None:
+        url = base.replace("http://", "ws://") + "/ws"
+        async with websockets.connect(url) as ws, httpx.AsyncClient(base_url=base) as http:
+            sid = json.loads(await ws.recv())["sessionid"]
+            await frames_for(ws, 0.3)
+            r = await http.post("/close", json={"sessionid": sid})
+            assert r.json()["code"] == 0
+            told = None
+            try:
+                while True:
+                    message = await asyncio.wait_for(ws.recv(), 5)
+                    if isinstance(message, str):
+                        told = json.loads(message)
+            except websockets.ConnectionClosedOK:
+                pass
+            assert told == {"type": "closed", "msg": "the session was closed"}
+            assert ws.close_code == 1000
+            assert (await http.get(f"/sessions/{sid}")).status_code == 404
+
+    with serving() as base:
+        asyncio.run(scenario(base))

@@ -174,6 +174,8 @@ def _serve(args: argparse.Namespace) -> None:
             tts=tts,
             asr=asr_factory(settings.asr),
             vad={k: float(v) for k, v in settings.vad.items()},
+            max_audio_seconds=settings.max_audio_seconds,
+            webhook_hosts=settings.webhook_hosts,
             warm_workers=True,
         )
     )

@@ -6,6 +6,8 @@ avatar: default          # RTLIPSYNC_AVATAR
 max_sessions: 8          # RTLIPSYNC_MAX_SESSIONS
 mode: chat               # RTLIPSYNC_MODE; repeat | chat | realtime, for sessions that don't say
 engine: cpu              # RTLIPSYNC_ENGINE; cpu | musetalk (the musetalk extra and its weights)
+max_audio_seconds: 600   # RTLIPSYNC_MAX_AUDIO_SECONDS; longest audio upload, once decoded
+webhook_hosts: []        # hosts a job's webhook may name although private or loopback
 ice_servers:             # none by default: no public STUN server is contacted
   - urls: turn:turn.example.org:3478
     username: user
@@ -51,6 +53,8 @@ class Settings:
     max_sessions: int = 8
     mode: str = "chat"
     engine: str = "cpu"  # cpu | musetalk
+    max_audio_seconds: float = 600.0
+    webhook_hosts: list[str] = field(default_factory=list)
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     llm: dict[str, Any] = field(default_factory=dict)
     realtime: dict[str, Any] = field(default_factory=dict)
@@ -78,7 +82,7 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
     known = {f.name: f for f in fields(Settings)}
     for name in known:
         env = os.environ.get(f"RTLIPSYNC_{name.upper()}")
-        if env is not None and name not in ("ice_servers", *SECTIONS):
+        if env is not None and name not in ("ice_servers", "webhook_hosts", *SECTIONS):
             values[name] = env
     values.update({k: v for k, v in flags.items() if v is not None})
     unknown = sorted(set(values) - set(known))
@@ -90,6 +94,14 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
                 values[name] = int(values[name])
     except ValueError as exc:
         raise InputError(f"port and max_sessions must be whole numbers: {exc}") from exc
+    try:
+        if "max_audio_seconds" in values:
+            values["max_audio_seconds"] = float(values["max_audio_seconds"])
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"max_audio_seconds must be a number of seconds: {exc}") from exc
+    hosts = values.get("webhook_hosts", [])
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        raise InputError("webhook_hosts must be a list of host names")
     if not isinstance(values.get("ice_servers", []), list):
         raise InputError("ice_servers must be a list of {urls, username, credential}")
     if values.get("mode", "chat") not in ("repeat", "chat", "realtime"):

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import secrets
 import tempfile
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -88,7 +90,11 @@ class ServerConfig:
     # Audio is refused past this length once decoded (a small file can decode to hours):
     # for /humanaudio, render jobs and the seed's /digital_human/gen.
     max_audio_seconds: float = 600.0
+    # Hosts a job's webhook may name although they resolve to a loopback or private address
+    # (which are refused otherwise: a webhook must not reach into the server's own network).
+    webhook_hosts: list[str] = field(default_factory=list)
     max_avatar_upload_mb: float = 300.0  # images and videos to prepare as avatars
+    max_request_kb: float = 1024.0  # any other request's body (an SDP offer is a few KB)
     # A WebRTC peer that sends no RTCP receiver report (browsers send one about every
     # second) for this long is gone: its session is closed. ICE consent alone takes 30 s.
     peer_timeout: float = 10.0
@@ -464,6 +470,14 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     app = FastAPI(title="rtlipsync", version=__version__, lifespan=lifespan)
     app.state.sessions = sessions
     app.state.tasks = tasks
+    uploads = {"/humanaudio": config.max_upload_mb, "/jobs": config.max_upload_mb}
+    uploads["/avatars"] = config.max_avatar_upload_mb
+    app.add_middleware(
+        BodyLimit,
+        # (the form's other fields and the multipart framing come on top of the file)
+        limits={path: int(mb * 1024 * 1024) + 64 * 1024 for path, mb in uploads.items()},
+        default=int(config.max_request_kb * 1024),
+    )
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -541,8 +555,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     ) -> dict[str, Any]:
         """Render ``avatar`` speaking the uploaded audio into an mp4, in the background."""
         check_name(avatar)
-        if webhook is not None and not webhook.startswith(("http://", "https://")):
-            raise ApiError(400, "webhook must be an http:// or https:// URL")
+        if webhook is not None:
+            await check_webhook(webhook, config.webhook_hosts)
         if not (avatars_dir() / avatar / "manifest.json").is_file() and avatar != DEFAULT_AVATAR:
             raise ApiError(404, f"no avatar named {avatar!r}; upload one with POST /avatars")
         source = await save_upload(audio, config.max_upload_mb, AUDIO_EXTS | VIDEO_EXTS)
@@ -796,13 +810,23 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             }
         )
         sender = asyncio.create_task(_send_frames(ws, session, sink))
+        receiver = asyncio.create_task(_receive_commands(ws, session))
         try:
-            await _receive_commands(ws, session)
-        except WebSocketDisconnect:
-            pass
+            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if sender.done() and not receiver.done():
+                # The session was closed from elsewhere (POST /close, shutdown): so is its
+                # socket, or its commands would go on driving a closed session.
+                with contextlib.suppress(Exception):
+                    await ws.send_json({"type": "closed", "msg": "the session was closed"})
+                    await ws.close(code=1000)
+            for task in (sender, receiver):
+                error = task.exception() if task.done() and not task.cancelled() else None
+                if error is not None and not isinstance(error, (WebSocketDisconnect, OSError)):
+                    log.error("websocket failed", exc_info=error, extra={"session": session.id})
         finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            for task in (sender, receiver):
+                task.cancel()
+            await asyncio.gather(sender, receiver, return_exceptions=True)
             await sessions.close(session.id)
 
     @app.get("/sessions/{session_id}")
@@ -835,6 +859,65 @@ async def _send_frames(ws: WebSocket, session: Session, sink: WebSocketSink) -> 
         if now != state:
             state = now
             await ws.send_json({"type": "state", "speaking": now[0], "caption": now[1]})
+
+
+class BodyLimit:
+    """Refuse a request body larger than its route allows before any of it is read.
+
+    A 200 MB upload was written out in full before its 413, and a 10 MB SDP offer froze
+    every session while it was parsed. The limit is judged on ``Content-Length``; a body
+    without one (chunked) is refused with 411, as every browser and client sends it.
+    """
+
+    def __init__(self, app: Any, limits: dict[str, int], default: int) -> None:
+        self.app, self.limits, self.default = app, limits, default
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        limit = self.limits.get(scope["path"], self.default)
+        length = headers.get(b"content-length")
+        if length is None and b"chunked" in headers.get(b"transfer-encoding", b""):
+            return await _refuse(send, 411, "send the body with a Content-Length")
+        try:
+            size = int(length or 0)
+        except ValueError:
+            return await _refuse(send, 400, "Content-Length is not a number")
+        if size > limit:
+            return await _refuse(send, 413, f"request body is larger than {limit // 1024} KB")
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send: Any, status: int, message: str) -> None:
+    body = json.dumps({"code": -1, "msg": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def check_webhook(url: str, allowed: list[str]) -> None:
+    """Refuse a webhook that is not http(s), or whose host resolves to a loopback, private,
+    link-local or otherwise non-public address, unless the host is in ``allowed``."""
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ApiError(400, "webhook must be an http:// or https:// URL")
+    host = parsed.hostname
+    if host in allowed:
+        return
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, parsed.port or 443)
+    except OSError as exc:
+        raise ApiError(400, f"webhook host {host} cannot be resolved: {exc}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not address.is_global:
+            raise ApiError(
+                400,
+                f"webhook host {host} is a loopback or private address ({address}); "
+                "name it in webhook_hosts to allow it",
+            )
 
 
 def json_object(text: str) -> dict[str, Any]:
