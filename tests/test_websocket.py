@@ -375,3 +375,40 @@ def test_closing_a_session_closes_its_websocket(default_avatar) -> None:
 
     with serving() as base:
         asyncio.run(scenario(base))
+
+
+def test_other_sites_pages_and_rebound_hosts_are_refused(default_avatar) -> None:
+    """Any page a user visited could open a session on their localhost server or post to
+    it, and a name rebound to 127.0.0.1 reached it: Origin and Host are checked now."""
+    from rtlipsync.server import ServerConfig
+
+    async def scenario(base: str) -> None:
+        url = base.replace("http://", "ws://") + "/ws"
+        for origin in ("http://evil.example", "null"):
+            try:
+                async with websockets.connect(url, origin=origin):
+                    raise AssertionError(f"a page from {origin} opened a session")
+            except websockets.InvalidStatus as exc:
+                assert exc.response.status_code == 403
+        async with websockets.connect(url, origin=base) as ws:  # the server's own page
+            assert json.loads(await ws.recv())["type"] == "session"
+        async with websockets.connect(url, origin="https://app.example") as ws:  # allowed
+            assert json.loads(await ws.recv())["type"] == "session"
+        async with websockets.connect(url) as ws:  # not a browser: no Origin at all
+            assert json.loads(await ws.recv())["type"] == "session"
+        async with httpx.AsyncClient(base_url=base) as http:
+            evil = {"origin": "http://evil.example"}
+            r = await http.post("/human", json={"sessionid": 1, "text": "hi"}, headers=evil)
+            assert r.status_code == 403 and "evil.example" in r.json()["msg"]
+            files = {"file": ("a.wav", b"RIFF", "audio/wav")}
+            r = await http.post("/humanaudio", data={"sessionid": "1"}, files=files, headers=evil)
+            assert r.status_code == 403
+            assert (await http.get("/", headers=evil)).status_code == 200  # reading the page
+            rebound = await http.get("/digital_human/check", headers={"host": "evil.example"})
+            assert rebound.status_code == 400
+            port = base.rsplit(":", 1)[1]
+            local = await http.get("/digital_human/check", headers={"host": f"localhost:{port}"})
+            assert local.status_code == 200
+
+    with serving(ServerConfig(allowed_origins=["https://app.example"])) as base:
+        asyncio.run(scenario(base))

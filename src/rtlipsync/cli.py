@@ -12,10 +12,14 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rtlipsync import __version__
 from rtlipsync.errors import InputError
 from rtlipsync.logs import configure_logging, native_logs_hidden
+
+if TYPE_CHECKING:
+    from rtlipsync.config import Settings
 
 log = logging.getLogger("rtlipsync")
 
@@ -176,6 +180,7 @@ def _serve(args: argparse.Namespace) -> None:
             vad={k: float(v) for k, v in settings.vad.items()},
             max_audio_seconds=settings.max_audio_seconds,
             webhook_hosts=settings.webhook_hosts,
+            **_network(settings),
             warm_workers=True,
         )
     )
@@ -191,6 +196,20 @@ def _serve(args: argparse.Namespace) -> None:
         ws_ping_interval=5.0,
         ws_ping_timeout=5.0,
     )
+
+
+def _network(settings: Settings) -> dict[str, list[str]]:
+    """Which Host headers and browser origins the server answers: loopback names only when
+    it listens on loopback (DNS rebinding reaches nothing), any host when it serves the
+    network, unless the settings name them."""
+    loopback = settings.host in ("127.0.0.1", "localhost", "::1")
+    hosts = settings.allowed_hosts or (["localhost", "127.0.0.1", "::1"] if loopback else ["*"])
+    if not loopback:
+        log.warning(
+            "listening on %s: anyone who can reach this machine can use the server",
+            settings.host,
+        )
+    return {"allowed_hosts": hosts, "allowed_origins": settings.allowed_origins}
 
 
 def _eval_sync(args: argparse.Namespace) -> None:

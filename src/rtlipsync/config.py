@@ -8,6 +8,8 @@ mode: chat               # RTLIPSYNC_MODE; repeat | chat | realtime, for session
 engine: cpu              # RTLIPSYNC_ENGINE; cpu | musetalk (the musetalk extra and its weights)
 max_audio_seconds: 600   # RTLIPSYNC_MAX_AUDIO_SECONDS; longest audio upload, once decoded
 webhook_hosts: []        # hosts a job's webhook may name although private or loopback
+allowed_hosts: []        # Host headers answered; default: loopback names, or any off loopback
+allowed_origins: []      # other sites' pages allowed to use the server from a browser
 ice_servers:             # none by default: no public STUN server is contacted
   - urls: turn:turn.example.org:3478
     username: user
@@ -55,6 +57,8 @@ class Settings:
     engine: str = "cpu"  # cpu | musetalk
     max_audio_seconds: float = 600.0
     webhook_hosts: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     llm: dict[str, Any] = field(default_factory=dict)
     realtime: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +68,7 @@ class Settings:
 
 
 SECTIONS = ("llm", "realtime", "tts", "asr", "vad")  # mappings, from the YAML file only
+LISTS = ("ice_servers", "webhook_hosts", "allowed_hosts", "allowed_origins")  # YAML only
 
 
 def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
@@ -82,7 +87,7 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
     known = {f.name: f for f in fields(Settings)}
     for name in known:
         env = os.environ.get(f"RTLIPSYNC_{name.upper()}")
-        if env is not None and name not in ("ice_servers", "webhook_hosts", *SECTIONS):
+        if env is not None and name not in LISTS + SECTIONS:
             values[name] = env
     values.update({k: v for k, v in flags.items() if v is not None})
     unknown = sorted(set(values) - set(known))
@@ -99,9 +104,10 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
             values["max_audio_seconds"] = float(values["max_audio_seconds"])
     except (TypeError, ValueError) as exc:
         raise InputError(f"max_audio_seconds must be a number of seconds: {exc}") from exc
-    hosts = values.get("webhook_hosts", [])
-    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
-        raise InputError("webhook_hosts must be a list of host names")
+    for name in LISTS[1:]:
+        names = values.get(name, [])
+        if not isinstance(names, list) or not all(isinstance(h, str) for h in names):
+            raise InputError(f"{name} must be a list of host names")
     if not isinstance(values.get("ice_servers", []), list):
         raise InputError("ice_servers must be a list of {urls, username, credential}")
     if values.get("mode", "chat") not in ("repeat", "chat", "realtime"):

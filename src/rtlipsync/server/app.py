@@ -32,6 +32,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket, WebSock
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from rtlipsync import __version__
 from rtlipsync.engines.base import LipSyncEngine
@@ -95,6 +96,13 @@ class ServerConfig:
     webhook_hosts: list[str] = field(default_factory=list)
     max_avatar_upload_mb: float = 300.0  # images and videos to prepare as avatars
     max_request_kb: float = 1024.0  # any other request's body (an SDP offer is a few KB)
+    # Host headers answered: loopback names by default, so a web page whose name an
+    # attacker points at 127.0.0.1 (DNS rebinding) reaches nothing; ["*"] when serving the
+    # network ("rtlipsync serve --host 0.0.0.0" sets it unless allowed_hosts is given).
+    allowed_hosts: list[str] = field(default_factory=lambda: ["localhost", "127.0.0.1", "::1"])
+    # Web pages of other origins allowed to drive the server from a browser (WebSockets,
+    # POSTs); the server's own page always is, and clients that are not browsers send none.
+    allowed_origins: list[str] = field(default_factory=list)
     # A WebRTC peer that sends no RTCP receiver report (browsers send one about every
     # second) for this long is gone: its session is closed. ICE consent alone takes 30 s.
     peer_timeout: float = 10.0
@@ -472,6 +480,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     app.state.tasks = tasks
     uploads = {"/humanaudio": config.max_upload_mb, "/jobs": config.max_upload_mb}
     uploads["/avatars"] = config.max_avatar_upload_mb
+    app.add_middleware(SameOrigin, allowed=config.allowed_origins)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts)
     app.add_middleware(
         BodyLimit,
         # (the form's other fields and the multipart framing come on top of the file)
@@ -859,6 +869,44 @@ async def _send_frames(ws: WebSocket, session: Session, sink: WebSocketSink) -> 
         if now != state:
             state = now
             await ws.send_json({"type": "state", "speaking": now[0], "caption": now[1]})
+
+
+class SameOrigin:
+    """Refuse a browser's WebSocket or state-changing request sent by another site's page.
+
+    Browsers name the page that makes a request in ``Origin``; any page a user visits could
+    open a session on their localhost server or post to it. A request whose Origin is not
+    the server itself (its Host) nor in ``allowed`` gets 403 (a WebSocket is closed before
+    it is accepted). Requests without an Origin (curl, the seed's scripts, SDKs) pass.
+    """
+
+    def __init__(self, app: Any, allowed: list[str]) -> None:
+        self.app, self.allowed = app, {o.rstrip("/") for o in allowed}
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        guarded = scope["type"] == "websocket" or (
+            scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS")
+        )
+        if guarded:
+            headers = dict(scope["headers"])
+            origin = headers.get(b"origin", b"").decode("latin-1")
+            host = headers.get(b"host", b"").decode("latin-1")
+            if origin and origin != "null" and not self._allowed(origin, host):
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                return await _refuse(send, 403, f"requests from {origin} are not allowed here")
+            if origin == "null":  # a sandboxed frame or a file:// page
+                if scope["type"] == "websocket":
+                    await send({"type": "websocket.close", "code": 1008})
+                    return
+                return await _refuse(send, 403, "requests from an opaque origin are not allowed")
+        await self.app(scope, receive, send)
+
+    def _allowed(self, origin: str, host: str) -> bool:
+        if origin.rstrip("/") in self.allowed or "*" in self.allowed:
+            return True
+        return urllib.parse.urlsplit(origin).netloc.lower() == host.lower()
 
 
 class BodyLimit:
