@@ -331,3 +331,37 @@ def test_request_bodies_are_limited_before_they_are_read(default_avatar) -> None
         r = http.post("/human", content=chunks(), headers={"content-type": "application/json"})
         assert r.status_code == 411
         assert http.get("/digital_human/check").status_code == 200  # the server is fine
+
+
+def test_health_ready_and_a_log_without_the_page_polls(default_avatar, capsys) -> None:  # noqa: ANN001
+    import logging
+
+    from rtlipsync.logs import configure_logging
+    from rtlipsync.server import ServerConfig, create_app
+
+    from conftest import serving_app
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging()
+    try:
+        app = create_app(ServerConfig(warm_workers=True))
+        with serving_app(app, log_level="info") as base, httpx.Client(base_url=base) as http:
+            assert http.get("/health").json() == {"status": "ok"}
+            deadline = time.monotonic() + 60
+            while (r := http.get("/ready")).status_code != 200:
+                assert r.status_code == 503 and r.json()["missing"], r.text
+                assert time.monotonic() < deadline, r.json()
+                time.sleep(0.2)
+            assert r.json() == {"status": "ready", "missing": []}
+            for _ in range(5):
+                assert http.get("/sessions/123456").status_code == 404  # a failed poll
+                http.get("/tasks/nothing")
+            http.post("/human", json={"sessionid": 1, "text": "hi"})
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    logged = capsys.readouterr().err
+    assert '"POST /human HTTP/1.1" 404' in logged  # requests are logged ...
+    assert '"GET /ready HTTP/1.1" 200' not in logged  # ... but not answered polls
+    assert logged.count('"GET /sessions/123456 HTTP/1.1" 404') == 5  # failures still are

@@ -55,6 +55,22 @@ class _Redact(logging.Filter):
         return True
 
 
+POLLED = ("/sessions/", "/tasks/", "/jobs/", "/health", "/ready", "/metrics")
+
+
+class _QuietPolls(logging.Filter):
+    """Drop uvicorn's access lines for answered status polls: the page asks for its
+    session's state four times a second, which buried everything else in the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not isinstance(args, tuple) or len(args) != 5:
+            return True
+        _, method, path, _, status = args
+        polled = str(path).startswith(POLLED) and method in ("GET", "HEAD")
+        return not (polled and isinstance(status, int) and status < 400)
+
+
 class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is when a record comes, not the one at set-up: it is
     swapped by `native_logs_hidden` (and by test capture), and the old one may be closed."""
@@ -82,6 +98,13 @@ def configure_logging(verbose: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True
     )
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        # Through the one handler above, even where uvicorn's own logging config ran before.
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _QuietPolls) for f in access.filters):
+        access.addFilter(_QuietPolls())
     logging.getLogger("aioice").setLevel(logging.WARNING)
     logging.getLogger("aiortc").setLevel(logging.WARNING)
 

@@ -471,6 +471,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         if config.warm_workers:
             sessions.warm()
             tasks.warm()
+        app.state.started = True
         yield
         await sessions.close_all()
         await asyncio.to_thread(tasks.shutdown)
@@ -478,6 +479,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     app = FastAPI(title="rtlipsync", version=__version__, lifespan=lifespan)
     app.state.sessions = sessions
     app.state.tasks = tasks
+    app.state.started = False
     uploads = {"/humanaudio": config.max_upload_mb, "/jobs": config.max_upload_mb}
     uploads["/avatars"] = config.max_avatar_upload_mb
     app.add_middleware(SameOrigin, allowed=config.allowed_origins)
@@ -659,6 +661,27 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     @app.get("/digital_human/check")
     async def check() -> dict[str, str]:
         return {"status": "Server is running"}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers (for a supervisor's probe)."""
+        return {"status": "ok"}
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Readiness: the default avatar is loaded and, when started with the server, the
+        worker processes are up; 503 with what is missing until then."""
+        missing = []
+        if not app.state.started:
+            missing.append("the default avatar is loading")
+        if config.warm_workers and not tasks.workers:
+            missing.append("the task worker is starting")
+        if config.warm_workers and sessions.workers is not None and not sessions.workers.workers:
+            missing.append("the recognition worker is starting")
+        if len(sessions) >= config.max_sessions:
+            missing.append(f"the server is full ({config.max_sessions} sessions)")
+        body = {"status": "ready" if not missing else "not ready", "missing": missing}
+        return JSONResponse(body, status_code=200 if not missing else 503)
 
     @app.post("/offer")
     async def offer(body: Offer) -> dict[str, Any]:

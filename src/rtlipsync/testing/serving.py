@@ -27,12 +27,18 @@ def serving(config: Any = None) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def serving_app(app: Any) -> Iterator[str]:
-    """Run an ASGI app under uvicorn on a loopback port in a thread; yield its base URL."""
+def serving_app(app: Any, log_level: str = "warning") -> Iterator[str]:
+    """Run an ASGI app under uvicorn on a loopback port in a thread; yield its base URL.
+    ``log_level`` "info" logs each request through the process's logging, as served."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    logs = (
+        {"log_level": log_level}
+        if log_level == "warning"
+        else {"log_config": None, "log_level": log_level}
+    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **logs))
     thread = threading.Thread(target=server.run, name="uvicorn-test")
     thread.start()
     deadline = time.monotonic() + 30
