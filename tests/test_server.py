@@ -365,3 +365,77 @@ def test_health_ready_and_a_log_without_the_page_polls(default_avatar, capsys) -
     assert '"POST /human HTTP/1.1" 404' in logged  # requests are logged ...
     assert '"GET /ready HTTP/1.1" 200' not in logged  # ... but not answered polls
     assert logged.count('"GET /sessions/123456 HTTP/1.1" 404') == 5  # failures still are
+
+
+def test_sigterm_ends_a_busy_server_cleanly_within_five_seconds(data_root, tmp_path) -> None:  # noqa: ANN001
+    """`rtlipsync serve` with its workers up and a session mid-sentence: SIGTERM ends the
+    session with a close frame and the process, workers included, within 5 s."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import websockets
+
+    from conftest import free_port
+
+    port = free_port()
+    env = {**os.environ, "RTLIPSYNC_HOME": str(data_root)}
+    command = [sys.executable, "-m", "rtlipsync.cli", "serve", "--port", str(port)]
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    async def scenario() -> tuple[float, int | None, list[int]]:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        async with httpx.AsyncClient(base_url=base) as http:
+            while True:
+                assert server.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the server did not become ready"
+                try:
+                    if (await http.get("/ready")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.5)
+        proc = f"/proc/{server.pid}/task/{server.pid}/children"
+        children = (await asyncio.to_thread(Path(proc).read_text)).split()
+        async with websockets.connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+            assert json.loads(await ws.recv())["type"] == "session"
+            say = {"type": "say", "text": "I am in the middle of a long sentence."}
+            await ws.send(json.dumps(say))
+            await asyncio.sleep(1.0)
+            started = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            code = None
+            try:
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            except websockets.ConnectionClosed as closed:
+                code = closed.rcvd.code if closed.rcvd else None
+            await asyncio.to_thread(server.wait, 10)
+            return time.monotonic() - started, code, [int(c) for c in children]
+
+    try:
+        took, code, children = asyncio.run(scenario())
+    finally:
+        if server.poll() is None:
+            server.kill()
+        log.close()
+    output = (tmp_path / "serve.log").read_text()
+    # (uvicorn finishes its shutdown, then ends by the signal it was sent, as supervisors
+    # expect of a process told to stop)
+    clean = server.returncode in (0, -signal.SIGTERM)
+    assert took < 5.0 and clean, (took, server.returncode, output[-2000:])
+    assert "Application shutdown complete" in output
+    assert code == 1012  # "service restart": told, not dropped
+    assert len(children) >= 2  # the recognition and task workers were up ...
+    for pid in children:  # ... and have ended too (a zombie here: no init reaps it)
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        assert state == "Z", (pid, state)
+    assert "Traceback" not in output
