@@ -141,6 +141,9 @@ def test_settings_sections(tmp_path) -> None:  # noqa: ANN001
     path.write_text("max_audio_seconds: 120\nwebhook_hosts: [hooks.lan]\n")
     settings = load_settings(path)
     assert (settings.max_audio_seconds, settings.webhook_hosts) == (120.0, ["hooks.lan"])
+    path.write_text("max_upload_mb: -1\n")
+    with pytest.raises(InputError, match="max_upload_mb must be more than 0"):
+        load_settings(path)
     path.write_text("webhook_hosts: hooks.lan\n")
     with pytest.raises(InputError, match="webhook_hosts must be a list"):
         load_settings(path)

@@ -7,6 +7,9 @@ max_sessions: 8          # RTLIPSYNC_MAX_SESSIONS
 mode: chat               # RTLIPSYNC_MODE; repeat | chat | realtime, for sessions that don't say
 engine: cpu              # RTLIPSYNC_ENGINE; cpu | musetalk (the musetalk extra and its weights)
 max_audio_seconds: 600   # RTLIPSYNC_MAX_AUDIO_SECONDS; longest audio upload, once decoded
+max_upload_mb: 50        # RTLIPSYNC_MAX_UPLOAD_MB; audio uploads (/humanaudio, /jobs)
+max_avatar_upload_mb: 300  # images and videos uploaded to become avatars
+max_request_kb: 1024     # any other request body
 webhook_hosts: []        # hosts a job's webhook may name although private or loopback
 allowed_hosts: []        # Host headers answered; default: loopback names, or any off loopback
 allowed_origins: []      # other sites' pages allowed to use the server from a browser
@@ -56,6 +59,9 @@ class Settings:
     mode: str = "chat"
     engine: str = "cpu"  # cpu | musetalk
     max_audio_seconds: float = 600.0
+    max_upload_mb: float = 50.0
+    max_avatar_upload_mb: float = 300.0
+    max_request_kb: float = 1024.0
     webhook_hosts: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
@@ -68,6 +74,7 @@ class Settings:
 
 
 SECTIONS = ("llm", "realtime", "tts", "asr", "vad")  # mappings, from the YAML file only
+NUMBERS = ("max_audio_seconds", "max_upload_mb", "max_avatar_upload_mb", "max_request_kb")
 LISTS = ("ice_servers", "webhook_hosts", "allowed_hosts", "allowed_origins")  # YAML only
 
 
@@ -99,11 +106,14 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
                 values[name] = int(values[name])
     except ValueError as exc:
         raise InputError(f"port and max_sessions must be whole numbers: {exc}") from exc
-    try:
-        if "max_audio_seconds" in values:
-            values["max_audio_seconds"] = float(values["max_audio_seconds"])
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"max_audio_seconds must be a number of seconds: {exc}") from exc
+    for name in NUMBERS:
+        try:
+            if name in values:
+                values[name] = float(values[name])
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{name} must be a number: {exc}") from exc
+        if name in values and values[name] <= 0:
+            raise InputError(f"{name} must be more than 0, got {values[name]:g}")
     for name in LISTS[1:]:
         names = values.get(name, [])
         if not isinstance(names, list) or not all(isinstance(h, str) for h in names):
