@@ -347,7 +347,7 @@ def test_concurrent_opens_never_exceed_max_sessions(default_avatar) -> None:
         kinds = await asyncio.gather(*(hello() for _ in range(12)))
         assert sorted(kinds) == ["error"] * 4 + ["session"] * 8, kinds
 
-    with serving(ServerConfig(max_sessions=8)) as base:
+    with serving(ServerConfig(max_sessions=8, max_sessions_per_client=12)) as base:
         asyncio.run(scenario(base))
 
 
@@ -412,3 +412,61 @@ def test_other_sites_pages_and_rebound_hosts_are_refused(default_avatar) -> None
 
     with serving(ServerConfig(allowed_origins=["https://app.example"])) as base:
         asyncio.run(scenario(base))
+
+
+def test_one_client_cannot_take_every_place(default_avatar) -> None:
+    from rtlipsync.server import ServerConfig
+
+    async def scenario(base: str) -> None:
+        url = base.replace("http://", "ws://") + "/ws"
+        async with websockets.connect(url) as a, websockets.connect(url) as b:
+            assert json.loads(await a.recv())["type"] == json.loads(await b.recv())["type"]
+            async with websockets.connect(url) as c:
+                refused = json.loads(await c.recv())
+                assert refused["type"] == "error" and "from your address" in refused["msg"]
+        async with websockets.connect(url) as d:  # places come back as sessions end
+            assert json.loads(await d.recv())["type"] == "session"
+
+    with serving(ServerConfig(max_sessions_per_client=2)) as base:
+        asyncio.run(scenario(base))
+
+
+def test_a_client_that_stops_reading_loses_its_session(default_avatar) -> None:
+    """It kept its place indefinitely: frames piled up against a socket nobody read."""
+    import base64
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from rtlipsync.server import ServerConfig
+
+    with serving(ServerConfig(stalled_client_timeout=1.0)) as base:
+        port = urlsplit(base).port
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills at once
+        sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall(
+            f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            head += sock.recv(1)
+        assert head.startswith(b"HTTP/1.1 101")
+        first, size = sock.recv(1), sock.recv(1)[0]  # the hello: one small text frame
+        assert first == b"\x81" and size < 126
+        hello = b""
+        while len(hello) < size:
+            hello += sock.recv(size - len(hello))
+        sid = json.loads(hello)["sessionid"]
+        try:  # and now it reads nothing more
+            with httpx.Client(base_url=base) as http:
+                assert http.get(f"/sessions/{sid}").status_code == 200
+                deadline = time.monotonic() + 30
+                while http.get(f"/sessions/{sid}").status_code != 404:
+                    assert time.monotonic() < deadline, "the stalled client kept its session"
+                    time.sleep(0.2)
+        finally:
+            sock.close()

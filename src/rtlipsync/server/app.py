@@ -18,6 +18,7 @@ import secrets
 import tempfile
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -87,6 +88,8 @@ def jobs_dir() -> Path:
 class ServerConfig:
     avatar: str = DEFAULT_AVATAR
     max_sessions: int = 8
+    max_sessions_per_client: int = 4  # from one address: one client cannot take every place
+    stalled_client_timeout: float = 10.0  # s a WebSocket client may read nothing before it goes
     max_upload_mb: float = 50.0  # audio uploads
     # Audio is refused past this length once decoded (a small file can decode to hours):
     # for /humanaudio, render jobs and the seed's /digital_human/gen.
@@ -190,6 +193,7 @@ class _Live:
     pc: RTCPeerConnection | None = None  # None for a WebSocket session
     recorder: Recorder | None = None
     watchdog: asyncio.Task[None] | None = None
+    client: str = ""  # the address it was opened from
 
 
 class Sessions:
@@ -198,7 +202,7 @@ class Sessions:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self._live: dict[int, _Live] = {}
-        self._opening = 0  # sessions being opened: they hold a place too
+        self._opening: Counter[str] = Counter()  # sessions being opened, by client address
         self._listeners: list[asyncio.Future[None]] = []
         self.llm = ChatLLM(config.llm) if config.llm is not None else None
         self.metrics = Metrics()
@@ -306,8 +310,10 @@ class Sessions:
             await brain.close()
         session.mode = mode
 
-    def _register(self, session: Session, pc: RTCPeerConnection | None = None) -> None:
-        live = self._live[session.id] = _Live(session, pc)
+    def _register(
+        self, session: Session, pc: RTCPeerConnection | None = None, client: str = ""
+    ) -> None:
+        live = self._live[session.id] = _Live(session, pc, client=client)
         self.metrics.sessions.set(len(self._live))
         session.start()
         if pc is not None:
@@ -321,44 +327,58 @@ class Sessions:
         )
 
     @contextlib.contextmanager
-    def _slot(self) -> Iterator[None]:
+    def _slot(self, client: str) -> Iterator[None]:
         """Hold one of the ``max_sessions`` places while a session is being opened: the
         opening awaits (loading the avatar, negotiating), and counting only live sessions
-        let 12 concurrent offers make 12 sessions with a limit of 8."""
-        if len(self._live) + self._opening >= self.config.max_sessions:
+        let 12 concurrent offers make 12 sessions with a limit of 8. One client address
+        holds at most ``max_sessions_per_client`` (one could take every place)."""
+        if len(self._live) + sum(self._opening.values()) >= self.config.max_sessions:
             raise ApiError(
                 503, f"server is full ({self.config.max_sessions} sessions); try again later"
             )
-        self._opening += 1
+        mine = sum(live.client == client for live in self._live.values()) + self._opening[client]
+        if mine >= self.config.max_sessions_per_client:
+            raise ApiError(
+                429,
+                f"{mine} sessions are open from your address, the most one client may hold; "
+                "close one first",
+            )
+        self._opening[client] += 1
         try:
             yield
         finally:
-            self._opening -= 1
+            self._opening[client] -= 1
+            if not self._opening[client]:
+                del self._opening[client]
 
     async def open_websocket(
-        self, avatar_name: str | None, sink: WebSocketSink, mode: str | None = None
+        self,
+        avatar_name: str | None,
+        sink: WebSocketSink,
+        mode: str | None = None,
+        client: str = "",
     ) -> Session:
-        with self._slot():
+        with self._slot(client):
             session = await self._new_session(avatar_name, mode)
             session.add_sink(sink)
-            self._register(session)
+            self._register(session, client=client)
         return session
 
-    async def open(self, offer: Offer) -> tuple[Session, RTCSessionDescription]:
+    async def open(self, offer: Offer, client: str = "") -> tuple[Session, RTCSessionDescription]:
         if offer.type != "offer":
             raise ApiError(400, f"expected an SDP offer, got type {offer.type!r}")
         if "m=" not in offer.sdp or not offer.sdp.lstrip().startswith("v="):
             raise ApiError(400, "malformed SDP: it must start with v= and hold m= lines")
-        with self._slot():
+        with self._slot(client):
             session = await self._new_session(offer.avatar, offer.mode, offer.persona)
             try:
-                return await self._negotiate(session, offer)
+                return await self._negotiate(session, offer, client)
             except BaseException:
                 await session.close()  # its realtime socket, if it opened one, too
                 raise
 
     async def _negotiate(
-        self, session: Session, offer: Offer
+        self, session: Session, offer: Offer, client: str
     ) -> tuple[Session, RTCSessionDescription]:
         pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
         sink = WebRTCSink()
@@ -385,7 +405,7 @@ class Sessions:
                 await self.close(session.id)
 
         session.add_sink(sink)
-        self._register(session, pc)
+        self._register(session, pc, client)
         return session, pc.localDescription
 
     async def _watch(self, session_id: int, pc: RTCPeerConnection) -> None:
@@ -684,8 +704,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         return JSONResponse(body, status_code=200 if not missing else 503)
 
     @app.post("/offer")
-    async def offer(body: Offer) -> dict[str, Any]:
-        session, answer = await sessions.open(body)
+    async def offer(body: Offer, request: Request) -> dict[str, Any]:
+        session, answer = await sessions.open(body, _client(request))
         return {"sdp": answer.sdp, "type": answer.type, "sessionid": session.id}
 
     @app.post("/mode")
@@ -824,7 +844,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         await ws.accept()
         sink = WebSocketSink()
         try:
-            session = await sessions.open_websocket(avatar, sink, mode)
+            session = await sessions.open_websocket(avatar, sink, mode, _client(ws))
         except ApiError as exc:
             await ws.send_json({"type": "error", "msg": exc.message})
             await ws.close(code=1008)
@@ -842,11 +862,16 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                 "notice": session.notice,
             }
         )
-        sender = asyncio.create_task(_send_frames(ws, session, sink))
+        sender = asyncio.create_task(_send_frames(ws, session, sink, config.stalled_client_timeout))
         receiver = asyncio.create_task(_receive_commands(ws, session))
         try:
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if sender.done() and not receiver.done():
+            stalled = sender.done() and isinstance(sender.exception(), ClientStalled)
+            if stalled:
+                log.info(
+                    "%s: closing its session", sender.exception(), extra={"session": session.id}
+                )
+            elif sender.done() and not receiver.done():
                 # The session was closed from elsewhere (POST /close, shutdown): so is its
                 # socket, or its commands would go on driving a closed session.
                 with contextlib.suppress(Exception):
@@ -854,7 +879,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                     await ws.close(code=1000)
             for task in (sender, receiver):
                 error = task.exception() if task.done() and not task.cancelled() else None
-                if error is not None and not isinstance(error, (WebSocketDisconnect, OSError)):
+                expected = (WebSocketDisconnect, OSError, ClientStalled)
+                if error is not None and not isinstance(error, expected):
                     log.error("websocket failed", exc_info=error, extra={"session": session.id})
         finally:
             for task in (sender, receiver):
@@ -884,10 +910,27 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     return app
 
 
-async def _send_frames(ws: WebSocket, session: Session, sink: WebSocketSink) -> None:
+def _client(connection: Request | WebSocket) -> str:
+    """The address a request came from (one client's sessions are counted together)."""
+    return connection.client.host if connection.client is not None else ""
+
+
+class ClientStalled(Exception):
+    """A WebSocket client stopped reading: its session is ended, not left holding a place."""
+
+
+async def _send_frames(
+    ws: WebSocket, session: Session, sink: WebSocketSink, timeout: float
+) -> None:
     state = (False, "")
     while (frame := await sink.next()) is not None:
-        await ws.send_bytes(await asyncio.to_thread(encode_frame, frame))
+        message = await asyncio.to_thread(encode_frame, frame)
+        try:
+            # The sink drops frames a slow client cannot take, so a send that waits this
+            # long means the client stopped reading (it kept its place indefinitely).
+            await asyncio.wait_for(ws.send_bytes(message), timeout)
+        except TimeoutError:
+            raise ClientStalled(f"the client read nothing for {timeout:g} s") from None
         now = (session.is_speaking, session.caption)
         if now != state:
             state = now
