@@ -439,3 +439,32 @@ def test_sigterm_ends_a_busy_server_cleanly_within_five_seconds(data_root, tmp_p
             continue
         assert state == "Z", (pid, state)
     assert "Traceback" not in output
+
+
+def test_links_planted_in_the_data_root_lead_nowhere(default_avatar, data_root, tmp_path) -> None:  # noqa: ANN001
+    """A symlink inside the data root let an avatar name read any folder and the seed's
+    gen write anywhere."""
+    import shutil
+
+    outside = tmp_path / "outside"
+    shutil.copytree(data_root / "avatars" / "default", outside / "avatar")
+    (outside / "written").mkdir()
+    (data_root / "avatars" / "planted").symlink_to(outside / "avatar")
+    (data_root / "outputs").mkdir(exist_ok=True)
+    (data_root / "outputs" / "intruder").symlink_to(outside / "written")
+    try:
+        with serving() as base, httpx.Client(base_url=base, timeout=60) as http:
+            r = http.get("/avatars/planted/poster.jpg")
+            assert r.status_code == 403 and "link out of the data root" in r.json()["msg"]
+            assert "planted" not in [a["name"] for a in http.get("/avatars").json()["data"]]
+            ids = {"user_id": "intruder", "request_id": "r1", "streamer_id": "default"}
+            r = http.post("/digital_human/gen", json={**ids, "tts_path": "x.wav", "chunk_id": 1})
+            assert r.status_code == 403
+            r = http.post(
+                "/digital_human/preprocess", json={**ids, "video_path": "avatars/planted"}
+            )
+            assert r.status_code == 409  # and the built-in avatar is not re-prepared either
+    finally:
+        (data_root / "avatars" / "planted").unlink()
+        (data_root / "outputs" / "intruder").unlink()
+    assert list((outside / "written").iterdir()) == []

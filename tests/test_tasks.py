@@ -51,6 +51,14 @@ def test_upload_avatar_then_use_it(default_avatar) -> None:
         assert state["state"] == "done" and state["progress"] == 1.0 and state["name"] == "uploaded"
         names = [a["name"] for a in http.get("/avatars").json()["data"]]
         assert "uploaded" in names
+        # Nobody replaces an avatar by uploading over it, and nobody the built-in one.
+        again = {"file": ("me.png", face, "image/png")}
+        r = http.post("/avatars", data={"name": "uploaded"}, files=again)
+        assert r.status_code == 409 and "replace=true" in r.json()["msg"]
+        r = http.post("/avatars", data={"name": "default"}, files=again)
+        assert r.status_code == 409 and "built-in" in r.json()["msg"]
+        r = http.post("/avatars", data={"name": "uploaded", "replace": "true"}, files=again)
+        assert poll(http, f"/tasks/{r.json()['task']}")["state"] == "done"
         assert http.get("/avatars/uploaded/poster.jpg").status_code == 200
         # Refused before any work: bad name, wrong type, empty, no face (fails in the task).
         bad = [

@@ -122,13 +122,22 @@ def check_name(name: str) -> str:
 
 
 def avatar_path(name: str) -> Path:
-    return avatars_dir() / check_name(name)
+    """Where avatar ``name`` lives; refused if that is a link out of the avatar store (one
+    planted in the data root let an avatar name read any folder)."""
+    store = avatars_dir()
+    path = store / check_name(name)
+    if path.is_symlink() and path.resolve().parent != store.resolve():
+        raise PermissionError(f"avatar {name!r} is a link out of the data root; remove it")
+    return path
 
 
 def list_avatars() -> list[dict[str, Any]]:
     """Manifests of every prepared avatar, by name."""
     found = []
+    store = avatars_dir().resolve()
     for d in sorted(avatars_dir().iterdir()):
+        if d.is_symlink() and d.resolve().parent != store:
+            continue  # a link out of the store is no avatar of ours
         manifest = d / "manifest.json"
         if d.is_dir() and not d.name.startswith(".") and manifest.is_file():
             found.append(json.loads(manifest.read_text()))

@@ -41,6 +41,7 @@ from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import (
     DEFAULT_AVATAR,
+    avatar_path,
     check_name,
     list_avatars,
     load_avatar,
@@ -50,7 +51,6 @@ from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.media.video import IMAGE_EXTS, VIDEO_EXTS, Mp4Writer
 from rtlipsync.metrics import Metrics
 from rtlipsync.paths import (
-    avatars_dir,
     check_id,
     data_dir,
     data_root,
@@ -555,9 +555,15 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         name: Annotated[str, Form()],
         file: Annotated[UploadFile, File()],
         bbox_shift: Annotated[int, Form()] = 0,
+        replace: Annotated[bool, Form()] = False,
     ) -> dict[str, Any]:
-        """Prepare an avatar from an uploaded image or video; poll GET /tasks/{task}."""
+        """Prepare an avatar from an uploaded image or video; poll GET /tasks/{task}.
+        An existing avatar is replaced only with ``replace``; the built-in one never."""
         check_name(name)
+        if name == DEFAULT_AVATAR:
+            raise ApiError(409, f"{name!r} is the built-in avatar; upload under another name")
+        if (avatar_path(name) / "manifest.json").is_file() and not replace:
+            raise ApiError(409, f"an avatar named {name!r} exists; send replace=true to replace it")
         source = await save_upload(file, config.max_avatar_upload_mb, IMAGE_EXTS | VIDEO_EXTS)
 
         # The avatar keeps what it needs (frames, landmarks, its bank): the upload goes once
@@ -589,7 +595,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         check_name(avatar)
         if webhook is not None:
             await check_webhook(webhook, config.webhook_hosts)
-        if not (avatars_dir() / avatar / "manifest.json").is_file() and avatar != DEFAULT_AVATAR:
+        if not (avatar_path(avatar) / "manifest.json").is_file() and avatar != DEFAULT_AVATAR:
             raise ApiError(404, f"no avatar named {avatar!r}; upload one with POST /avatars")
         source = await save_upload(audio, config.max_upload_mb, AUDIO_EXTS | VIDEO_EXTS)
 
@@ -632,6 +638,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         check_id(body.user_id, "user_id")
         check_id(body.request_id, "request_id")
         check_name(body.streamer_id)
+        if body.streamer_id == DEFAULT_AVATAR:
+            raise ApiError(409, f"{DEFAULT_AVATAR!r} is the built-in avatar; use another id")
         source = inside_root(body.video_path)
         m = await tasks.run(jobs.prepare, body.streamer_id, source)
         data = {
@@ -655,6 +663,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         check_name(body.streamer_id)
         audio = inside_root(body.tts_path)
         out_dir = data_dir("outputs") / body.user_id / body.request_id
+        inside_root(out_dir)  # not through a link planted to write elsewhere
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / f"{chunk}.mp4"
         try:
