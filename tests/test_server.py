@@ -468,3 +468,18 @@ def test_links_planted_in_the_data_root_lead_nowhere(default_avatar, data_root, 
         (data_root / "avatars" / "planted").unlink()
         (data_root / "outputs" / "intruder").unlink()
     assert list((outside / "written").iterdir()) == []
+
+
+def test_the_openapi_document_states_the_errors_and_media_types(default_avatar) -> None:
+    with serving() as base, httpx.Client(base_url=base) as http:
+        doc = http.get("/openapi.json").json()
+    operations = [op for path in doc["paths"].values() for op in path.values()]
+    assert len(operations) >= 20
+    for op in operations:  # it listed only 200 and 422
+        assert {"400", "404", "413"} <= set(op["responses"]), op["operationId"]
+    error = doc["components"]["schemas"]["ErrorReply"]
+    assert set(error["properties"]) == {"code", "msg"}
+    metrics = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    poster = doc["paths"]["/avatars/{name}/poster.jpg"]["get"]["responses"]["200"]["content"]
+    assert "text/plain" in metrics and "application/json" not in metrics
+    assert "image/jpeg" in poster and "application/json" not in poster

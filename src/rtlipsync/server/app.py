@@ -125,6 +125,26 @@ class ServerConfig:
     warm_workers: bool = False
 
 
+class ErrorReply(BaseModel):
+    """What every error answers: ``code`` -1 and the sentence that says what was wrong."""
+
+    code: int = -1
+    msg: str
+
+
+ERRORS = {
+    400: "the request is wrong: the message says how",
+    403: "not allowed: outside the data root, a link out of it, another site's page",
+    404: "no such session, avatar, task or job",
+    409: "in the way: the avatar exists, the job is not done, already recording",
+    411: "a body without a Content-Length",
+    413: "the body or the upload is too large",
+    415: "an upload of a type that is not accepted",
+    429: "this address holds as many sessions as one client may",
+    503: "the server is full",
+}
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -496,7 +516,12 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         await sessions.close_all()
         await asyncio.to_thread(tasks.shutdown)
 
-    app = FastAPI(title="rtlipsync", version=__version__, lifespan=lifespan)
+    # Every route answers its errors as {"code": -1, "msg": ...}; the document says so
+    # (it listed only 200 and 422 while most routes answer 400, 404, 413 or 415 too).
+    errors: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorReply, "description": what} for status, what in ERRORS.items()
+    }
+    app = FastAPI(title="rtlipsync", version=__version__, lifespan=lifespan, responses=errors)
     app.state.sessions = sessions
     app.state.tasks = tasks
     app.state.started = False
@@ -527,7 +552,11 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     async def page() -> str:
         return resources.files("rtlipsync.web").joinpath("index.html").read_text()
 
-    @app.get("/avatars/{name}/poster.jpg")
+    @app.get(
+        "/avatars/{name}/poster.jpg",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}, "description": "the first frame"}},
+    )
     async def poster(name: str) -> Response:
         """The avatar's first frame: what the page shows when no session runs."""
         avatar = await asyncio.to_thread(load_avatar, name)
@@ -682,7 +711,11 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         }
         return {"code": 0, "msg": "success", "data": data}
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text"}},
+    )
     async def metrics() -> Response:
         """Prometheus metrics: per-turn latency, LLM and TTS timings, sessions, frames."""
         return Response(generate_latest(sessions.metrics.registry), media_type=CONTENT_TYPE_LATEST)
