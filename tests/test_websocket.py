@@ -341,7 +341,7 @@ def test_concurrent_opens_never_exceed_max_sessions(default_avatar) -> None:
         async def hello() -> str:
             async with websockets.connect(url) as ws:
                 kind = json.loads(await ws.recv())["type"]
-                await asyncio.sleep(1.0)  # hold the place while the others try
+                await asyncio.sleep(3.0)  # hold the place while the others try
                 return kind
 
         kinds = await asyncio.gather(*(hello() for _ in range(12)))
