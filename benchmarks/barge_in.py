@@ -33,7 +33,7 @@ from rtlipsync.speech.openai_tts import OpenAITTS
 from rtlipsync.speech.realtime import RealtimeConfig
 from rtlipsync.testing.fake_openai import FakeOpenAI, Reply
 from rtlipsync.testing.fake_realtime import FakeRealtime
-from rtlipsync.testing.peers import Microphone
+from rtlipsync.testing.peers import Microphone, on_received_audio
 from rtlipsync.testing.serving import serving_app
 from rtlipsync.testing.speech import espeak_pcm
 
@@ -82,7 +82,7 @@ class Ear:
     def __init__(self) -> None:
         self.times: list[float] = []
         self.levels: list[float] = []
-        self.task: asyncio.Future[None] | None = None
+        self.tasks: list[asyncio.Future] = []
 
     def hear(self, pcm: np.ndarray) -> None:
         self.times.append(time.monotonic())
@@ -111,18 +111,7 @@ async def call(base: str, mode: str) -> tuple[RTCPeerConnection, StampedMicropho
     pc.addTransceiver("video", direction="recvonly")
     pc.addTrack(mic)
 
-    @pc.on("track")
-    def on_track(track) -> None:  # noqa: ANN001
-        async def pull() -> None:
-            try:
-                while True:
-                    frame = await track.recv()
-                    if track.kind == "audio":
-                        ear.hear(frame.to_ndarray())
-            except Exception:  # noqa: BLE001 - the call ended
-                return
-
-        ear.task = asyncio.ensure_future(pull())
+    ear.tasks = on_received_audio(pc, ear.hear)
 
     await pc.setLocalDescription(await pc.createOffer())
     async with httpx.AsyncClient(base_url=base) as http:

@@ -39,7 +39,7 @@ from rtlipsync.speech.openai_tts import OpenAITTS
 from rtlipsync.speech.realtime import RealtimeConfig
 from rtlipsync.testing.fake_openai import FakeOpenAI, Reply
 from rtlipsync.testing.fake_realtime import FakeRealtime
-from rtlipsync.testing.peers import Microphone
+from rtlipsync.testing.peers import Microphone, on_received_audio
 from rtlipsync.testing.serving import serving_app, wait_for
 from rtlipsync.testing.speech import espeak_pcm
 
@@ -52,22 +52,12 @@ async def run(base: str, turns: int, app, mode: str) -> list[dict[str, float]]: 
     pc.addTransceiver("video", direction="recvonly")
     pc.addTrack(mic)
     loud: list[float] = []  # arrival times of reply audio packets with sound
-    tasks = []
 
-    @pc.on("track")
-    def on_track(track) -> None:  # noqa: ANN001
-        async def pull() -> None:
-            try:
-                while True:
-                    frame = await track.recv()
-                    if track.kind == "audio":
-                        pcm = frame.to_ndarray().astype(np.float64)
-                        if np.sqrt(np.mean(pcm**2)) > 300:
-                            loud.append(time.monotonic())
-            except Exception:  # noqa: BLE001 - call ended
-                return
+    def hear(pcm: np.ndarray) -> None:
+        if np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 300:
+            loud.append(time.monotonic())
 
-        tasks.append(asyncio.ensure_future(pull()))
+    tasks = on_received_audio(pc, hear)
 
     await pc.setLocalDescription(await pc.createOffer())
     async with httpx.AsyncClient(base_url=base) as http:

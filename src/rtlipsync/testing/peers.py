@@ -6,10 +6,11 @@ import asyncio
 import fractions
 import time
 from collections import deque
+from collections.abc import Callable
 
 import av
 import numpy as np
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCPeerConnection
 
 from rtlipsync.media.frames import PACKET_SAMPLES, SAMPLE_RATE
 
@@ -47,3 +48,26 @@ class Microphone(MediaStreamTrack):
         frame.time_base = fractions.Fraction(1, SAMPLE_RATE)
         self._n += 1
         return frame
+
+
+def on_received_audio(
+    pc: RTCPeerConnection, hear: Callable[[np.ndarray], None]
+) -> list[asyncio.Future]:
+    """Call ``hear(pcm)`` with every audio frame the peer receives, as it arrives; the
+    returned list holds the tasks that read the tracks (cancel them when done)."""
+    tasks: list[asyncio.Future] = []
+
+    @pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        async def pull() -> None:
+            try:
+                while True:
+                    frame = await track.recv()
+                    if track.kind == "audio":
+                        hear(frame.to_ndarray())
+            except Exception:  # noqa: BLE001 - the call ended
+                return
+
+        tasks.append(asyncio.ensure_future(pull()))
+
+    return tasks
