@@ -203,3 +203,68 @@ def test_page_realtime_mode_with_a_persona(default_avatar) -> None:
     assert update["instructions"] == "You are a cheerful pirate."
     said = fake.of_type("conversation.item.create")[0]["item"]["content"][0]["text"]
     assert said == "Who are you?"
+
+
+@pytest.mark.parametrize(
+    ("who", "query"),
+    [("with a token", ""), ("with a token", "?transport=ws"), ("from elsewhere", "")],
+)
+def test_page_asks_for_the_token_once_and_drives_its_session_by_its_secret(
+    default_avatar, who: str, query: str
+) -> None:
+    """With a token the page asks for it, keeps it (a reload does not ask again) and runs a
+    session over either transport; from another machine without a token it drives its
+    session with the secret the server handed it (an id alone would get 403)."""
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    from rtlipsync.server import ServerConfig
+
+    token = "a-long-enough-page-token-42"
+    config = ServerConfig(access_token=token) if who == "with a token" else None
+    headers = {"X-Forwarded-For": "203.0.113.7"} if who == "from elsewhere" else {}
+    operator = {"Authorization": f"Bearer {token}"}
+    with serving(config) as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        context = browser.new_context(extra_http_headers=headers)
+        page = context.new_page()
+        page.goto(base + query)
+        if config is not None:
+            page.wait_for_selector("#tokenform", state="visible", timeout=10_000)
+            assert "access token" in page.inner_text("#status")
+            page.fill("#token", "not the token at all")
+            page.click("#tokenok")
+            page.wait_for_function(
+                "document.getElementById('status').textContent.includes('not this server')"
+            )
+            page.fill("#token", token)
+            page.click("#tokenok")
+            page.wait_for_selector("#tokenform", state="hidden", timeout=5000)
+            page.reload()
+            page.wait_for_function("document.getElementById('avatar').options.length > 0")
+            assert page.locator("#tokenform").is_hidden()  # kept: not asked again
+        else:
+            assert page.locator("#tokenform").is_hidden()
+        page.wait_for_function("document.getElementById('poster').naturalWidth > 0")
+        page.click("#start")
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('Connected')", timeout=30_000
+        )
+        sid = page.inner_text("#status").rsplit(" ", 1)[-1]
+        page.fill("#text", "Only the one who opened it.")
+        page.press("#text", "Enter")
+        page.wait_for_function(
+            "document.getElementById('caption').textContent.includes('Only the one')",
+            timeout=10_000,
+        )
+        page.click("#stop")
+        page.wait_for_selector("#poster", state="visible", timeout=5000)
+        gone = False
+        for _ in range(50):  # the page's /close (with its secret) ended it
+            r = httpx.get(f"{base}/sessions/{sid}", headers=operator)
+            if r.status_code == 404:
+                gone = True
+                break
+            time.sleep(0.1)
+        assert gone, r.text
+        browser.close()

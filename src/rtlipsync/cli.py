@@ -183,7 +183,8 @@ def _serve(args: argparse.Namespace) -> None:
             max_avatar_upload_mb=settings.max_avatar_upload_mb,
             max_request_kb=settings.max_request_kb,
             webhook_hosts=settings.webhook_hosts,
-            **_network(settings),
+            access_token=settings.access_token or None,
+            **network_rules(settings),
             warm_workers=True,
         )
     )
@@ -201,16 +202,20 @@ def _serve(args: argparse.Namespace) -> None:
     )
 
 
-def _network(settings: Settings) -> dict[str, list[str]]:
+def network_rules(settings: Settings) -> dict[str, list[str]]:
     """Which Host headers and browser origins the server answers: loopback names only when
     it listens on loopback (DNS rebinding reaches nothing), any host when it serves the
     network, unless the settings name them."""
     loopback = settings.host in ("127.0.0.1", "localhost", "::1")
     hosts = settings.allowed_hosts or (["localhost", "127.0.0.1", "::1"] if loopback else ["*"])
-    if not loopback:
+    if not loopback and not settings.access_token:
         log.warning(
-            "listening on %s: anyone who can reach this machine can use the server",
+            "\n%s\nNO ACCESS TOKEN, AND LISTENING ON %s: anyone who can reach this machine "
+            "can open sessions, upload avatars and run jobs (sessions themselves still need "
+            "their secrets). Set access_token in the config or RTLIPSYNC_ACCESS_TOKEN.\n%s",
+            "!" * 78,
             settings.host,
+            "!" * 78,
         )
     return {"allowed_hosts": hosts, "allowed_origins": settings.allowed_origins}
 

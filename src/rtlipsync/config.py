@@ -13,6 +13,8 @@ max_request_kb: 1024     # any other request body
 webhook_hosts: []        # hosts a job's webhook may name although private or loopback
 allowed_hosts: []        # Host headers answered; default: loopback names, or any off loopback
 allowed_origins: []      # other sites' pages allowed to use the server from a browser
+access_token: ""         # RTLIPSYNC_ACCESS_TOKEN; required by every route but the page and
+                         # the probes when set (16+ characters); set one to serve a network
 ice_servers:             # none by default: no public STUN server is contacted
   - urls: turn:turn.example.org:3478
     username: user
@@ -65,6 +67,7 @@ class Settings:
     webhook_hosts: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
+    access_token: str = ""  # "": none (callers on this machine are the operator)
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
     llm: dict[str, Any] = field(default_factory=dict)
     realtime: dict[str, Any] = field(default_factory=dict)
@@ -73,6 +76,7 @@ class Settings:
     vad: dict[str, Any] = field(default_factory=dict)
 
 
+MIN_TOKEN = 16
 SECTIONS = ("llm", "realtime", "tts", "asr", "vad")  # mappings, from the YAML file only
 NUMBERS = ("max_audio_seconds", "max_upload_mb", "max_avatar_upload_mb", "max_request_kb")
 LISTS = ("ice_servers", "webhook_hosts", "allowed_hosts", "allowed_origins")  # YAML only
@@ -120,6 +124,13 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
             raise InputError(f"{name} must be a list of host names")
     if not isinstance(values.get("ice_servers", []), list):
         raise InputError("ice_servers must be a list of {urls, username, credential}")
+    token = values.get("access_token", "")
+    if not isinstance(token, str) or (token and len(token.strip()) < MIN_TOKEN):
+        raise InputError(
+            f"access_token must be at least {MIN_TOKEN} characters (a guessable one protects "
+            "nothing); make one with: python -c 'import secrets; print(secrets.token_urlsafe())'"
+        )
+    values["access_token"] = token.strip()
     if values.get("mode", "chat") not in ("repeat", "chat", "realtime"):
         raise InputError(f"mode must be repeat, chat or realtime, got {values['mode']!r}")
     for name in SECTIONS:

@@ -27,11 +27,15 @@ class _SessionField(logging.Filter):
 
 
 # Credentials as libraries print them at debug level (websockets logs every handshake
-# header, httpx and openai their requests): the header's value, a key in a query string, or
-# an OpenAI-style key anywhere.
+# header, httpx and openai their requests; uvicorn's access log shows query strings): the
+# header's value, a key, token or session secret in a query string or cookie, or an
+# OpenAI-style key anywhere.
 _SECRETS = (
-    re.compile(r"(?i)(authorization['\"]?\s*[:=,]\s*['\"]?)(?:bearer\s+|basic\s+)?[^\s'\",)]+"),
-    re.compile(r"(?i)((?:api[_-]?key|access_token|token)=)[^\s&'\"]+"),
+    re.compile(
+        r"(?i)((?:authorization|x-session-secret)['\"]?\s*[:=,]\s*['\"]?)"
+        r"(?:bearer\s+|basic\s+)?[^\s'\",)]+"
+    ),
+    re.compile(r"(?i)((?:api[_-]?key|access_token|token|secret)=)[^\s&'\";]+"),
     re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"),
 )
 

@@ -18,7 +18,7 @@ import secrets
 import tempfile
 import time
 import urllib.parse
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -58,6 +58,15 @@ from rtlipsync.paths import (
     records_dir,
 )
 from rtlipsync.server import jobs
+from rtlipsync.server.access import (
+    TOKEN_COOKIE,
+    Access,
+    BodyLimit,
+    SameOrigin,
+    is_operator,
+    presented_secret,
+    same,
+)
 from rtlipsync.server.tasks import Tasks
 from rtlipsync.session import MODES, Session
 from rtlipsync.speech.asr import ASRProvider, PocketSphinxASR, WorkerASR
@@ -99,6 +108,9 @@ class ServerConfig:
     webhook_hosts: list[str] = field(default_factory=list)
     max_avatar_upload_mb: float = 300.0  # images and videos to prepare as avatars
     max_request_kb: float = 1024.0  # any other request's body (an SDP offer is a few KB)
+    # Required on every route but the page and the probes when set (see server.access);
+    # its holder may use every session. None: callers on this machine may.
+    access_token: str | None = None
     # Host headers answered: loopback names by default, so a web page whose name an
     # attacker points at 127.0.0.1 (DNS rebinding) reaches nothing; ["*"] when serving the
     # network ("rtlipsync serve --host 0.0.0.0" sets it unless allowed_hosts is given).
@@ -134,7 +146,9 @@ class ErrorReply(BaseModel):
 
 ERRORS = {
     400: "the request is wrong: the message says how",
-    403: "not allowed: outside the data root, a link out of it, another site's page",
+    401: "the server's access token is missing or wrong",
+    403: "not allowed: another's session without its secret, outside the data root, a link "
+    "out of it, another site's page",
     404: "no such session, avatar, task or job",
     409: "in the way: the avatar exists, the job is not done, already recording",
     411: "a body without a Content-Length",
@@ -160,25 +174,30 @@ class Offer(BaseModel):
     persona: str | None = None  # the system prompt (chat) or instructions (realtime)
 
 
-class ModeRequest(BaseModel):
+class SessionRequest(BaseModel):
+    """A request about one session: its id (0: the oldest, for the operator) and, from
+    anyone but the operator, its secret (here or in the X-Session-Secret header)."""
+
     sessionid: int
+    secret: str | None = None
+
+
+class TokenRequest(BaseModel):
+    token: str
+
+
+class ModeRequest(SessionRequest):
     mode: str
 
 
-class PersonaRequest(BaseModel):
-    sessionid: int
+class PersonaRequest(SessionRequest):
     text: str
 
 
-class HumanRequest(BaseModel):
-    sessionid: int
+class HumanRequest(SessionRequest):
     text: str
     type: str = "echo"
     interrupt: bool = False
-
-
-class SessionRequest(BaseModel):
-    sessionid: int
 
 
 class PreprocessRequest(BaseModel):
@@ -196,15 +215,16 @@ class GenRequest(BaseModel):
     chunk_id: str | int = 0
 
 
-class AudioTypeRequest(BaseModel):
-    sessionid: int
+class AudioTypeRequest(SessionRequest):
     audiotype: str | int  # the name of an action clip prepared as an avatar; 0 or "" = back
     reinit: bool = True
 
 
-class RecordRequest(BaseModel):
-    sessionid: int
+class RecordRequest(SessionRequest):
     type: str
+
+
+ENDED_SECRETS = 256  # ended sessions whose secrets are kept (for their recordings)
 
 
 @dataclass
@@ -221,7 +241,10 @@ class Sessions:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self._live: dict[int, _Live] = {}
+        self._live: dict[int, _Live] = {}  # oldest first
+        # Each session's secret, kept a while after it ends so its owner can still fetch
+        # its recording (the newest ENDED_SECRETS ended ones).
+        self._secrets: OrderedDict[int, str] = OrderedDict()
         self._opening: Counter[str] = Counter()  # sessions being opened, by client address
         self._listeners: list[asyncio.Future[None]] = []
         self.llm = ChatLLM(config.llm) if config.llm is not None else None
@@ -252,11 +275,36 @@ class Sessions:
             raise ApiError(404, f"unknown session {session_id}: start one with POST /offer")
         return live
 
-    def only(self) -> int:
-        """The id of the one live session, for clients that name none."""
-        if len(self._live) != 1:
-            raise ApiError(400, f"{len(self._live)} sessions are live: name one with sessionid")
-        return next(iter(self._live))
+    def secret(self, session_id: int) -> str:
+        return self._secrets[session_id]
+
+    def allowed(self, session_id: int, operator: bool, secret: str | None) -> int:
+        """The id of the session a request may use: ``session_id`` (0: the oldest live
+        one) if the caller is the operator or presents its secret; else a 403 that is the
+        same whether the session exists or not (see `rtlipsync.server.access`)."""
+        if session_id == 0:
+            if not operator:
+                raise ApiError(
+                    403,
+                    "sessionid 0 (the oldest session) is for the server's operator; "
+                    "name your session and send its secret",
+                )
+            if not self._live:
+                raise ApiError(404, "no session is live: start one with POST /offer")
+            return next(iter(self._live))
+        if not operator and not same(secret, self._secrets.get(session_id, "")):
+            if secret is None:
+                raise ApiError(
+                    403,
+                    f"session {session_id} is not yours: send the secret that opened it "
+                    f"(X-Session-Secret, or a secret field)",
+                )
+            raise ApiError(403, f"wrong secret for session {session_id}")
+        return session_id
+
+    def control(self, session_id: int, operator: bool, secret: str | None) -> Session:
+        """The live session a request may drive (see `allowed`)."""
+        return self.get(self.allowed(session_id, operator, secret))
 
     async def start_recording(self, session_id: int) -> Path:
         live = self.live(session_id)
@@ -290,7 +338,7 @@ class Sessions:
         except InputError as exc:
             raise ApiError(404, str(exc)) from exc
         session = Session(avatar, self.config.engine(), self.config.tts())
-        while session.id in self._live:
+        while session.id in self._live or session.id in self._secrets:
             session = Session(avatar, self.config.engine(), self.config.tts())
         if self.llm is not None:
             session.chat = ChatBrain(self.llm)
@@ -334,6 +382,10 @@ class Sessions:
         self, session: Session, pc: RTCPeerConnection | None = None, client: str = ""
     ) -> None:
         live = self._live[session.id] = _Live(session, pc, client=client)
+        self._secrets[session.id] = secrets.token_urlsafe(24)
+        while len(self._secrets) > len(self._live) + ENDED_SECRETS:
+            ended = next(s for s in self._secrets if s not in self._live)  # the oldest ended
+            del self._secrets[ended]
         self.metrics.sessions.set(len(self._live))
         session.start()
         if pc is not None:
@@ -528,6 +580,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     uploads = {"/humanaudio": config.max_upload_mb, "/jobs": config.max_upload_mb}
     uploads["/avatars"] = config.max_avatar_upload_mb
     app.add_middleware(SameOrigin, allowed=config.allowed_origins)
+    app.add_middleware(Access, token=config.access_token)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts)
     app.add_middleware(
         BodyLimit,
@@ -745,27 +798,57 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         body = {"status": "ready" if not missing else "not ready", "missing": missing}
         return JSONResponse(body, status_code=200 if not missing else 503)
 
+    def mine(request: Request | WebSocket, body: SessionRequest) -> Session:
+        """The session a request names, if it may drive it (`Sessions.allowed`)."""
+        secret = presented_secret(request, body.secret)
+        return sessions.control(body.sessionid, is_operator(request), secret)
+
+    @app.post("/auth")
+    async def auth(body: TokenRequest, request: Request) -> JSONResponse:
+        """Check the access token and keep it in an HttpOnly cookie for the page (its
+        images, fetches and WebSockets then carry it). Without a token set, nothing to do."""
+        if config.access_token is None:
+            return JSONResponse({"code": 0, "msg": "this server needs no access token"})
+        if not same(body.token, config.access_token):
+            raise ApiError(401, "wrong access token")
+        reply = JSONResponse({"code": 0, "msg": "ok"})
+        reply.set_cookie(
+            TOKEN_COOKIE,
+            urllib.parse.quote(body.token),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return reply
+
     @app.post("/offer")
     async def offer(body: Offer, request: Request) -> dict[str, Any]:
+        """Open a session over WebRTC. The answer's ``secret`` is what anyone but the
+        operator must present to use the session."""
         session, answer = await sessions.open(body, _client(request))
-        return {"sdp": answer.sdp, "type": answer.type, "sessionid": session.id}
+        return {
+            "sdp": answer.sdp,
+            "type": answer.type,
+            "sessionid": session.id,
+            "secret": sessions.secret(session.id),
+        }
 
     @app.post("/mode")
-    async def set_mode(body: ModeRequest) -> dict[str, Any]:
+    async def set_mode(body: ModeRequest, request: Request) -> dict[str, Any]:
         """Who answers this session: repeat, chat or realtime."""
-        session = sessions.get(body.sessionid)
+        session = mine(request, body)
         await sessions.set_mode(session, body.mode)
         return {"code": 0, "msg": "ok", "mode": session.mode, "notice": session.notice}
 
     @app.post("/persona")
-    async def set_persona(body: PersonaRequest) -> dict[str, Any]:
+    async def set_persona(body: PersonaRequest, request: Request) -> dict[str, Any]:
         """The persona (system prompt / instructions) from the next reply on."""
-        sessions.get(body.sessionid).set_persona(body.text)
+        mine(request, body).set_persona(body.text)
         return {"code": 0, "msg": "ok"}
 
     @app.post("/human")
-    async def human(body: HumanRequest) -> dict[str, Any]:
-        session = sessions.get(body.sessionid)
+    async def human(body: HumanRequest, request: Request) -> dict[str, Any]:
+        session = mine(request, body)
         if body.type not in ("echo", "chat"):
             raise ApiError(400, f"type must be echo or chat, got {body.type!r}")
         if body.type == "chat":
@@ -776,10 +859,13 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
 
     @app.post("/humanaudio")
     async def human_audio(
-        sessionid: Annotated[int, Form()], file: Annotated[UploadFile, File()]
+        request: Request,
+        sessionid: Annotated[int, Form()],
+        file: Annotated[UploadFile, File()],
+        secret: Annotated[str | None, Form()] = None,
     ) -> dict[str, Any]:
         """Lip-sync an uploaded audio file (any format PyAV reads) in the session."""
-        session = sessions.get(sessionid)
+        session = mine(request, SessionRequest(sessionid=sessionid, secret=secret))
         limit = int(config.max_upload_mb * 1024 * 1024)
         data = await file.read(limit + 1)
         if len(data) > limit:
@@ -802,27 +888,33 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         return {"code": 0, "msg": "ok"}
 
     @app.post("/record")
-    async def record(body: RecordRequest) -> dict[str, Any]:
+    async def record(body: RecordRequest, request: Request) -> dict[str, Any]:
+        session = mine(request, body)
         if body.type == "start_record":
-            path = await sessions.start_recording(body.sessionid)
+            path = await sessions.start_recording(session.id)
         elif body.type == "end_record":
-            path = await sessions.end_recording(body.sessionid)
+            path = await sessions.end_recording(session.id)
         else:
             raise ApiError(400, f"type must be start_record or end_record, got {body.type!r}")
         return {"code": 0, "msg": "ok", "file": path.name}
 
     @app.get("/record/{session_id}")
-    async def download_record(session_id: int) -> FileResponse:
-        """The session's latest finished recording."""
+    async def download_record(
+        session_id: int, request: Request, secret: str | None = None
+    ) -> FileResponse:
+        """The session's latest finished recording (also after the session has ended)."""
+        session_id = sessions.allowed(
+            session_id, is_operator(request), presented_secret(request, secret)
+        )
         done = sorted(records_dir().glob(f"{session_id}-*.mp4"))
         if not done:
             raise ApiError(404, f"no recording for session {session_id}")
         return FileResponse(done[-1], media_type="video/mp4", filename=done[-1].name)
 
     @app.post("/set_audiotype")
-    async def set_audiotype(body: AudioTypeRequest) -> dict[str, Any]:
+    async def set_audiotype(body: AudioTypeRequest, request: Request) -> dict[str, Any]:
         """Switch the idle loop to an action clip (prepared as an avatar), or back with 0."""
-        session = sessions.get(body.sessionid)
+        session = mine(request, body)
         name = str(body.audiotype).strip()
         clip = None
         if name not in ("", "0", session.avatar.name):
@@ -834,11 +926,14 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         return {"code": 0, "msg": "ok", "showing": session.showing.name}
 
     @app.websocket("/humanecho")
-    async def human_echo(ws: WebSocket, sessionid: int | None = None) -> None:
+    async def human_echo(
+        ws: WebSocket, sessionid: int | None = None, secret: str | None = None
+    ) -> None:
         """Seed 002's echo socket: each text message is spoken by the session.
 
-        The session comes from ``?sessionid=`` or a JSON message's ``sessionid``; with
-        neither, the only live session (the seed's single-session setups) is used.
+        The session comes from ``?sessionid=`` or a JSON message's ``sessionid`` (with its
+        ``secret`` from anyone but the operator); with neither, the oldest live session
+        (the seed's single-session setups) is used.
         """
         await ws.accept()
         while True:
@@ -849,32 +944,33 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             except KeyError:  # a binary message
                 await ws.send_json({"code": -1, "msg": "send text"})
                 continue
-            target = sessionid
+            target, key = sessionid, secret
             try:
                 if text.lstrip().startswith("{"):
                     message = json_object(text)
                     if "sessionid" in message:
                         target = session_id(message["sessionid"])
+                    if isinstance(message.get("secret"), str):
+                        key = message["secret"]
                     text = str(message.get("text", ""))
-                if target is None:
-                    target = sessions.only()
-                sessions.get(target).say(text)
+                request = SessionRequest(sessionid=target or 0, secret=key)
+                mine(ws, request).say(text)
             except (ApiError, InputError, ValueError) as exc:
                 msg = exc.message if isinstance(exc, ApiError) else str(exc)
                 await ws.send_json({"code": -1, "msg": msg})
 
     @app.post("/interrupt_talk")
-    async def interrupt_talk(body: SessionRequest) -> dict[str, Any]:
-        frame = sessions.get(body.sessionid).interrupt()
+    async def interrupt_talk(body: SessionRequest, request: Request) -> dict[str, Any]:
+        frame = mine(request, body).interrupt()
         return {"code": 0, "msg": "ok", "frame": frame}
 
     @app.post("/is_speaking")
-    async def is_speaking(body: SessionRequest) -> dict[str, Any]:
-        return {"code": 0, "data": sessions.get(body.sessionid).is_speaking}
+    async def is_speaking(body: SessionRequest, request: Request) -> dict[str, Any]:
+        return {"code": 0, "data": mine(request, body).is_speaking}
 
     @app.post("/close")
-    async def close(body: SessionRequest) -> dict[str, Any]:
-        if not await sessions.close(body.sessionid):
+    async def close(body: SessionRequest, request: Request) -> dict[str, Any]:
+        if not await sessions.close(mine(request, body).id):
             raise ApiError(404, f"unknown session {body.sessionid}")
         return {"code": 0, "msg": "ok"}
 
@@ -896,6 +992,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             {
                 "type": "session",
                 "sessionid": session.id,
+                "secret": sessions.secret(session.id),
                 "width": w,
                 "height": h,
                 "fps": 25,
@@ -931,8 +1028,11 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             await sessions.close(session.id)
 
     @app.get("/sessions/{session_id}")
-    async def session_state(session_id: int) -> dict[str, Any]:
-        s = sessions.get(session_id)
+    async def session_state(
+        session_id: int, request: Request, secret: str | None = None
+    ) -> dict[str, Any]:
+        """What the session is doing: its captions and transcript, for its owner."""
+        s = mine(request, SessionRequest(sessionid=session_id, secret=secret))
         return {
             "sessionid": s.id,
             "avatar": s.avatar.name,
@@ -977,80 +1077,6 @@ async def _send_frames(
         if now != state:
             state = now
             await ws.send_json({"type": "state", "speaking": now[0], "caption": now[1]})
-
-
-class SameOrigin:
-    """Refuse a browser's WebSocket or state-changing request sent by another site's page.
-
-    Browsers name the page that makes a request in ``Origin``; any page a user visits could
-    open a session on their localhost server or post to it. A request whose Origin is not
-    the server itself (its Host) nor in ``allowed`` gets 403 (a WebSocket is closed before
-    it is accepted). Requests without an Origin (curl, the seed's scripts, SDKs) pass.
-    """
-
-    def __init__(self, app: Any, allowed: list[str]) -> None:
-        self.app, self.allowed = app, {o.rstrip("/") for o in allowed}
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        guarded = scope["type"] == "websocket" or (
-            scope["type"] == "http" and scope["method"] not in ("GET", "HEAD", "OPTIONS")
-        )
-        if guarded:
-            headers = dict(scope["headers"])
-            origin = headers.get(b"origin", b"").decode("latin-1")
-            host = headers.get(b"host", b"").decode("latin-1")
-            if origin and origin != "null" and not self._allowed(origin, host):
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1008})
-                    return
-                return await _refuse(send, 403, f"requests from {origin} are not allowed here")
-            if origin == "null":  # a sandboxed frame or a file:// page
-                if scope["type"] == "websocket":
-                    await send({"type": "websocket.close", "code": 1008})
-                    return
-                return await _refuse(send, 403, "requests from an opaque origin are not allowed")
-        await self.app(scope, receive, send)
-
-    def _allowed(self, origin: str, host: str) -> bool:
-        if origin.rstrip("/") in self.allowed or "*" in self.allowed:
-            return True
-        return urllib.parse.urlsplit(origin).netloc.lower() == host.lower()
-
-
-class BodyLimit:
-    """Refuse a request body larger than its route allows before any of it is read.
-
-    A 200 MB upload was written out in full before its 413, and a 10 MB SDP offer froze
-    every session while it was parsed. The limit is judged on ``Content-Length``; a body
-    without one (chunked) is refused with 411, as every browser and client sends it.
-    """
-
-    def __init__(self, app: Any, limits: dict[str, int], default: int) -> None:
-        self.app, self.limits, self.default = app, limits, default
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        limit = self.limits.get(scope["path"], self.default)
-        length = headers.get(b"content-length")
-        if length is None and b"chunked" in headers.get(b"transfer-encoding", b""):
-            return await _refuse(send, 411, "send the body with a Content-Length")
-        try:
-            size = int(length or 0)
-        except ValueError:
-            return await _refuse(send, 400, "Content-Length is not a number")
-        if size > limit:
-            return await _refuse(send, 413, f"request body is larger than {limit // 1024} KB")
-        await self.app(scope, receive, send)
-
-
-async def _refuse(send: Any, status: int, message: str) -> None:
-    body = json.dumps({"code": -1, "msg": message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def check_webhook(url: str, allowed: list[str]) -> None:
