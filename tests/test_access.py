@@ -228,3 +228,27 @@ def test_serving_the_network_without_a_token_warns_loudly(caplog) -> None:  # no
         assert not caplog.records
         network_rules(load_settings(host="0.0.0.0"))
     assert "NO ACCESS TOKEN" in caplog.text and "RTLIPSYNC_ACCESS_TOKEN" in caplog.text
+
+
+def test_cors_is_off_unless_origins_are_allowed_and_then_preflights_pass(default_avatar) -> None:
+    page = "https://app.example"
+    preflight = {
+        "Origin": page,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type, x-session-secret",
+    }
+    with serving() as base:
+        r = httpx.options(f"{base}/human", headers=preflight)
+        assert "access-control-allow-origin" not in r.headers
+        r = httpx.post(f"{base}/is_speaking", json={"sessionid": 0}, headers={"Origin": page})
+        assert r.status_code == 403  # another site's page, as before
+    with serving(ServerConfig(allowed_origins=[page], access_token=TOKEN)) as base:
+        r = httpx.options(f"{base}/human", headers=preflight)  # (a preflight has no token)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
+        assert "x-session-secret" in r.headers["access-control-allow-headers"].lower()
+        r = httpx.get(
+            f"{base}/avatars", headers={"Origin": page, "Authorization": f"Bearer {TOKEN}"}
+        )
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
+        r = httpx.options(f"{base}/human", headers={**preflight, "Origin": "https://evil.example"})
+        assert r.headers.get("access-control-allow-origin") != "https://evil.example"

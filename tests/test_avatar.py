@@ -13,6 +13,7 @@ import pytest
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import (
     PrepareOptions,
+    check_name,
     default_avatar_source,
     list_avatars,
     load_avatar,
@@ -164,6 +165,9 @@ def test_bad_sources_are_refused_and_leave_nothing(
 def test_bad_names_and_unknown_avatars() -> None:
     with pytest.raises(InputError, match="invalid avatar name"):
         prepare_avatar("../escape", default_avatar_source())
+    for name in ("trailing\n", "a/b", "", "-x", "x" * 65):  # (a final newline passed once)
+        with pytest.raises(InputError, match="invalid avatar name"):
+            check_name(name)
     with pytest.raises(InputError, match="no avatar named 'nobody'"):
         load_avatar("nobody")
 

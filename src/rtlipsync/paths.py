@@ -16,7 +16,8 @@ from rtlipsync.errors import InputError
 
 MAX_PATH = 1024  # characters of a path a request may name
 MAX_NAME = 255  # characters of one of its parts (the file systems' own limit)
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"  # (also stated in the OpenAPI document)
+_ID = re.compile(ID_PATTERN)
 
 
 def data_root() -> Path:
@@ -68,6 +69,6 @@ def inside_root(path: str | Path) -> Path:
 
 def check_id(value: str, what: str) -> str:
     """An identifier that will name a file: letters, digits, '.', '_' and '-' only."""
-    if not _ID.match(value):
+    if not _ID.fullmatch(value):  # (match's $ lets a final newline through)
         raise InputError(f"invalid {what} {value!r}: use letters, digits, '.', '_' or '-'")
     return value

@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 FRAME_FORMAT = "png"
 DEFAULT_AVATAR = "default"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # (also stated in the OpenAPI document)
+_NAME_RE = re.compile(NAME_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class Avatar:
 
 
 def check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):  # (match's $ lets a final newline through)
         raise InputError(
             f"invalid avatar name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"

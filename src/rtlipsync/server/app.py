@@ -30,10 +30,17 @@ import cv2
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi import Path as PathParam
+from fastapi.encoders import jsonable_encoder as jsonable
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.routing import Match
 
 from rtlipsync import __version__
 from rtlipsync.engines.base import LipSyncEngine
@@ -41,6 +48,7 @@ from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import (
     DEFAULT_AVATAR,
+    NAME_PATTERN,
     avatar_path,
     check_name,
     list_avatars,
@@ -51,6 +59,9 @@ from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.media.video import IMAGE_EXTS, VIDEO_EXTS, Mp4Writer
 from rtlipsync.metrics import Metrics
 from rtlipsync.paths import (
+    ID_PATTERN,
+    MAX_NAME,
+    MAX_PATH,
     check_id,
     data_dir,
     data_root,
@@ -59,6 +70,7 @@ from rtlipsync.paths import (
 )
 from rtlipsync.server import jobs
 from rtlipsync.server.access import (
+    PUBLIC,
     TOKEN_COOKIE,
     Access,
     BodyLimit,
@@ -68,14 +80,14 @@ from rtlipsync.server.access import (
     same,
 )
 from rtlipsync.server.tasks import Tasks
-from rtlipsync.session import MODES, Session
+from rtlipsync.session import MAX_PERSONA, MAX_TEXT, MODES, Session
 from rtlipsync.speech.asr import ASRProvider, PocketSphinxASR, WorkerASR
 from rtlipsync.speech.chat import ChatBrain
 from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.llm import ChatLLM, LLMConfig
 from rtlipsync.speech.realtime import RealtimeBrain, RealtimeConfig
 from rtlipsync.speech.tts import TTSProvider
-from rtlipsync.transport.recorder import Recorder
+from rtlipsync.transport.recorder import Recorder, RecordingFailed
 from rtlipsync.transport.webrtc import WebRTCSink, listen_promptly, rtc_configuration
 from rtlipsync.transport.websocket import WebSocketSink, decode_microphone, encode_frame
 from rtlipsync.workers import WorkerPool
@@ -150,12 +162,49 @@ ERRORS = {
     403: "not allowed: another's session without its secret, outside the data root, a link "
     "out of it, another site's page",
     404: "no such session, avatar, task or job",
-    409: "in the way: the avatar exists, the job is not done, already recording",
+    409: "in the way: the avatar exists, the job is not done, already recording, a mode "
+    "this server has no service for",
     411: "a body without a Content-Length",
     413: "the body or the upload is too large",
     415: "an upload of a type that is not accepted",
+    422: "a field is missing or of the wrong type: the message names it",
     429: "this address holds as many sessions as one client may",
     503: "the server is full",
+}
+
+
+def answers(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route documents: its own ``statuses`` (`document_gates` adds
+    those of the gates every request passes)."""
+    return {status: {"model": ErrorReply, "description": ERRORS[status]} for status in statuses}
+
+
+def document_gates(app: FastAPI) -> None:
+    """Add to each route's documented answers those its requests can get before it runs:
+    401 without the access token (but on the public routes), and on a POST 400 for a body
+    that does not parse, 403 from another site's page, 411 and 413 from the body limit."""
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        gates = set() if route.path in PUBLIC else {401}
+        if "POST" in route.methods:
+            gates |= {400, 403, 411, 413}
+        fields = route.dependant
+        if route.body_field or fields.path_params or fields.query_params:
+            gates.add(422)  # (in our shape: FastAPI's own is not what we answer)
+        for status, answer in answers(*sorted(gates)).items():
+            route.responses.setdefault(status, answer)
+
+
+# What the OpenAPI document states of a field our own checks hold it to (with messages
+# that say more than a schema error): generators of valid requests then make valid ones.
+NAME = {"pattern": NAME_PATTERN}
+ID = {"pattern": ID_PATTERN}
+WEBHOOK = "^https?://[A-Za-z0-9._~-]+(:[0-9]{1,5})?([/?#][^\\s]*)?$"
+DATA_PATH = {  # (at most MAX_NAME characters between slashes)
+    "minLength": 1,
+    "maxLength": MAX_PATH,
+    "pattern": f"^/?([^/\\x00]{{1,{MAX_NAME}}}/+)*[^/\\x00]{{0,{MAX_NAME}}}$",
 }
 
 
@@ -167,10 +216,11 @@ class ApiError(Exception):
 
 
 class Offer(BaseModel):
-    sdp: str
-    type: str = "offer"
-    avatar: str | None = None
-    mode: str | None = None  # repeat | chat | realtime; default: the server's
+    sdp: str = Field(json_schema_extra={"pattern": "^\\s*v=[\\s\\S]*m="})
+    type: str = Field("offer", json_schema_extra={"enum": ["offer"]})
+    avatar: str | None = Field(None, json_schema_extra=NAME)
+    # repeat | chat | realtime; default: the server's
+    mode: str | None = Field(None, json_schema_extra={"enum": list(MODES)})
     persona: str | None = None  # the system prompt (chat) or instructions (realtime)
 
 
@@ -182,37 +232,42 @@ class SessionRequest(BaseModel):
     secret: str | None = None
 
 
+class Readiness(BaseModel):
+    status: str  # ready | not ready
+    missing: list[str]
+
+
 class TokenRequest(BaseModel):
     token: str
 
 
 class ModeRequest(SessionRequest):
-    mode: str
+    mode: str = Field(json_schema_extra={"enum": list(MODES)})
 
 
 class PersonaRequest(SessionRequest):
-    text: str
+    text: str = Field(json_schema_extra={"maxLength": MAX_PERSONA})
 
 
 class HumanRequest(SessionRequest):
-    text: str
-    type: str = "echo"
+    text: str = Field(json_schema_extra={"maxLength": MAX_TEXT, "pattern": "\\S"})
+    type: str = Field("echo", json_schema_extra={"enum": ["echo", "chat"]})
     interrupt: bool = False
 
 
 class PreprocessRequest(BaseModel):
-    user_id: str
-    request_id: str
-    streamer_id: str
-    video_path: str
+    user_id: str = Field(json_schema_extra=ID)
+    request_id: str = Field(json_schema_extra=ID)
+    streamer_id: str = Field(json_schema_extra=NAME)
+    video_path: str = Field(json_schema_extra=DATA_PATH)  # inside the data root
 
 
 class GenRequest(BaseModel):
-    user_id: str
-    request_id: str
-    streamer_id: str
-    tts_path: str
-    chunk_id: str | int = 0
+    user_id: str = Field(json_schema_extra=ID)
+    request_id: str = Field(json_schema_extra=ID)
+    streamer_id: str = Field(json_schema_extra=NAME)
+    tts_path: str = Field(json_schema_extra=DATA_PATH)  # inside the data root
+    chunk_id: str | int = Field(0, json_schema_extra={"pattern": ID_PATTERN, "minimum": 0})
 
 
 class AudioTypeRequest(SessionRequest):
@@ -221,7 +276,7 @@ class AudioTypeRequest(SessionRequest):
 
 
 class RecordRequest(SessionRequest):
-    type: str
+    type: str = Field(json_schema_extra={"enum": ["start_record", "end_record"]})
 
 
 ENDED_SECRETS = 256  # ended sessions whose secrets are kept (for their recordings)
@@ -324,7 +379,10 @@ class Sessions:
             raise ApiError(409, f"session {session_id} is not recording: send start_record first")
         live.session.remove_sink(recorder)
         live.recorder = None
-        await asyncio.to_thread(recorder.close)
+        try:
+            await asyncio.to_thread(recorder.close)
+        except RecordingFailed as exc:
+            raise ApiError(409, str(exc)) from exc
         log.info("recording saved: %d frames", recorder.frames, extra={"session": session_id})
         return recorder.path
 
@@ -355,7 +413,7 @@ class Sessions:
             raise ApiError(400, f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if mode == "realtime" and self.config.realtime is None:
             raise ApiError(
-                400,
+                409,
                 "realtime mode needs a realtime service: set realtime.url in the config, or "
                 "RTLIPSYNC_REALTIME_URL or OPENAI_API_KEY",
             )
@@ -467,7 +525,8 @@ class Sessions:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on a bad SDP
-            await pc.close()
+            with contextlib.suppress(Exception):  # (half-applied, its close can fail too)
+                await pc.close()
             raise ApiError(400, f"cannot negotiate WebRTC with this offer: {exc}") from exc
 
         @pc.on("connectionstatechange")
@@ -515,7 +574,10 @@ class Sessions:
             live.watchdog.cancel()
         if live.recorder is not None:  # a session that ends mid-recording keeps what it sent
             live.session.remove_sink(live.recorder)
-            await asyncio.to_thread(live.recorder.close)
+            try:
+                await asyncio.to_thread(live.recorder.close)
+            except RecordingFailed as exc:
+                log.warning("%s", exc, extra={"session": session_id})
         await live.session.close()
         if live.pc is not None:
             await live.pc.close()
@@ -568,12 +630,9 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         await sessions.close_all()
         await asyncio.to_thread(tasks.shutdown)
 
-    # Every route answers its errors as {"code": -1, "msg": ...}; the document says so
-    # (it listed only 200 and 422 while most routes answer 400, 404, 413 or 415 too).
-    errors: dict[int | str, dict[str, Any]] = {
-        status: {"model": ErrorReply, "description": what} for status, what in ERRORS.items()
-    }
-    app = FastAPI(title="rtlipsync", version=__version__, lifespan=lifespan, responses=errors)
+    # Every route answers its errors as {"code": -1, "msg": ...}, and the document states
+    # each route's own (it listed only 200 and 422 while most answer 400, 404, 413 or 415).
+    app = FastAPI(title="rtlipsync", version=__version__, lifespan=lifespan)
     app.state.sessions = sessions
     app.state.tasks = tasks
     app.state.started = False
@@ -588,6 +647,16 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         limits={path: int(mb * 1024 * 1024) + 64 * 1024 for path, mb in uploads.items()},
         default=int(config.max_request_kb * 1024),
     )
+    if config.allowed_origins:
+        # The pages allowed to use the server may also read its answers (CORS); outermost,
+        # so a browser's preflight, which carries no token, is answered before the gates.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.allowed_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Session-Secret"],
+            allow_credentials=True,
+        )
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -601,6 +670,27 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     async def input_error(request: Request, exc: InputError) -> JSONResponse:
         return JSONResponse({"code": -1, "msg": str(exc)}, status_code=400)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_fields(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """A missing or mistyped field, in our shape (``detail`` keeps FastAPI's list)."""
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: {e['msg']}"
+            for e in exc.errors()
+        ]
+        body = {"code": -1, "msg": "; ".join(problems)[:500], "detail": jsonable(exc.errors())}
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        """The framework's own refusals (a body that does not parse, no such route, a
+        method the path lacks) in the same shape as ours."""
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every method of the path, not only the first route's
+            headers["Allow"] = ", ".join(sorted(_methods(app, request.scope)))
+        return JSONResponse(
+            {"code": -1, "msg": str(exc.detail)}, status_code=exc.status_code, headers=headers
+        )
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
         return resources.files("rtlipsync.web").joinpath("index.html").read_text()
@@ -608,11 +698,18 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     @app.get(
         "/avatars/{name}/poster.jpg",
         response_class=Response,
-        responses={200: {"content": {"image/jpeg": {}}, "description": "the first frame"}},
+        responses={
+            200: {"content": {"image/jpeg": {}}, "description": "the first frame"},
+            **answers(400, 404),
+        },
     )
-    async def poster(name: str) -> Response:
+    async def poster(name: Annotated[str, PathParam(json_schema_extra=NAME)]) -> Response:
         """The avatar's first frame: what the page shows when no session runs."""
-        avatar = await asyncio.to_thread(load_avatar, name)
+        check_name(name)
+        try:
+            avatar = await asyncio.to_thread(load_avatar, name)
+        except InputError as exc:
+            raise ApiError(404, str(exc)) from exc
         ok, jpeg = cv2.imencode(".jpg", avatar.frames[0], [cv2.IMWRITE_JPEG_QUALITY, 90])
         return Response(jpeg.tobytes(), media_type="image/jpeg")
 
@@ -632,9 +729,9 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         ]
         return {"code": 0, "data": data}
 
-    @app.post("/avatars")
+    @app.post("/avatars", responses=answers(409, 415))
     async def upload_avatar(
-        name: Annotated[str, Form()],
+        name: Annotated[str, Form(json_schema_extra=NAME)],
         file: Annotated[UploadFile, File()],
         bbox_shift: Annotated[int, Form()] = 0,
         replace: Annotated[bool, Form()] = False,
@@ -660,18 +757,20 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         )
         return {"code": 0, "task": task.id, "name": name}
 
-    @app.get("/tasks/{task_id}")
+    @app.get("/tasks/{task_id}", responses=answers(404))
     async def task_state(task_id: str) -> dict[str, Any]:
         task = tasks.get(task_id)
         if task is None:
             raise ApiError(404, f"unknown task {task_id}")
         return task.public()
 
-    @app.post("/jobs")
+    @app.post("/jobs", responses=answers(404, 415))
     async def create_job(
-        avatar: Annotated[str, Form()],
+        avatar: Annotated[str, Form(json_schema_extra=NAME)],
         audio: Annotated[UploadFile, File()],
-        webhook: Annotated[str | None, Form()] = None,
+        webhook: Annotated[
+            str | None, Form(json_schema_extra={"format": "uri", "pattern": WEBHOOK})
+        ] = None,
     ) -> dict[str, Any]:
         """Render ``avatar`` speaking the uploaded audio into an mp4, in the background."""
         check_name(avatar)
@@ -697,11 +796,18 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         task.result["url"] = f"/jobs/{task.id}/result"
         return {"code": 0, "job": task.id}
 
-    @app.get("/jobs/{job_id}")
+    @app.get("/jobs/{job_id}", responses=answers(404))
     async def job_state(job_id: str) -> dict[str, Any]:
         return await task_state(job_id)
 
-    @app.get("/jobs/{job_id}/result")
+    @app.get(
+        "/jobs/{job_id}/result",
+        response_class=FileResponse,
+        responses={
+            200: {"content": {"video/mp4": {}}, "description": "the rendered video"},
+            **answers(404, 409),
+        },
+    )
     async def job_result(job_id: str) -> FileResponse:
         task = tasks.get(job_id)
         if task is None:
@@ -714,7 +820,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             jobs_dir() / f"{job_id}.mp4", media_type="video/mp4", filename=f"{job_id}.mp4"
         )
 
-    @app.post("/digital_human/preprocess")
+    @app.post("/digital_human/preprocess", responses=answers(403, 404, 409))
     async def dh_preprocess(body: PreprocessRequest) -> dict[str, Any]:
         """Seed 002: prepare ``streamer_id``'s avatar from ``video_path`` (inside the data root)."""
         check_id(body.user_id, "user_id")
@@ -722,7 +828,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         check_name(body.streamer_id)
         if body.streamer_id == DEFAULT_AVATAR:
             raise ApiError(409, f"{DEFAULT_AVATAR!r} is the built-in avatar; use another id")
-        source = inside_root(body.video_path)
+        source = existing(body.video_path)
         m = await tasks.run(jobs.prepare, body.streamer_id, source)
         data = {
             "user_id": body.user_id,
@@ -733,7 +839,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         }
         return {"code": 0, "msg": "success", "data": data}
 
-    @app.post("/digital_human/gen")
+    @app.post("/digital_human/gen", responses=answers(403, 404))
     async def dh_gen(body: GenRequest) -> dict[str, Any]:
         """Seed 002: render ``streamer_id`` speaking ``tts_path`` for one chunk of a request.
 
@@ -743,9 +849,9 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         check_id(body.request_id, "request_id")
         chunk = check_id(str(body.chunk_id), "chunk_id")
         check_name(body.streamer_id)
-        audio = inside_root(body.tts_path)
         out_dir = data_dir("outputs") / body.user_id / body.request_id
         inside_root(out_dir)  # not through a link planted to write elsewhere
+        audio = existing(body.tts_path)
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / f"{chunk}.mp4"
         try:
@@ -782,7 +888,11 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         """Liveness: the process answers (for a supervisor's probe)."""
         return {"status": "ok"}
 
-    @app.get("/ready")
+    @app.get(
+        "/ready",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "not ready: what is missing"}},
+    )
     async def ready() -> JSONResponse:
         """Readiness: the default avatar is loaded and, when started with the server, the
         worker processes are up; 503 with what is missing until then."""
@@ -803,7 +913,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         secret = presented_secret(request, body.secret)
         return sessions.control(body.sessionid, is_operator(request), secret)
 
-    @app.post("/auth")
+    @app.post("/auth", responses=answers(401))
     async def auth(body: TokenRequest, request: Request) -> JSONResponse:
         """Check the access token and keep it in an HttpOnly cookie for the page (its
         images, fetches and WebSockets then carry it). Without a token set, nothing to do."""
@@ -821,7 +931,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         )
         return reply
 
-    @app.post("/offer")
+    @app.post("/offer", responses=answers(404, 409, 429, 503))
     async def offer(body: Offer, request: Request) -> dict[str, Any]:
         """Open a session over WebRTC. The answer's ``secret`` is what anyone but the
         operator must present to use the session."""
@@ -833,20 +943,20 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             "secret": sessions.secret(session.id),
         }
 
-    @app.post("/mode")
+    @app.post("/mode", responses=answers(403, 404, 409))
     async def set_mode(body: ModeRequest, request: Request) -> dict[str, Any]:
         """Who answers this session: repeat, chat or realtime."""
         session = mine(request, body)
         await sessions.set_mode(session, body.mode)
         return {"code": 0, "msg": "ok", "mode": session.mode, "notice": session.notice}
 
-    @app.post("/persona")
+    @app.post("/persona", responses=answers(403, 404))
     async def set_persona(body: PersonaRequest, request: Request) -> dict[str, Any]:
         """The persona (system prompt / instructions) from the next reply on."""
         mine(request, body).set_persona(body.text)
         return {"code": 0, "msg": "ok"}
 
-    @app.post("/human")
+    @app.post("/human", responses=answers(403, 404))
     async def human(body: HumanRequest, request: Request) -> dict[str, Any]:
         session = mine(request, body)
         if body.type not in ("echo", "chat"):
@@ -857,7 +967,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             session.say(body.text, interrupt=body.interrupt)
         return {"code": 0, "msg": "ok"}
 
-    @app.post("/humanaudio")
+    @app.post("/humanaudio", responses=answers(403, 404))
     async def human_audio(
         request: Request,
         sessionid: Annotated[int, Form()],
@@ -887,7 +997,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         await asyncio.to_thread(session.push_speech, to_int16(samples))
         return {"code": 0, "msg": "ok"}
 
-    @app.post("/record")
+    @app.post("/record", responses=answers(403, 404, 409))
     async def record(body: RecordRequest, request: Request) -> dict[str, Any]:
         session = mine(request, body)
         if body.type == "start_record":
@@ -898,7 +1008,14 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             raise ApiError(400, f"type must be start_record or end_record, got {body.type!r}")
         return {"code": 0, "msg": "ok", "file": path.name}
 
-    @app.get("/record/{session_id}")
+    @app.get(
+        "/record/{session_id}",
+        response_class=FileResponse,
+        responses={
+            200: {"content": {"video/mp4": {}}, "description": "the recording"},
+            **answers(403, 404),
+        },
+    )
     async def download_record(
         session_id: int, request: Request, secret: str | None = None
     ) -> FileResponse:
@@ -911,7 +1028,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             raise ApiError(404, f"no recording for session {session_id}")
         return FileResponse(done[-1], media_type="video/mp4", filename=done[-1].name)
 
-    @app.post("/set_audiotype")
+    @app.post("/set_audiotype", responses=answers(403, 404))
     async def set_audiotype(body: AudioTypeRequest, request: Request) -> dict[str, Any]:
         """Switch the idle loop to an action clip (prepared as an avatar), or back with 0."""
         session = mine(request, body)
@@ -952,23 +1069,26 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                         target = session_id(message["sessionid"])
                     if isinstance(message.get("secret"), str):
                         key = message["secret"]
-                    text = str(message.get("text", ""))
+                    text = text_of(message)
                 request = SessionRequest(sessionid=target or 0, secret=key)
                 mine(ws, request).say(text)
             except (ApiError, InputError, ValueError) as exc:
                 msg = exc.message if isinstance(exc, ApiError) else str(exc)
-                await ws.send_json({"code": -1, "msg": msg})
+                try:
+                    await ws.send_json({"code": -1, "msg": msg})
+                except WebSocketDisconnect:  # it sent and went
+                    return
 
-    @app.post("/interrupt_talk")
+    @app.post("/interrupt_talk", responses=answers(403, 404))
     async def interrupt_talk(body: SessionRequest, request: Request) -> dict[str, Any]:
         frame = mine(request, body).interrupt()
         return {"code": 0, "msg": "ok", "frame": frame}
 
-    @app.post("/is_speaking")
+    @app.post("/is_speaking", responses=answers(403, 404))
     async def is_speaking(body: SessionRequest, request: Request) -> dict[str, Any]:
         return {"code": 0, "data": mine(request, body).is_speaking}
 
-    @app.post("/close")
+    @app.post("/close", responses=answers(403, 404))
     async def close(body: SessionRequest, request: Request) -> dict[str, Any]:
         if not await sessions.close(mine(request, body).id):
             raise ApiError(404, f"unknown session {body.sessionid}")
@@ -1027,7 +1147,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             await asyncio.gather(sender, receiver, return_exceptions=True)
             await sessions.close(session.id)
 
-    @app.get("/sessions/{session_id}")
+    @app.get("/sessions/{session_id}", responses=answers(403, 404))
     async def session_state(
         session_id: int, request: Request, secret: str | None = None
     ) -> dict[str, Any]:
@@ -1049,7 +1169,26 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             "persona": s.persona or "",
         }
 
+    document_gates(app)
     return app
+
+
+def existing(path: str) -> Path:
+    """A file a request names inside the data root (`inside_root`), or a 404 that says so."""
+    resolved = inside_root(path)
+    if not resolved.is_file():
+        raise ApiError(404, f"no file {path} in the data root")
+    return resolved
+
+
+def _methods(app: FastAPI, scope: dict[str, Any]) -> set[str]:
+    """The methods some route serves at this request's path."""
+    found: set[str] = set()
+    for route in app.routes:
+        methods = getattr(route, "methods", None)
+        if methods and route.matches(scope)[0] != Match.NONE:
+            found |= methods
+    return found
 
 
 def _client(connection: Request | WebSocket) -> str:
@@ -1116,6 +1255,14 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def text_of(message: dict[str, Any]) -> str:
+    """A message's ``text``: a string, or an `ApiError` (``null`` became the text "None")."""
+    text = message.get("text", "")
+    if not isinstance(text, str):
+        raise ApiError(400, f"text must be a string, got {json.dumps(text)[:40]}")
+    return text
+
+
 def session_id(value: object) -> int:
     """A ``sessionid`` from a JSON message: a whole number, or an `ApiError`."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
@@ -1146,13 +1293,13 @@ async def _receive_commands(ws: WebSocket, session: Session) -> None:
                 raise ApiError(400, 'a message is a JSON object with a "type"')
             kind = command["type"]
             if kind == "say":
-                session.say(str(command.get("text", "")), bool(command.get("interrupt", False)))
+                session.say(text_of(command), bool(command.get("interrupt", False)))
             elif kind == "chat":
-                session.converse(str(command.get("text", "")), bool(command.get("interrupt", True)))
+                session.converse(text_of(command), bool(command.get("interrupt", True)))
             elif kind == "interrupt":
                 session.interrupt()
             elif kind == "persona":
-                session.set_persona(str(command.get("text", "")))
+                session.set_persona(text_of(command))
             elif kind == "close":
                 await ws.close()
                 raise WebSocketDisconnect(1000)
