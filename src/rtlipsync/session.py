@@ -322,6 +322,9 @@ class Session:
         except TTSError as exc:
             log.warning("TTS failed: %s", exc, extra={"session": self.id})
             self.set_notice(f"{exc}; the avatar could not speak")
+        except Exception as exc:  # noqa: BLE001 - a provider's own failure mid-utterance
+            log.warning("TTS failed: %r", exc, extra={"session": self.id})
+            self.set_notice(f"the voice failed ({type(exc).__name__}); the avatar stopped there")
 
     async def speak(
         self, text: str, voice: str | None, emotion: str | None, generation: int
@@ -528,8 +531,20 @@ class Session:
         return frame
 
     async def _tick(self, k: int) -> None:
-        """One frame of the media clock: the next frame, at the session's level, to the sinks."""
-        frame = self._level(await asyncio.to_thread(self._next_frame))
+        """One frame of the media clock: the next frame, at the session's level, to the sinks.
+
+        A failure here would stop the clock, and with it the session's picture and sound: an
+        engine that fails on a frame ends that reply (the idle frame goes out instead), and a
+        sink that fails (a recording on a full disk) is dropped; the user is told either way.
+        """
+        try:
+            frame = await asyncio.to_thread(self._next_frame)
+        except Exception:
+            log.exception("the lip-sync engine failed on frame %d", k, extra={"session": self.id})
+            self.interrupt()
+            self.set_notice("the lip-sync engine failed; the avatar stopped that reply")
+            frame = await asyncio.to_thread(self._next_frame)
+        frame = self._level(frame)
         frame.index = k  # the session's timeline, whichever stream made the frame
         self.speaking = frame.speaking
         if self.metrics is not None:
@@ -548,6 +563,12 @@ class Session:
         self.last_index = frame.index
         self.history.append((frame.index, frame.speaking))
         for sink in list(self._sinks):
-            sink.put(frame)
+            try:
+                sink.put(frame)
+            except Exception as exc:  # noqa: BLE001 - that sink's end, not the session's
+                self.remove_sink(sink)
+                what = getattr(sink, "name", type(sink).__name__)
+                log.warning("%s failed: %s", what, exc, extra={"session": self.id})
+                self.set_notice(f"{what} stopped: {exc}")
         if self.on_frame is not None:
             self.on_frame(frame)

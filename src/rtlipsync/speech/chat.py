@@ -71,6 +71,9 @@ class ChatBrain:
         except (LLMError, TTSError) as exc:
             log.warning("chat failed: %s", exc, extra={"session": session.id})
             session.set_notice(f"{exc}; the avatar could not answer")
+        except Exception as exc:  # noqa: BLE001 - a provider's own failure mid-reply
+            log.warning("chat failed: %r", exc, extra={"session": session.id})
+            session.set_notice(f"the reply failed ({type(exc).__name__}); the avatar stopped there")
         finally:
             # What the user heard (or was about to) is what the model said, in its memory.
             self.history += [
