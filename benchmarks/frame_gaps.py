@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,77 +30,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 import websockets
-from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from rtlipsync.testing.peers import Microphone
-from rtlipsync.testing.serving import free_port
+from rtlipsync.testing.peers import Receiver
+from rtlipsync.testing.serving import serve_process
 from rtlipsync.testing.speech import espeak_pcm, write_wav
 
 from _common import machine
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class Receiver:
-    """An aiortc peer that stamps each video frame and audio packet as it arrives."""
-
-    def __init__(self) -> None:
-        self.pc = RTCPeerConnection()
-        self.mic = Microphone()
-        self.video: list[float] = []
-        self.audio: list[float] = []
-        self._tasks: list[asyncio.Task] = []
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.addTrack(self.mic)
-
-        @self.pc.on("track")
-        def on_track(track) -> None:  # noqa: ANN001
-            stamps = self.video if track.kind == "video" else self.audio
-
-            async def pull() -> None:
-                try:
-                    while True:
-                        await track.recv()
-                        stamps.append(time.monotonic())
-                except Exception:  # noqa: BLE001 - the call ended
-                    return
-
-            self._tasks.append(asyncio.ensure_future(pull()))
-
-    async def connect(self, http: httpx.AsyncClient) -> int:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        offer = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
-        answer = (await http.post("/offer", json=offer)).json()
-        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
-        return int(answer["sessionid"])
-
-    async def close(self) -> None:
-        await self.pc.close()
-        for task in self._tasks:
-            task.cancel()
-
-    def report(self, label: str, start: float, end: float) -> dict[str, float]:
-        video = np.array([t for t in self.video if start <= t <= end])
-        audio = np.array([t for t in self.audio if start <= t <= end])
-        gaps = np.diff(video) * 1000 if len(video) > 1 else np.array([np.inf])
-        audio_gaps = np.diff(audio) * 1000 if len(audio) > 1 else np.array([np.inf])
-        row = {
-            "frames": len(video),
-            "fps": len(video) / max(end - start, 1e-9),
-            "max_ms": float(gaps.max()),
-            "p99_ms": float(np.percentile(gaps, 99)),
-            "underruns": int((audio_gaps > 60).sum()),
-            "worst_at_s": float(video[int(np.argmax(gaps)) + 1] - start) if len(video) > 1 else 0.0,
-        }
-        ok = row["max_ms"] <= 80 and row["p99_ms"] <= 45 and row["underruns"] == 0
-        print(
-            f"  {label:<36} {row['frames']:5d} frames {row['fps']:5.1f} fps  max gap "
-            f"{row['max_ms']:6.0f} ms  p99 {row['p99_ms']:5.0f} ms  audio underruns "
-            f"{row['underruns']:3d}  {'ok' if ok else 'MISSED'}"
-            f"  (largest gap {row['worst_at_s']:.1f} s in)",
-            flush=True,
-        )
-        return row
 
 
 async def spoken_turns(rx: Receiver, turns: int) -> None:
@@ -205,32 +139,9 @@ def main() -> None:
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        port = free_port()
-        env = {**os.environ, "RTLIPSYNC_HOME": str(work / "home")}
-        log = (work / "serve.log").open("w")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "rtlipsync.cli", "serve", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit((work / "serve.log").read_text()[-3000:])
-                try:
-                    if httpx.get(f"{base}/digital_human/check").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.5)
+        with serve_process(work / "home") as (base, server):
             print(f"server: rtlipsync serve (pid {server.pid}), default settings")
             asyncio.run(run(base, args.phases, args.video, work))
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-            log.close()
 
 
 if __name__ == "__main__":

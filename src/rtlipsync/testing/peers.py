@@ -9,8 +9,9 @@ from collections import deque
 from collections.abc import Callable
 
 import av
+import httpx
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
 from rtlipsync.media.frames import PACKET_SAMPLES, SAMPLE_RATE
 
@@ -71,3 +72,65 @@ def on_received_audio(
         tasks.append(asyncio.ensure_future(pull()))
 
     return tasks
+
+
+class Receiver:
+    """An aiortc peer that stamps each video frame and audio packet as it arrives."""
+
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection()
+        self.mic = Microphone()
+        self.video: list[float] = []
+        self.audio: list[float] = []
+        self._tasks: list[asyncio.Task] = []
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.pc.addTrack(self.mic)
+
+        @self.pc.on("track")
+        def on_track(track) -> None:  # noqa: ANN001
+            stamps = self.video if track.kind == "video" else self.audio
+
+            async def pull() -> None:
+                try:
+                    while True:
+                        await track.recv()
+                        stamps.append(time.monotonic())
+                except Exception:  # noqa: BLE001 - the call ended
+                    return
+
+            self._tasks.append(asyncio.ensure_future(pull()))
+
+    async def connect(self, http: httpx.AsyncClient) -> int:
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+        answer = (await http.post("/offer", json=offer)).json()
+        await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+        return int(answer["sessionid"])
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self._tasks:
+            task.cancel()
+
+    def report(self, label: str, start: float, end: float) -> dict[str, float]:
+        video = np.array([t for t in self.video if start <= t <= end])
+        audio = np.array([t for t in self.audio if start <= t <= end])
+        gaps = np.diff(video) * 1000 if len(video) > 1 else np.array([np.inf])
+        audio_gaps = np.diff(audio) * 1000 if len(audio) > 1 else np.array([np.inf])
+        row = {
+            "frames": len(video),
+            "fps": len(video) / max(end - start, 1e-9),
+            "max_ms": float(gaps.max()),
+            "p99_ms": float(np.percentile(gaps, 99)),
+            "underruns": int((audio_gaps > 60).sum()),
+            "worst_at_s": float(video[int(np.argmax(gaps)) + 1] - start) if len(video) > 1 else 0.0,
+        }
+        ok = row["max_ms"] <= 80 and row["p99_ms"] <= 45 and row["underruns"] == 0
+        print(
+            f"  {label:<36} {row['frames']:5d} frames {row['fps']:5.1f} fps  max gap "
+            f"{row['max_ms']:6.0f} ms  p99 {row['p99_ms']:5.0f} ms  audio underruns "
+            f"{row['underruns']:3d}  {'ok' if ok else 'MISSED'}"
+            f"  (largest gap {row['worst_at_s']:.1f} s in)",
+            flush=True,
+        )
+        return row

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 
@@ -60,3 +64,37 @@ async def wait_for(predicate: Callable[[], object], timeout: float) -> bool:
             return True
         await asyncio.sleep(0.02)
     return bool(predicate())
+
+
+@contextlib.contextmanager
+def serve_process(home: Path, *flags: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``rtlipsync serve`` in a process of its own (as users run it) with data root ``home``;
+    yield its base URL and the process. Its output goes to ``home/serve.log``."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "RTLIPSYNC_HOME": str(home)}
+    with (home / "serve.log").open("w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "rtlipsync.cli", "serve", "--port", str(port), *flags],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            import httpx
+
+            deadline = time.monotonic() + 120
+            while True:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError((home / "serve.log").read_text()[-3000:])
+                try:
+                    if httpx.get(f"{base}/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.5)
+            yield base, server
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
