@@ -58,7 +58,7 @@ async def keep_talking(http: httpx.AsyncClient, sid: int, stop: asyncio.Event) -
 
 async def soak(base: str, pid: int, minutes: float, sessions: int) -> bool:
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-        receivers = [Receiver() for _ in range(sessions)]
+        receivers = [Receiver(microphone=False) for _ in range(sessions)]  # viewers
         ids = [await rx.connect(http) for rx in receivers]
         stop = asyncio.Event()
         talkers = [asyncio.create_task(keep_talking(http, sid, stop)) for sid in ids]
@@ -99,7 +99,7 @@ async def cycles(base: str, pid: int, count: int) -> bool:
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
 
         async def one() -> None:
-            rx = Receiver()
+            rx = Receiver(microphone=False)
             sid = await rx.connect(http)
             if not await wait_for(lambda: rx.video, 20):
                 raise RuntimeError(f"session {sid} sent no frame in 20 s")

@@ -184,6 +184,7 @@ def _serve(args: argparse.Namespace) -> None:
             max_request_kb=settings.max_request_kb,
             webhook_hosts=settings.webhook_hosts,
             access_token=settings.access_token or None,
+            media_roots=settings.media_roots,
             **network_rules(settings),
             warm_workers=True,
         )

@@ -11,6 +11,7 @@ max_upload_mb: 50        # RTLIPSYNC_MAX_UPLOAD_MB; audio uploads (/humanaudio, 
 max_avatar_upload_mb: 300  # images and videos uploaded to become avatars
 max_request_kb: 1024     # any other request body
 webhook_hosts: []        # hosts a job's webhook may name although private or loopback
+media_roots: []          # folders outside the data root whose files requests may name (read)
 allowed_hosts: []        # Host headers answered; default: loopback names, or any off loopback
 allowed_origins: []      # other sites' pages allowed to use the server from a browser
 access_token: ""         # RTLIPSYNC_ACCESS_TOKEN; required by every route but the page and
@@ -65,6 +66,7 @@ class Settings:
     max_avatar_upload_mb: float = 300.0
     max_request_kb: float = 1024.0
     webhook_hosts: list[str] = field(default_factory=list)
+    media_roots: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
     access_token: str = ""  # "": none (callers on this machine are the operator)
@@ -79,7 +81,8 @@ class Settings:
 MIN_TOKEN = 16
 SECTIONS = ("llm", "realtime", "tts", "asr", "vad")  # mappings, from the YAML file only
 NUMBERS = ("max_audio_seconds", "max_upload_mb", "max_avatar_upload_mb", "max_request_kb")
-LISTS = ("ice_servers", "webhook_hosts", "allowed_hosts", "allowed_origins")  # YAML only
+# (lists come from the YAML file only)
+LISTS = ("ice_servers", "webhook_hosts", "allowed_hosts", "allowed_origins", "media_roots")
 
 
 def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
@@ -121,7 +124,11 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
     for name in LISTS[1:]:
         names = values.get(name, [])
         if not isinstance(names, list) or not all(isinstance(h, str) for h in names):
-            raise InputError(f"{name} must be a list of host names")
+            what = "folders" if name == "media_roots" else "host names"
+            raise InputError(f"{name} must be a list of {what}")
+    for folder in values.get("media_roots", []):
+        if not Path(folder).expanduser().is_dir():
+            raise InputError(f"media_roots: {folder} is not a folder")
     if not isinstance(values.get("ice_servers", []), list):
         raise InputError("ice_servers must be a list of {urls, username, credential}")
     token = values.get("access_token", "")

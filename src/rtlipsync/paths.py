@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import platformdirs
@@ -43,8 +44,9 @@ def records_dir() -> Path:
     return data_dir("records")
 
 
-def inside_root(path: str | Path) -> Path:
-    """Resolve a path a request names: relative to the data root, and never outside it.
+def inside_root(path: str | Path, media_roots: Sequence[str | Path] = ()) -> Path:
+    """Resolve a path a request names: relative to the data root, and never outside it
+    (nor outside one of ``media_roots``, folders from which files may be read).
 
     Raises `PermissionError` for anything that resolves elsewhere (``..``, absolute paths,
     symbolic links out), so a server cannot be made to read or write beyond its data.
@@ -60,10 +62,15 @@ def inside_root(path: str | Path) -> Path:
     candidate = Path(path)
     try:
         resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        roots = [root] + [Path(r).expanduser().resolve() for r in media_roots]
     except (OSError, RuntimeError) as exc:  # a symlink loop, a name the system refuses
         raise InputError(f"{path} is not a usable path: {exc}") from None
-    if resolved != root and root not in resolved.parents:
-        raise PermissionError(f"{path} is outside the data root: give a path inside it")
+    if not any(resolved == r or r in resolved.parents for r in roots):
+        where = "the data root and media_roots" if media_roots else "the data root"
+        raise PermissionError(
+            f"{path} is outside {where}: give a path inside it, or name its folder in the "
+            "media_roots setting"
+        )
     return resolved
 
 

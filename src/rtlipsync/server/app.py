@@ -120,6 +120,9 @@ class ServerConfig:
     webhook_hosts: list[str] = field(default_factory=list)
     max_avatar_upload_mb: float = 300.0  # images and videos to prepare as avatars
     max_request_kb: float = 1024.0  # any other request's body (an SDP offer is a few KB)
+    # Folders outside the data root from which requests may name files to read (the seed's
+    # video_path and tts_path); nothing is ever written there.
+    media_roots: list[str] = field(default_factory=list)
     # Required on every route but the page and the probes when set (see server.access);
     # its holder may use every session. None: callers on this machine may.
     access_token: str | None = None
@@ -828,7 +831,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         check_name(body.streamer_id)
         if body.streamer_id == DEFAULT_AVATAR:
             raise ApiError(409, f"{DEFAULT_AVATAR!r} is the built-in avatar; use another id")
-        source = existing(body.video_path)
+        source = existing(body.video_path, config.media_roots)
         m = await tasks.run(jobs.prepare, body.streamer_id, source)
         data = {
             "user_id": body.user_id,
@@ -837,7 +840,14 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             "frames": m["frames"],
             "faces_missing": m["faces_missing"],
         }
-        return {"code": 0, "msg": "success", "data": data}
+        # The seed's answer at the top level (its clients read it there), ours beside it.
+        return {
+            "user_id": body.user_id,
+            "request_id": body.request_id,
+            "code": 0,
+            "msg": "success",
+            "data": data,
+        }
 
     @app.post("/digital_human/gen", responses=answers(403, 404))
     async def dh_gen(body: GenRequest) -> dict[str, Any]:
@@ -851,7 +861,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         check_name(body.streamer_id)
         out_dir = data_dir("outputs") / body.user_id / body.request_id
         inside_root(out_dir)  # not through a link planted to write elsewhere
-        audio = existing(body.tts_path)
+        audio = existing(body.tts_path, config.media_roots)
         out_dir.mkdir(parents=True, exist_ok=True)
         out = out_dir / f"{chunk}.mp4"
         try:
@@ -868,7 +878,14 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             "video_path": str(out.relative_to(data_root().resolve())),
             "duration": round(result["seconds"], 3),
         }
-        return {"code": 0, "msg": "success", "data": data}
+        return {
+            "user_id": body.user_id,
+            "request_id": body.request_id,
+            "digital_human_mp4_path": str(out),  # where the seed's clients read the video
+            "code": 0,
+            "msg": "success",
+            "data": data,
+        }
 
     @app.get(
         "/metrics",
@@ -1037,8 +1054,20 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         if name not in ("", "0", session.avatar.name):
             try:
                 clip = await asyncio.to_thread(load_avatar, name)
-            except InputError as exc:
-                raise ApiError(404, str(exc)) from exc
+            except InputError:
+                w, h = session.avatar.size
+                clips = [
+                    a["name"]
+                    for a in await asyncio.to_thread(list_avatars)
+                    if (a["width"], a["height"]) == (w, h) and a["name"] != session.avatar.name
+                ]
+                raise ApiError(
+                    404,
+                    f"no action clip named {name!r}: an audiotype names an avatar of this "
+                    f"session's size ({w}x{h}) to play while idle; "
+                    + (f"those that fit: {', '.join(clips)}" if clips else "none is prepared")
+                    + "; 0 goes back",
+                ) from None
         session.show(clip)
         return {"code": 0, "msg": "ok", "showing": session.showing.name}
 
@@ -1173,11 +1202,12 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     return app
 
 
-def existing(path: str) -> Path:
-    """A file a request names inside the data root (`inside_root`), or a 404 that says so."""
-    resolved = inside_root(path)
+def existing(path: str, media_roots: list[str] | tuple[str, ...] = ()) -> Path:
+    """A file a request names to be read: inside the data root (`inside_root`) or one of
+    the configured ``media_roots`` (read-only); a 404 if there is no such file."""
+    resolved = inside_root(path, media_roots)
     if not resolved.is_file():
-        raise ApiError(404, f"no file {path} in the data root")
+        raise ApiError(404, f"no file {path} in the data root or the media roots")
     return resolved
 
 

@@ -75,16 +75,20 @@ def on_received_audio(
 
 
 class Receiver:
-    """An aiortc peer that stamps each video frame and audio packet as it arrives."""
+    """An aiortc peer that stamps each video frame and audio packet as it arrives; with
+    ``microphone`` it also sends one (silence, or what ``mic.say`` queues)."""
 
-    def __init__(self) -> None:
+    def __init__(self, microphone: bool = True) -> None:
         self.pc = RTCPeerConnection()
         self.mic = Microphone()
         self.video: list[float] = []
         self.audio: list[float] = []
         self._tasks: list[asyncio.Task] = []
         self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.addTrack(self.mic)
+        if microphone:
+            self.pc.addTrack(self.mic)
+        else:
+            self.pc.addTransceiver("audio", direction="recvonly")
 
         @self.pc.on("track")
         def on_track(track) -> None:  # noqa: ANN001
