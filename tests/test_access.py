@@ -252,3 +252,33 @@ def test_cors_is_off_unless_origins_are_allowed_and_then_preflights_pass(default
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
         r = httpx.options(f"{base}/human", headers={**preflight, "Origin": "https://evil.example"})
         assert r.headers.get("access-control-allow-origin") != "https://evil.example"
+
+
+def test_a_websocket_refused_for_its_token_logs_no_error(default_avatar, capsys) -> None:  # noqa: ANN001
+    """uvicorn logs "returned without completing handshake" as an error when a handshake is
+    answered with an HTTP status; for a 401 nothing failed, so the log says only the 401."""
+    from rtlipsync.logs import DENIED_HANDSHAKE, configure_logging
+    from rtlipsync.server import create_app
+
+    from conftest import serving_app
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    configure_logging()
+    try:
+        app = create_app(ServerConfig(access_token=TOKEN))
+        with serving_app(app, log_level="info") as base:
+
+            async def knock() -> int:
+                with pytest.raises(websockets.InvalidStatus) as refused:
+                    async with websockets.connect(ws_url(base)):
+                        pass
+                return refused.value.response.status_code
+
+            assert asyncio.run(knock()) == 401
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    logged = capsys.readouterr().err
+    assert '"WebSocket /ws" 401' in logged
+    assert DENIED_HANDSHAKE not in logged

@@ -75,6 +75,19 @@ class _QuietPolls(logging.Filter):
         return not (polled and isinstance(status, int) and status < 400)
 
 
+# What uvicorn's WebSocket protocol logs as an error when an app refuses a handshake with an
+# HTTP response (its "websocket.http.response" extension), as `server.access` does for a
+# WebSocket without the access token: the client got its 401; nothing failed.
+DENIED_HANDSHAKE = "ASGI callable returned without completing handshake."
+
+
+class _DeniedHandshakes(logging.Filter):
+    """Drop uvicorn's error line for a WebSocket refused with an HTTP answer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != DENIED_HANDSHAKE
+
+
 class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is when a record comes, not the one at set-up: it is
     swapped by `native_logs_hidden` (and by test capture), and the old one may be closed."""
@@ -109,6 +122,9 @@ def configure_logging(verbose: bool = False) -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, _QuietPolls) for f in access.filters):
         access.addFilter(_QuietPolls())
+    errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DeniedHandshakes) for f in errors.filters):
+        errors.addFilter(_DeniedHandshakes())
     logging.getLogger("aioice").setLevel(logging.WARNING)
     logging.getLogger("aiortc").setLevel(logging.WARNING)
 

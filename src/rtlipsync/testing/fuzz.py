@@ -30,6 +30,8 @@ from typing import Any
 
 import httpx
 
+from rtlipsync.logs import DENIED_HANDSHAKE
+
 # Operations whose schema-valid requests can still be refused, and why no schema states it.
 SEMANTIC = {
     "POST /offer": "whether an SDP negotiates",
@@ -83,6 +85,8 @@ class ErrorLog(logging.Handler):
         self.records: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == DENIED_HANDSHAKE:  # (a 401 at a WebSocket's handshake)
+            return
         self.records.append(f"{record.name}: {record.getMessage()[:200]}")
 
     @contextlib.contextmanager
@@ -104,8 +108,8 @@ class LiveSessions:
     """A few WebSocket sessions kept open (and reopened when fuzzing closes one), read in a
     thread of their own, so fuzzed requests can name sessions that exist."""
 
-    def __init__(self, base: str, count: int = 2) -> None:
-        self.url = base.replace("http://", "ws://") + "/ws?mode=repeat"
+    def __init__(self, base: str, count: int = 2, token: str | None = None) -> None:
+        self.url = base.replace("http://", "ws://") + "/ws?mode=repeat" + _query(token)
         self.count = count
         self._ids: list[int] = []
         self._stop = threading.Event()
@@ -153,15 +157,26 @@ class LiveSessions:
                     self._ids.remove(sid)
 
 
-def fuzz_api(base: str, examples: int, sessions: LiveSessions, seed: int = 0) -> FuzzReport:
-    """Every operation, ``examples`` valid and ``examples`` invalid requests each."""
+def _headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _query(token: str | None, first: bool = False) -> str:
+    return f"{'?' if first else '&'}token={token}" if token else ""
+
+
+def fuzz_api(
+    base: str, examples: int, sessions: LiveSessions, seed: int = 0, token: str | None = None
+) -> FuzzReport:
+    """Every operation, ``examples`` valid and ``examples`` invalid requests each (with the
+    server's access ``token``, when it has one)."""
     import hypothesis
     import schemathesis
     from schemathesis import checks as st_checks
     from schemathesis.core.failures import FailureGroup
 
     report = FuzzReport()
-    schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{base}/openapi.json", headers=_headers(token))
     turn = itertools.count()
     positive_checks = [
         st_checks.not_a_server_error,
@@ -178,7 +193,7 @@ def fuzz_api(base: str, examples: int, sessions: LiveSessions, seed: int = 0) ->
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
             checks = positive_checks if mode.value == "positive" else negative_checks
             live = sessions if mode.value == "positive" else None  # (an invalid id stays so)
-            test = _one_case(report, base, label, checks, live, turn, FailureGroup)
+            test = _one_case(report, base, label, checks, live, turn, FailureGroup, token)
             fuzzed = hypothesis.seed(seed)(
                 hypothesis.settings(
                     max_examples=examples,
@@ -203,6 +218,7 @@ def _one_case(
     sessions: LiveSessions | None,
     turn: Iterator[int],
     failure_group: type[Exception],
+    token: str | None = None,
 ) -> Any:
     """The test hypothesis runs on each generated case of one operation."""
 
@@ -211,7 +227,7 @@ def _one_case(
             _aim_at_live_sessions(case, sessions.ids(), next(turn))
         report.requests += 1
         try:
-            response = case.call(base_url=base, timeout=TIMEOUT)
+            response = case.call(base_url=base, timeout=TIMEOUT, headers=_headers(token))
         except Exception as exc:  # noqa: BLE001 - requests' timeouts and resets
             kind = type(exc).__name__
             target = report.hangs if "Timeout" in kind else report.server_errors
@@ -254,10 +270,10 @@ def _sort(report: FuzzReport, label: str, failures: Any, response: Any) -> None:
             report.violations.append(f"{label}: {title} ({code})")
 
 
-def fuzz_sockets(base: str, seed: int = 0) -> FuzzReport:
+def fuzz_sockets(base: str, seed: int = 0, token: str | None = None) -> FuzzReport:
     """Hostile frames on the two WebSockets: after each, the socket still answers a probe
     (a message it must refuse) or was closed cleanly, and the server is still healthy."""
-    return asyncio.run(_fuzz_sockets(base, random.Random(seed)))
+    return asyncio.run(_fuzz_sockets(base, random.Random(seed), token))
 
 
 HOSTILE_FRAMES: list[str | bytes] = [
@@ -285,13 +301,13 @@ HOSTILE_FRAMES: list[str | bytes] = [
 ]
 
 
-async def _fuzz_sockets(base: str, rng: random.Random) -> FuzzReport:
+async def _fuzz_sockets(base: str, rng: random.Random, token: str | None) -> FuzzReport:
     import websockets
 
     report = FuzzReport()
     ws_base = base.replace("http://", "ws://")
-    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
-        for path in ("/ws?mode=repeat", "/humanecho"):
+    async with httpx.AsyncClient(base_url=base, timeout=10, headers=_headers(token)) as http:
+        for path in ("/ws?mode=repeat" + _query(token), "/humanecho" + _query(token, True)):
             frames = list(HOSTILE_FRAMES)
             rng.shuffle(frames)
             for frame in frames:
@@ -346,10 +362,10 @@ async def _until_text(ws: Any, timeout: float = 10.0) -> str | None:
     return None
 
 
-def fuzz_offers(base: str, count: int, seed: int = 0) -> FuzzReport:
+def fuzz_offers(base: str, count: int, seed: int = 0, token: str | None = None) -> FuzzReport:
     """``count`` real offers mangled (lines dropped, repeated, cut, numbers blown up, bytes
     flipped), each answered below 500 in time; an accepted one is closed again."""
-    return asyncio.run(_fuzz_offers(base, count, random.Random(seed)))
+    return asyncio.run(_fuzz_offers(base, count, random.Random(seed), token))
 
 
 async def real_offer() -> str:
@@ -398,10 +414,10 @@ def mangle(sdp: str, rng: random.Random) -> str:
     return "\r\n".join(lines)
 
 
-async def _fuzz_offers(base: str, count: int, rng: random.Random) -> FuzzReport:
+async def _fuzz_offers(base: str, count: int, rng: random.Random, token: str | None) -> FuzzReport:
     report = FuzzReport()
     sdp = await real_offer()
-    async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT) as http:
+    async with httpx.AsyncClient(base_url=base, timeout=TIMEOUT, headers=_headers(token)) as http:
         for _ in range(count):
             report.requests += 1
             body = {"sdp": mangle(sdp, rng), "type": "offer", "mode": "repeat"}
@@ -420,4 +436,37 @@ async def _fuzz_offers(base: str, count: int, rng: random.Random) -> FuzzReport:
                 await http.post("/close", json={"sessionid": r.json()["sessionid"]})
             elif not isinstance(r.json().get("msg"), str):
                 report.violations.append(f"POST /offer (mangled SDP): {r.status_code} {r.text}")
+    return report
+
+
+def fuzz_gates(base: str, token: str) -> FuzzReport:
+    """Without the access token: every operation but the public ones answers 401, and so
+    does every WebSocket (at its handshake). (``token`` only fetches the document.)"""
+    import websockets
+
+    from rtlipsync.server.access import PUBLIC
+
+    report = FuzzReport()
+    with httpx.Client(base_url=base, timeout=TIMEOUT) as http:
+        paths = http.get("/openapi.json", headers=_headers(token)).json()["paths"]
+        for path, operations in paths.items():
+            concrete = path.replace("{name}", "default").replace("{session_id}", "0")
+            concrete = concrete.replace("{task_id}", "x").replace("{job_id}", "x")
+            for method in operations:
+                report.requests += 1
+                r = http.request(method.upper(), concrete, json={})
+                if (r.status_code == 401) == (path in PUBLIC):
+                    report.violations.append(f"{method.upper()} {path}: {r.status_code}")
+
+    async def sockets() -> None:
+        for path in ("/ws", "/humanecho"):
+            report.requests += 1
+            try:
+                async with websockets.connect(base.replace("http://", "ws://") + path):
+                    report.violations.append(f"WS {path}: accepted without the token")
+            except websockets.InvalidStatus as refused:
+                if refused.response.status_code != 401:
+                    report.violations.append(f"WS {path}: {refused.response.status_code}")
+
+    asyncio.run(sockets())
     return report
