@@ -194,10 +194,11 @@ def test_page_realtime_mode_with_a_persona(default_avatar) -> None:
                 timeout=5000,
             )
             page.select_option("#mode", "chat")  # leaving realtime closes the service's socket
-            page.wait_for_function(
-                "document.getElementById('status').textContent.includes('Mode: chat')",
+            page.wait_for_function(  # (chat without a language model: it says so at once)
+                "document.getElementById('status').textContent.includes('No language model')",
                 timeout=5000,
             )
+            assert page.eval_on_selector("#mode", "s => s.value") == "chat"
             browser.close()
     update = fake.of_type("session.update")[0]["session"]
     assert update["instructions"] == "You are a cheerful pirate."
@@ -267,4 +268,66 @@ def test_page_asks_for_the_token_once_and_drives_its_session_by_its_secret(
                 break
             time.sleep(0.1)
         assert gone, r.text
+        browser.close()
+
+
+def test_page_first_minutes_stop_talking_notices_that_stay_and_a_mic_that_shows(
+    default_avatar,
+) -> None:
+    """What a first-time user hit within minutes: no favicon (a 404 on every load), no word
+    of what the page is, no way to stop the avatar talking short of Stop, a refused mode's
+    reason overwritten by the status poll within 40 ms, the no-LLM warning only after the
+    first message and never cleared, and a mic button that looks the same on and off."""
+    from playwright.sync_api import sync_playwright
+
+    with serving() as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 640, "height": 900})
+        missing = []
+        page.on("response", lambda r: missing.append(r.url) if r.status == 404 else None)
+        page.goto(base)
+        assert "talking face" in page.title()
+        assert "lips in sync" in page.inner_text(".about")
+        page.wait_for_function("document.getElementById('poster').naturalWidth > 0")
+
+        off = page.eval_on_selector("#mic", "b => getComputedStyle(b).backgroundColor")
+        page.click("#mic")
+        on = page.eval_on_selector("#mic", "b => getComputedStyle(b).backgroundColor")
+        assert on != off and page.get_attribute("#mic", "aria-pressed") == "true"
+        page.click("#mic")  # (off again: this test sends no microphone)
+
+        page.select_option("#mode", "repeat")
+        page.click("#start")
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('Connected')", timeout=30_000
+        )
+        page.fill("#text", "I will keep on talking about the sea and the ships for a while.")
+        page.press("#text", "Enter")
+        page.wait_for_selector("#speaking.on", timeout=10_000)
+        assert page.inner_text("#speaking") == "speaking"
+        page.click("#hush")
+        page.wait_for_selector("#speaking:not(.on)", timeout=3000)
+        assert page.inner_text("#speaking") == "silent"
+        assert "Connected" in page.inner_text("#status")  # the session goes on
+
+        page.select_option("#mode", "realtime")  # no realtime service here: refused
+        page.wait_for_function(
+            "document.getElementById('status').textContent.includes('realtime service')"
+        )
+        page.wait_for_timeout(1500)  # six status polls later the reason is still there
+        assert "realtime service" in page.inner_text("#status")
+        assert page.eval_on_selector("#mode", "s => s.value") == "repeat"
+
+        page.select_option("#mode", "chat")  # no language model: said now, not later
+        page.wait_for_function(
+            "document.getElementById('status').textContent.includes('No language model')"
+        )
+        page.select_option("#mode", "repeat")
+        page.wait_for_function(
+            "!document.getElementById('status').textContent.includes('No language model')"
+        )
+        page.wait_for_timeout(1000)
+        assert "No language model" not in page.inner_text("#status")
+        page.click("#stop")
+        assert missing == [], missing
         browser.close()

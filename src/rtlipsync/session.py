@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 
 MAX_TEXT = 2000  # characters a single say() accepts
 MODES = ("repeat", "chat", "realtime")
+NO_LLM = (
+    "No language model is configured, so the avatar repeats your words "
+    "(set llm.base_url or RTLIPSYNC_LLM_BASE_URL)"
+)
 MAX_PERSONA = 4000  # characters of a persona (system prompt)
 DUCK_GAIN = 0.18  # the avatar's level (-15 dB) while a voice may be cutting in
 RESUME_FRAMES = 3  # a ducked voice comes back up over this many frames (120 ms): no click
@@ -208,10 +212,7 @@ class Session:
             self.realtime.send_text(text)
             return
         if self.chat is None:
-            self.set_notice(
-                "No language model is configured, so the avatar repeats your words "
-                "(set llm.base_url or RTLIPSYNC_LLM_BASE_URL)"
-            )
+            self.set_notice(NO_LLM)
             self.say(text, interrupt=interrupt, started=started)
             return
         if interrupt:

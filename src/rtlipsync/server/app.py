@@ -80,7 +80,7 @@ from rtlipsync.server.access import (
     same,
 )
 from rtlipsync.server.tasks import Tasks
-from rtlipsync.session import MAX_PERSONA, MAX_TEXT, MODES, Session
+from rtlipsync.session import MAX_PERSONA, MAX_TEXT, MODES, NO_LLM, Session
 from rtlipsync.speech.asr import ASRProvider, PocketSphinxASR, WorkerASR
 from rtlipsync.speech.chat import ChatBrain
 from rtlipsync.speech.espeak import EspeakTTS
@@ -438,6 +438,11 @@ class Sessions:
             brain, session.realtime = session.realtime, None
             await brain.close()
         session.mode = mode
+        # Said when chat is chosen, not at the first message; gone when it no longer holds.
+        if mode == "chat" and session.chat is None:
+            session.set_notice(NO_LLM)
+        elif session.notice == NO_LLM:
+            session.notice = ""
 
     def _register(
         self, session: Session, pc: RTCPeerConnection | None = None, client: str = ""
