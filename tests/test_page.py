@@ -331,3 +331,39 @@ def test_page_first_minutes_stop_talking_notices_that_stay_and_a_mic_that_shows(
         page.click("#stop")
         assert missing == [], missing
         browser.close()
+
+
+def test_page_fits_a_phone_and_checks_a_name_before_uploading(default_avatar, tmp_path) -> None:
+    """At 390 px the page was 543 px wide with Say and Prepare off-screen and 31 px touch
+    targets; a bad avatar name was refused only after the whole upload."""
+    from playwright.sync_api import sync_playwright
+
+    from rtlipsync.face.avatar import default_avatar_source
+
+    face = tmp_path / "face.png"
+    face.write_bytes(default_avatar_source().read_bytes())
+    with serving() as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 390, "height": 844}, has_touch=True)
+        uploads = []
+        page.on("request", lambda r: uploads.append(r) if r.method == "POST" else None)
+        page.goto(base)
+        page.wait_for_function("document.getElementById('avatar').options.length > 0")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        for control in ("#start", "#stop", "#hush", "#mic", "#send", "#prepare", "#mode"):
+            box = page.locator(control).bounding_box()
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (control, box)
+            assert box["height"] >= 44, (control, box)
+        shot = tmp_path / "phone.png"
+        if os.environ.get("RTLIPSYNC_SCREENSHOT"):
+            shot = Path(os.environ["RTLIPSYNC_SCREENSHOT"]) / "page-phone.png"
+        page.screenshot(path=str(shot), full_page=True)
+
+        page.set_input_files("#upload", str(face))
+        assert page.inner_text("#uploadname") == "face.png"
+        for name, said in (("bad name!", "1-64 letters"), ("default", "built-in")):
+            page.fill("#newname", name)
+            page.click("#prepare")
+            assert said in page.inner_text("#prepstatus")
+        assert uploads == []  # nothing was sent for either
+        browser.close()
