@@ -226,3 +226,29 @@ def test_a_killed_worker_fails_its_job_and_the_server_lives_on(  # noqa: ANN001
             receive_for(0.5)
             elapsed = time.monotonic() - started
             assert frames >= 0.8 * 25 * elapsed  # the session's frames kept coming
+
+
+def test_queued_tasks_are_bounded_and_a_refused_upload_is_not_kept(
+    default_avatar, speech, tmp_path, data_root
+) -> None:  # noqa: ANN001
+    """One client could queue uploads to prepare (each kept on disk) without end."""
+    wav = write_wav(tmp_path / "s.wav", speech.pcm, speech.sample_rate).read_bytes()
+    uploads = data_root / "uploads"
+    with (
+        serving(ServerConfig(max_queued_tasks=1)) as base,
+        httpx.Client(base_url=base, timeout=30) as http,
+    ):
+        first = http.post("/jobs", data={"avatar": "default"}, files={"audio": ("s.wav", wav)})
+        assert first.status_code == 200
+        kept = sorted(uploads.iterdir()) if uploads.exists() else []
+        second = http.post("/jobs", data={"avatar": "default"}, files={"audio": ("s.wav", wav)})
+        assert second.status_code == 503 and "try again" in second.json()["msg"]
+        face = default_avatar_source().read_bytes()
+        r = http.post("/avatars", data={"name": "later"}, files={"file": ("f.png", face)})
+        assert r.status_code == 503
+        after = sorted(uploads.iterdir()) if uploads.exists() else []
+        assert set(after) <= set(kept)  # nothing new kept (the first's may be gone, done)
+        assert poll(http, f"/jobs/{first.json()['job']}")["state"] == "done"
+        third = http.post("/jobs", data={"avatar": "default"}, files={"audio": ("s.wav", wav)})
+        assert third.status_code == 200  # room again once the first is done
+        assert poll(http, f"/jobs/{third.json()['job']}")["state"] == "done"

@@ -182,6 +182,7 @@ def _serve(args: argparse.Namespace) -> None:
             max_upload_mb=settings.max_upload_mb,
             max_avatar_upload_mb=settings.max_avatar_upload_mb,
             max_request_kb=settings.max_request_kb,
+            max_queued_tasks=settings.max_queued_tasks,
             webhook_hosts=settings.webhook_hosts,
             access_token=settings.access_token or None,
             media_roots=settings.media_roots,

@@ -10,6 +10,7 @@ max_audio_seconds: 600   # RTLIPSYNC_MAX_AUDIO_SECONDS; longest audio upload, on
 max_upload_mb: 50        # RTLIPSYNC_MAX_UPLOAD_MB; audio uploads (/humanaudio, /jobs)
 max_avatar_upload_mb: 300  # images and videos uploaded to become avatars
 max_request_kb: 1024     # any other request body
+max_queued_tasks: 8      # avatar preparations and renders waiting or running at once
 webhook_hosts: []        # hosts a job's webhook may name although private or loopback
 media_roots: []          # folders outside the data root whose files requests may name (read)
 allowed_hosts: []        # Host headers answered; default: loopback names, or any off loopback
@@ -65,6 +66,7 @@ class Settings:
     max_upload_mb: float = 50.0
     max_avatar_upload_mb: float = 300.0
     max_request_kb: float = 1024.0
+    max_queued_tasks: int = 8
     webhook_hosts: list[str] = field(default_factory=list)
     media_roots: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=list)
@@ -108,11 +110,13 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
     if unknown:
         raise InputError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(known)}")
     try:
-        for name in ("port", "max_sessions"):
+        for name in ("port", "max_sessions", "max_queued_tasks"):
             if name in values:
                 values[name] = int(values[name])
     except ValueError as exc:
-        raise InputError(f"port and max_sessions must be whole numbers: {exc}") from exc
+        raise InputError(
+            f"port, max_sessions and max_queued_tasks must be whole numbers: {exc}"
+        ) from exc
     for name in NUMBERS:
         try:
             if name in values:

@@ -79,7 +79,7 @@ from rtlipsync.server.access import (
     presented_secret,
     same,
 )
-from rtlipsync.server.tasks import Tasks
+from rtlipsync.server.tasks import Tasks, TasksFull
 from rtlipsync.session import MAX_PERSONA, MAX_TEXT, MODES, NO_LLM, Session
 from rtlipsync.speech.asr import ASRProvider, PocketSphinxASR, WorkerASR
 from rtlipsync.speech.chat import ChatBrain
@@ -120,6 +120,7 @@ class ServerConfig:
     webhook_hosts: list[str] = field(default_factory=list)
     max_avatar_upload_mb: float = 300.0  # images and videos to prepare as avatars
     max_request_kb: float = 1024.0  # any other request's body (an SDP offer is a few KB)
+    max_queued_tasks: int = 8  # avatar preparations and renders waiting or running at once
     # Folders outside the data root from which requests may name files to read (the seed's
     # video_path and tts_path); nothing is ever written there.
     media_roots: list[str] = field(default_factory=list)
@@ -172,7 +173,7 @@ ERRORS = {
     415: "an upload of a type that is not accepted",
     422: "a field is missing or of the wrong type: the message names it",
     429: "this address holds as many sessions as one client may",
-    503: "the server is full",
+    503: "the server is full: sessions, or tasks waiting",
 }
 
 
@@ -606,7 +607,7 @@ class Sessions:
 def create_app(config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
     sessions = Sessions(config)
-    tasks = Tasks()
+    tasks = Tasks(config.max_queued_tasks)
 
     async def save_upload(file: UploadFile, limit_mb: float, allowed: set[str]) -> Path:
         """Store an upload under the data root; refuse wrong types and sizes before work."""
@@ -674,6 +675,10 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     async def outside_root(request: Request, exc: PermissionError) -> JSONResponse:
         return JSONResponse({"code": -1, "msg": str(exc)}, status_code=403)
 
+    @app.exception_handler(TasksFull)
+    async def tasks_full(request: Request, exc: TasksFull) -> JSONResponse:
+        return JSONResponse({"code": -1, "msg": str(exc)}, status_code=503)
+
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> JSONResponse:
         return JSONResponse({"code": -1, "msg": str(exc)}, status_code=400)
@@ -737,7 +742,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         ]
         return {"code": 0, "data": data}
 
-    @app.post("/avatars", responses=answers(409, 415))
+    @app.post("/avatars", responses=answers(409, 415, 503))
     async def upload_avatar(
         name: Annotated[str, Form(json_schema_extra=NAME)],
         file: Annotated[UploadFile, File()],
@@ -751,6 +756,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             raise ApiError(409, f"{name!r} is the built-in avatar; upload under another name")
         if (avatar_path(name) / "manifest.json").is_file() and not replace:
             raise ApiError(409, f"an avatar named {name!r} exists; send replace=true to replace it")
+        tasks.check_room()  # before the upload is kept
         source = await save_upload(file, config.max_avatar_upload_mb, IMAGE_EXTS | VIDEO_EXTS)
 
         # The avatar keeps what it needs (frames, landmarks, its bank): the upload goes once
@@ -772,7 +778,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             raise ApiError(404, f"unknown task {task_id}")
         return task.public()
 
-    @app.post("/jobs", responses=answers(404, 415))
+    @app.post("/jobs", responses=answers(404, 415, 503))
     async def create_job(
         avatar: Annotated[str, Form(json_schema_extra=NAME)],
         audio: Annotated[UploadFile, File()],
@@ -786,6 +792,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             await check_webhook(webhook, config.webhook_hosts)
         if not (avatar_path(avatar) / "manifest.json").is_file() and avatar != DEFAULT_AVATAR:
             raise ApiError(404, f"no avatar named {avatar!r}; upload one with POST /avatars")
+        tasks.check_room()
         source = await save_upload(audio, config.max_upload_mb, AUDIO_EXTS | VIDEO_EXTS)
 
         task_id = tasks.new_id()
@@ -828,7 +835,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             jobs_dir() / f"{job_id}.mp4", media_type="video/mp4", filename=f"{job_id}.mp4"
         )
 
-    @app.post("/digital_human/preprocess", responses=answers(403, 404, 409))
+    @app.post("/digital_human/preprocess", responses=answers(403, 404, 409, 503))
     async def dh_preprocess(body: PreprocessRequest) -> dict[str, Any]:
         """Seed 002: prepare ``streamer_id``'s avatar from ``video_path`` (inside the data root)."""
         check_id(body.user_id, "user_id")
@@ -854,7 +861,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             "data": data,
         }
 
-    @app.post("/digital_human/gen", responses=answers(403, 404))
+    @app.post("/digital_human/gen", responses=answers(403, 404, 503))
     async def dh_gen(body: GenRequest) -> dict[str, Any]:
         """Seed 002: render ``streamer_id`` speaking ``tts_path`` for one chunk of a request.
 

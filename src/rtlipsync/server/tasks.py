@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
@@ -45,12 +46,35 @@ class Task:
         }
 
 
-class Tasks:
-    """A queue of background tasks, run one at a time in a worker process."""
+class TasksFull(Exception):
+    """As many tasks wait as the server queues: the client should try again later."""
 
-    def __init__(self) -> None:
+
+FINISHED_KEPT = 256  # finished tasks whose state can still be asked for
+
+
+class Tasks:
+    """A queue of background tasks, run one at a time in a worker process.
+
+    At most ``max_pending`` wait or run at once (uploads to prepare, renders, the seed's
+    awaited requests): without a bound one client could queue uploads until the disk was
+    full. Finished tasks are forgotten past the newest `FINISHED_KEPT`.
+    """
+
+    def __init__(self, max_pending: int = 8) -> None:
         self._tasks: dict[str, Task] = {}
         self._pool = WorkerPool(1, "rtlipsync-task", nice=10)
+        self.max_pending = max_pending
+        self._pending = 0
+        self._count = threading.Lock()  # (finished tasks are counted off in the pool's thread)
+
+    def check_room(self) -> None:
+        """Raise `TasksFull` if no more work may be queued now (before an upload is kept)."""
+        if self._pending >= self.max_pending:
+            raise TasksFull(
+                f"{self._pending} tasks are waiting or running, the most this server queues; "
+                "try again when one is done"
+            )
 
     def get(self, task_id: str) -> Task | None:
         return self._tasks.get(task_id)
@@ -73,12 +97,16 @@ class Tasks:
     async def run(self, work: Callable[..., Any], *args: Any) -> Any:
         """``work(*args)`` in the worker, awaited: for requests that answer with its result.
         It waits its turn behind running tasks; a cancelled request cancels it."""
-        future = self._pool.submit(work, *args, label=getattr(work, "__name__", "a job"))
+        self._hold()
         try:
-            return await asyncio.wrap_future(future)
-        except asyncio.CancelledError:
-            self._pool.cancel(future)
-            raise
+            future = self._pool.submit(work, *args, label=getattr(work, "__name__", "a job"))
+            try:
+                return await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                self._pool.cancel(future)
+                raise
+        finally:
+            self._done_one()
 
     def submit(
         self,
@@ -92,8 +120,10 @@ class Tasks:
         """Run ``work(*args, on_progress=...)`` (a module-level function: it is sent to the
         worker) as a task of ``kind``; its returned dict is added to the task's result.
         ``cleanup`` runs here once it has ended, however (a crashed worker cleans nothing)."""
+        self._hold()
         task = Task(id=task_id or self.new_id(), kind=kind, webhook=webhook)
         self._tasks[task.id] = task
+        self._forget_old()
         loop = asyncio.get_running_loop()
 
         def progress(done: int, total: int) -> None:
@@ -101,6 +131,7 @@ class Tasks:
             task.progress = min(1.0, done / max(total, 1))
 
         def finished(future: Future) -> None:
+            self._done_one()
             try:
                 task.result.update(future.result())
                 task.progress, task.state = 1.0, "done"
@@ -120,6 +151,20 @@ class Tasks:
         future = self._pool.submit(work, *args, progress=progress, label=f"the {kind} task")
         future.add_done_callback(finished)
         return task
+
+    def _hold(self) -> None:
+        with self._count:
+            self.check_room()
+            self._pending += 1
+
+    def _done_one(self) -> None:
+        with self._count:
+            self._pending -= 1
+
+    def _forget_old(self) -> None:
+        finished = [t for t in self._tasks.values() if t.state in ("done", "failed")]
+        for task in finished[: max(0, len(finished) - FINISHED_KEPT)]:
+            del self._tasks[task.id]
 
     async def _notify(self, task: Task) -> None:
         try:
