@@ -229,6 +229,8 @@ def test_page_asks_for_the_token_once_and_drives_its_session_by_its_secret(
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         context = browser.new_context(extra_http_headers=headers)
         page = context.new_page()
+        refused: list[str] = []
+        page.on("response", lambda r: refused.append(r.url) if r.status == 401 else None)
         page.goto(base + query)
         if config is not None:
             page.wait_for_selector("#tokenform", state="visible", timeout=10_000)
@@ -244,6 +246,7 @@ def test_page_asks_for_the_token_once_and_drives_its_session_by_its_secret(
             page.reload()
             page.wait_for_function("document.getElementById('avatar').options.length > 0")
             assert page.locator("#tokenform").is_hidden()  # kept: not asked again
+            assert not [u for u in refused if "poster" in u]  # no broken picture before it
         else:
             assert page.locator("#tokenform").is_hidden()
         page.wait_for_function("document.getElementById('poster').naturalWidth > 0")
