@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 import websockets
 
-from rtlipsync.testing.peers import Receiver
+from rtlipsync.testing.peers import Receiver, drain_socket
 from rtlipsync.testing.serving import serve_process
 from rtlipsync.testing.speech import espeak_pcm, write_wav
 
@@ -106,14 +106,7 @@ async def run_phase(
         url = base.replace("http://", "ws://") + "/ws"
         others = [await websockets.connect(url, max_size=None) for _ in range(3)]
 
-        async def drain(ws) -> None:  # noqa: ANN001
-            try:
-                async for _ in ws:
-                    pass
-            except websockets.ConnectionClosed:
-                return
-
-        drains = [asyncio.ensure_future(drain(ws)) for ws in others]
+        drains = [asyncio.ensure_future(drain_socket(ws)) for ws in others]
         line = "Three other people are talking to the avatar at the same time as you."
         for ws in others:
             await ws.send(json.dumps({"type": "say", "text": line}))

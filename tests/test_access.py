@@ -18,6 +18,7 @@ import websockets
 from rtlipsync.config import load_settings
 from rtlipsync.errors import InputError
 from rtlipsync.server import ServerConfig
+from rtlipsync.testing.peers import drain_socket
 
 from conftest import serving
 
@@ -40,15 +41,6 @@ async def opened(ws) -> dict:  # noqa: ANN001 - a websockets client connection
             return hello
 
 
-async def drain(ws) -> None:  # noqa: ANN001
-    """Read a WebSocket session's frames (a client that reads nothing loses its session)."""
-    try:
-        async for _ in ws:
-            pass
-    except websockets.ConnectionClosed:
-        pass
-
-
 def test_sessions_from_elsewhere_need_their_secret(default_avatar) -> None:
     async def scenario(base: str) -> None:
         async with (
@@ -57,7 +49,7 @@ def test_sessions_from_elsewhere_need_their_secret(default_avatar) -> None:
             httpx.AsyncClient(base_url=base, headers=REMOTE) as http,
         ):
             me, them = await opened(mine), await opened(theirs)
-            readers = [asyncio.create_task(drain(w)) for w in (mine, theirs)]
+            readers = [asyncio.create_task(drain_socket(w)) for w in (mine, theirs)]
             assert len(me["secret"]) >= 32 and me["secret"] != them["secret"]
             sid = them["sessionid"]
 
@@ -72,6 +64,9 @@ def test_sessions_from_elsewhere_need_their_secret(default_avatar) -> None:
                 assert r.status_code == 403, r.text
             unknown = await http.post("/is_speaking", json={"sessionid": 100})
             assert unknown.status_code == 403
+            # an empty secret is no secret (and must not match an unknown id's none)
+            empty = await http.post("/is_speaking", json={"sessionid": 100, "secret": ""})
+            assert empty.status_code == 403
             assert unknown.json()["msg"].replace("100", "N") == (
                 (await http.post("/is_speaking", json={"sessionid": sid})).json()["msg"]
             ).replace(str(sid), "N")
@@ -134,7 +129,7 @@ def test_on_this_machine_without_a_token_ids_and_zero_work_as_the_seed_expects(
             httpx.AsyncClient(base_url=base) as http,
         ):
             a, b = await opened(first), await opened(second)
-            readers = [asyncio.create_task(drain(w)) for w in (first, second)]
+            readers = [asyncio.create_task(drain_socket(w)) for w in (first, second)]
             # an id alone (the seed's clients know no secrets)
             r = await http.post("/is_speaking", json={"sessionid": b["sessionid"]})
             assert r.status_code == 200
@@ -194,7 +189,7 @@ def test_a_configured_token_guards_every_route_but_the_page_and_the_probes(
         assert refused.value.response.status_code == 401
         async with websockets.connect(ws_url(base, token=TOKEN)) as ws:
             hello = await opened(ws)
-            reader = asyncio.create_task(drain(ws))
+            reader = asyncio.create_task(drain_socket(ws))
             # The token's holder is the operator, here or elsewhere: any session, and 0.
             async with httpx.AsyncClient(
                 base_url=base, headers={"Authorization": f"Bearer {TOKEN}", **REMOTE}

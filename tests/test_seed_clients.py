@@ -213,36 +213,6 @@ def test_seed_002_client_examples_work_unchanged(default_avatar, speech, tmp_pat
             holder.join(timeout=10)
 
 
-def test_seed_preprocess_and_gen_answer_the_seed_s_fields(
-    default_avatar, data_root, speech
-) -> None:  # noqa: ANN001
-    from rtlipsync.face.avatar import default_avatar_source
-
-    inputs = data_root / "seed-inputs"
-    inputs.mkdir(exist_ok=True)
-    (inputs / "face.png").write_bytes(default_avatar_source().read_bytes())
-    write_wav(inputs / "yongen.wav", speech.pcm, speech.sample_rate)
-    ids = {"user_id": "user123", "request_id": "req123", "streamer_id": "streamer1"}
-    with serving() as base, httpx.Client(base_url=base, timeout=120) as http:
-        r = http.post(
-            "/digital_human/preprocess", json={**ids, "video_path": str(inputs / "face.png")}
-        )
-        assert r.status_code == 200, r.text
-        assert {k: r.json()[k] for k in ("user_id", "request_id")} == {
-            "user_id": "user123",
-            "request_id": "req123",
-        }
-        r = http.post(
-            "/digital_human/gen",
-            json={**ids, "tts_path": "seed-inputs/yongen.wav", "chunk_id": 0},
-        )
-        assert r.status_code == 200, r.text
-        answer = r.json()
-        assert (answer["user_id"], answer["request_id"]) == ("user123", "req123")
-        video = Path(answer["digital_human_mp4_path"])
-        assert video.is_absolute() and video.stat().st_size > 10_000
-
-
 def test_media_roots_let_requests_read_files_outside_the_data_root(
     default_avatar, tmp_path, speech
 ) -> None:  # noqa: ANN001

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -252,14 +253,22 @@ def test_seed_preprocess_and_gen_stay_inside_the_data_root(
     write_wav(inputs / "tts.wav", speech.pcm, speech.sample_rate)
     ids = {"user_id": "u1", "request_id": "r1", "streamer_id": "streamer1"}
     with serving() as base, httpx.Client(base_url=base, timeout=60) as http:
-        r = http.post("/digital_human/preprocess", json={**ids, "video_path": "inputs/face.png"})
+        # (an absolute path inside the data root, as in the seed's example)
+        source = str(inputs / "face.png")
+        r = http.post("/digital_human/preprocess", json={**ids, "video_path": source})
         assert r.status_code == 200 and r.json()["code"] == 0, r.text
         assert r.json()["data"]["frames"] == 1
+        # the seed's own fields, at the top level
+        assert (r.json()["user_id"], r.json()["request_id"]) == ("u1", "r1")
         r = http.post(
             "/digital_human/gen", json={**ids, "tts_path": "inputs/tts.wav", "chunk_id": 3}
         )
         assert r.status_code == 200, r.text
+        assert (r.json()["user_id"], r.json()["request_id"]) == ("u1", "r1")
+        video = Path(r.json()["digital_human_mp4_path"])
+        assert video.is_absolute() and video.stat().st_size > 10_000
         out = data_root / r.json()["data"]["video_path"]
+        assert out.resolve() == video.resolve()
         assert out == data_root / "outputs" / "u1" / "r1" / "3.mp4" and out.stat().st_size > 10_000
         assert abs(r.json()["data"]["duration"] - speech.duration) < 0.05
         # Paths outside the data root, and ids that would escape it, are refused.

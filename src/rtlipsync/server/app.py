@@ -351,7 +351,8 @@ class Sessions:
             if not self._live:
                 raise ApiError(404, "no session is live: start one with POST /offer")
             return next(iter(self._live))
-        if not operator and not same(secret, self._secrets.get(session_id, "")):
+        expected = self._secrets.get(session_id)  # (none: unknown, refused all the same)
+        if not operator and (expected is None or not same(secret, expected)):
             if secret is None:
                 raise ApiError(
                     403,

@@ -148,7 +148,12 @@ class Tasks:
             if task.webhook and not loop.is_closed():
                 asyncio.run_coroutine_threadsafe(self._notify(task), loop)
 
-        future = self._pool.submit(work, *args, progress=progress, label=f"the {kind} task")
+        try:
+            future = self._pool.submit(work, *args, progress=progress, label=f"the {kind} task")
+        except BaseException:
+            self._done_one()  # (never queued: its place is free again)
+            del self._tasks[task.id]
+            raise
         future.add_done_callback(finished)
         return task
 

@@ -7,6 +7,7 @@ import fractions
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import av
 import httpx
@@ -138,3 +139,15 @@ class Receiver:
             flush=True,
         )
         return row
+
+
+async def drain_socket(ws: Any) -> None:
+    """Read a WebSocket session's messages until it closes, keeping none: a client that
+    reads nothing loses its session, and a test or benchmark often only needs it held."""
+    import websockets
+
+    try:
+        async for _ in ws:
+            pass
+    except websockets.ConnectionClosed:
+        return
