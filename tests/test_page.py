@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -40,6 +41,27 @@ FRAME_STATS = """() => {
   }
   const mean = sum / n;
   return {w: c.width, h: c.height, mean, sd: Math.sqrt(sq / n - mean * mean)};
+}"""
+
+
+# When the received speech first becomes audible, and when a caption is first shown, in the
+# page's clock: a caption polled every 250 ms could lag its speech or miss a short one.
+HEARD_AND_CAPTIONED = """() => {
+  const ctx = new AudioContext();
+  const tap = ctx.createAnalyser(); tap.fftSize = 256;
+  ctx.createMediaStreamSource(document.getElementById('video').srcObject).connect(tap);
+  const samples = new Float32Array(256);
+  window.heardAt = null; window.captionedAt = null;
+  const listen = setInterval(() => {
+    tap.getFloatTimeDomainData(samples);
+    if (samples.some((x) => Math.abs(x) > 0.02)) {
+      window.heardAt = performance.now(); clearInterval(listen);
+    }
+  }, 5);
+  new MutationObserver(() => {
+    if (window.captionedAt === null) window.captionedAt = performance.now();
+  }).observe(document.getElementById('caption'),
+             {childList: true, characterData: true, subtree: true});
 }"""
 
 
@@ -89,6 +111,8 @@ def test_page_start_speak_stop(default_avatar, tmp_path: Path, mode, query, tran
             shot = Path(os.environ["RTLIPSYNC_SCREENSHOT"]) / f"page-{mode.replace(' ', '-')}.png"
         page.screenshot(path=str(shot))
         assert shot.stat().st_size > 50_000
+        if mode == "webrtc":
+            page.evaluate(HEARD_AND_CAPTIONED)
         page.fill("#text", "Hello from the browser. Can you hear me?")
         page.press("#text", "Enter")
         page.wait_for_selector("#speaking.on", timeout=10_000)
@@ -96,6 +120,10 @@ def test_page_start_speak_stop(default_avatar, tmp_path: Path, mode, query, tran
             "document.getElementById('caption').textContent.includes('Hello from the browser')",
             timeout=5000,
         )
+        if mode == "webrtc":  # the caption comes with its speech, not after it
+            page.wait_for_function("window.heardAt !== null", timeout=5000)
+            lead = page.evaluate("window.heardAt - window.captionedAt")
+            assert -400 < lead < 400, f"the caption came {-lead:.0f} ms after the speech"
         page.wait_for_timeout(1500)
         fps = float(page.inner_text("#readout").split(" fps")[0])
         assert 20 <= fps <= 30, page.inner_text("#readout")
@@ -136,9 +164,19 @@ def test_page_uploads_an_avatar_and_starts_with_it(default_avatar, tmp_path: Pat
         browser.close()
 
 
-@pytest.mark.parametrize("query", ["", "?transport=ws"])
-def test_page_microphone_joins_the_session(default_avatar, query: str) -> None:
+def _wait_listening(base: str, sid: str, want: bool) -> None:
     import httpx
+
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{base}/sessions/{sid}").json()["listening"] != want:
+        assert time.monotonic() < deadline, f"the session's microphone never became {want}"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("query", ["", "?transport=ws"])
+def test_page_microphone_joins_the_session_and_switches_live(default_avatar, query: str) -> None:
+    """The microphone applied only at the next Start; now the button switches it live, over
+    either transport (WebRTC keeps its audio sender and swaps its track)."""
     from playwright.sync_api import sync_playwright
 
     with serving() as base, sync_playwright() as p:
@@ -152,11 +190,92 @@ def test_page_microphone_joins_the_session(default_avatar, query: str) -> None:
             "document.getElementById('status').textContent.startsWith('Connected')", timeout=30_000
         )
         sid = page.inner_text("#status").rsplit(" ", 1)[-1]
-        deadline = time.monotonic() + 10
-        while not httpx.get(f"{base}/sessions/{sid}").json()["listening"]:
-            assert time.monotonic() < deadline, "the microphone never reached the session"
-            time.sleep(0.2)
+        _wait_listening(base, sid, True)
+        page.click("#mic")
+        assert page.inner_text("#mic") == "Mic off"
+        _wait_listening(base, sid, False)  # nothing is sent while it is off
+        page.click("#mic")
+        _wait_listening(base, sid, True)  # and back, in the same session
+        assert page.inner_text("#status").endswith(sid)
         page.click("#stop")
+        browser.close()
+
+
+def test_page_goes_on_without_a_denied_microphone(default_avatar) -> None:
+    """A denied microphone silently switched the session to the WebSocket transport, the
+    button kept saying "Mic on", and Stop then threw a script error."""
+    from playwright.sync_api import sync_playwright
+
+    asks = [f for f in FLAGS if f != "--use-fake-ui-for-media-stream"]  # headless: denied
+    with serving() as base, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=asks)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(base)
+        page.click("#mic")
+        page.click("#start")
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('Connected')", timeout=30_000
+        )
+        status = page.inner_text("#status")
+        assert status.startswith("Connected over WebRTC"), status
+        assert "No microphone: it was not allowed" in status and "site settings" in status
+        assert page.inner_text("#mic") == "Mic off"
+        assert page.get_attribute("#mic", "aria-pressed") == "false"
+        page.click("#mic")  # asked again, refused again: said, and still off
+        page.wait_for_function(
+            "document.getElementById('status').textContent.startsWith('No microphone')"
+        )
+        assert page.inner_text("#mic") == "Mic off"
+        page.click("#stop")
+        page.wait_for_selector("#poster", state="visible", timeout=5000)
+        assert page.inner_text("#status") == "Stopped."
+        assert errors == []
+        browser.close()
+
+
+def test_page_says_when_the_server_is_lost_and_reconnects(default_avatar, data_root) -> None:
+    """A dead server was not reported: "Connected" over a frozen frame for ~18 s, then
+    "Stopped." with no reason, and "WebSocket failed" at the next Start."""
+    from playwright.sync_api import sync_playwright
+
+    from rtlipsync.testing.serving import serve_process
+
+    connected = "document.getElementById('status').textContent.startsWith('Connected')"
+    lost = "document.getElementById('status').textContent.startsWith('Connection to the server')"
+    with serve_process(data_root / "lost") as (base, server), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        console: list[str] = []
+        page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+        page.goto(base)
+        page.click("#start")
+        page.wait_for_function(connected, timeout=30_000)
+        os.kill(server.pid, signal.SIGSTOP)  # frozen: the sockets stay open, nothing comes
+        try:
+            page.wait_for_function(lost, timeout=3000)  # (the page allows itself 1.5 s)
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        assert page.inner_text("#start") == "Reconnect" and page.is_enabled("#start")
+        page.click("#start")
+        page.wait_for_function(connected, timeout=30_000)
+        assert page.inner_text("#status").startswith("Connected over WebRTC")
+
+        server.kill()  # dead: every request refused
+        server.wait()
+        page.wait_for_function(lost, timeout=3000)
+        page.click("#start")
+        page.wait_for_function(
+            "document.getElementById('status').textContent.includes('cannot be reached')"
+        )
+        assert "WebSocket" not in page.inner_text("#status")
+        assert page.inner_text("#start") == "Reconnect"
+        page.wait_for_timeout(1000)  # no storm of failed requests once it is known lost
+        assert errors == []
+        assert len(console) <= 4, console
         browser.close()
 
 
@@ -369,4 +488,66 @@ def test_page_fits_a_phone_and_checks_a_name_before_uploading(default_avatar, tm
             page.click("#prepare")
             assert said in page.inner_text("#prepstatus")
         assert uploads == []  # nothing was sent for either
+        browser.close()
+
+
+# Where avatar face box [x0, y0, x1, y1] lands in an element shown with object-fit: cover and
+# its object-position (CSS: the image scaled to cover the box, then offset by p% of the spare).
+FACE_SHOWN = """([id, face]) => {
+  const e = document.getElementById(id), r = e.getBoundingClientRect();
+  const style = getComputedStyle(e);
+  const w = e.naturalWidth || e.videoWidth || e.width;
+  const h = e.naturalHeight || e.videoHeight || e.height;
+  const k = (style.objectFit === 'cover' ? Math.max : Math.min)(r.width / w, r.height / h);
+  const [px, py] = style.objectPosition.split(' ').map((v) => parseFloat(v) / 100);
+  const dx = px * (r.width - w * k), dy = py * (r.height - h * k);
+  return {fit: style.objectFit, top: dy + face[1] * k, bottom: dy + face[3] * k,
+          left: dx + face[0] * k, right: dx + face[2] * k, width: r.width, height: r.height};
+}"""
+
+
+POSTER_FIT = "getComputedStyle(document.getElementById('poster')).objectFit"
+
+
+def test_page_frames_the_face_of_a_portrait_avatar(default_avatar, tmp_path: Path) -> None:
+    """A portrait avatar was pillarboxed in the square stage, its face tiny: it is cropped to
+    the square around its face, before Start (the poster) and in the session (the video)."""
+    import cv2
+    import httpx
+    from playwright.sync_api import sync_playwright
+
+    from rtlipsync.face.avatar import default_avatar_source, prepare_avatar
+
+    face = cv2.imread(str(default_avatar_source()))
+    tall = cv2.copyMakeBorder(face, 120, 420, 0, 0, cv2.BORDER_REPLICATE)  # 512 x 1052
+    cv2.imwrite(str(tmp_path / "tall.png"), tall)
+    prepare_avatar("portrait", tmp_path / "tall.png", progress=False)
+    with serving() as base, sync_playwright() as p:
+        listed = httpx.get(f"{base}/avatars").json()["data"]
+        box = next(a for a in listed if a["name"] == "portrait")
+        assert (box["width"], box["height"]) == (512, 1052) and box["face"] is not None
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 640, "height": 900})
+        page.goto(base)
+        page.wait_for_function("document.getElementById('avatar').options.length > 1")
+        page.select_option("#avatar", "portrait")
+        page.wait_for_function(f"{POSTER_FIT} === 'cover'")
+        for element in ("poster", "video"):
+            if element == "video":
+                page.click("#start")
+                page.wait_for_function(
+                    "document.getElementById('video').videoWidth > 0 && "
+                    "getComputedStyle(document.getElementById('video')).objectFit === 'cover'",
+                    timeout=30_000,
+                )
+            shown = page.evaluate(FACE_SHOWN, [element, box["face"]])
+            assert shown["fit"] == "cover"
+            assert 0 <= shown["top"] and shown["bottom"] <= shown["height"] + 1, shown
+            assert 0 <= shown["left"] and shown["right"] <= shown["width"] + 1, shown
+            # Shown whole, the face would be 512/1052 of this size.
+            whole = shown["width"] * (box["face"][2] - box["face"][0]) / 512
+            assert shown["right"] - shown["left"] > 0.8 * whole
+        page.select_option("#avatar", "default")  # a square one is shown whole
+        page.wait_for_function(f"{POSTER_FIT} === 'contain'")
+        page.click("#stop")
         browser.close()

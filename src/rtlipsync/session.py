@@ -50,7 +50,7 @@ from rtlipsync.speech.asr import ASRProvider
 from rtlipsync.speech.chat import ChatBrain
 from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.tts import StreamingTTS, TTSError, TTSProvider
-from rtlipsync.speech.vad import VoiceActivity
+from rtlipsync.speech.vad import WINDOW, VoiceActivity
 from rtlipsync.workers import WorkerCrashed
 
 if TYPE_CHECKING:
@@ -266,6 +266,13 @@ class Session:
                     # The user stopped at event.at on the stream; the VAD knew it only now.
                     stopped = time.monotonic() - (vad.elapsed - event.at)
                     self._track(self._understand(event.audio, stopped))
+
+    def microphone_stopped(self) -> None:
+        """The microphone stopped sending (muted, or its track taken away): an utterance in
+        progress ends here, as if the user fell silent, instead of waiting for more."""
+        vad = self._vad
+        if vad is not None and vad.speaking:
+            self.listen(np.zeros((vad.min_silence_windows + 1) * WINDOW, np.int16))
 
     async def _understand(self, audio: np.ndarray, stopped: float | None) -> None:
         asr = self.asr

@@ -145,6 +145,20 @@ def list_avatars() -> list[dict[str, Any]]:
     return found
 
 
+def face_box(name: str) -> list[int] | None:
+    """Where the face usually is in avatar ``name``'s frames, ``[x0, y0, x1, y1]`` in pixels
+    (the median of its per-frame face boxes), so a viewer can frame the face of a portrait or
+    wide video instead of showing it small in the middle; None without a face."""
+    try:
+        boxes = np.load(avatar_path(name) / "boxes.npy")
+    except (OSError, ValueError):
+        return None
+    found = boxes[boxes[:, 0] >= 0] if boxes.ndim == 2 and len(boxes) else boxes[:0]
+    if not len(found):
+        return None
+    return [int(v) for v in np.median(found, axis=0)]
+
+
 def _hash_source(source: Path) -> str:
     h = hashlib.sha256()
     files = [source] if source.is_file() else _image_files(source)

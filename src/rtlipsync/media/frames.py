@@ -6,7 +6,7 @@ Everything in a session runs on one timeline: 16 kHz mono int16 audio in 20 ms p
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,6 +72,29 @@ class AVFrame:
     @property
     def pts(self) -> float:
         return self.index / FPS
+
+
+class StateMessages:
+    """What a page shows beside the picture (the speaking dot, the caption), as a message to
+    send with the frame that changed it.
+
+    Polled every 250 ms, a caption came up to a quarter of a second late, and one shorter
+    than a poll could be missed altogether; sent with the frame, it is shown when that frame
+    plays. ``caption`` reads the session's current caption.
+    """
+
+    def __init__(self, caption: Callable[[], str]) -> None:
+        self._caption = caption
+        self._last: tuple[bool, str] = (False, "")
+
+    def after(self, frame: AVFrame) -> dict[str, object] | None:
+        """``{"type": "state", "speaking", "caption", "frame"}`` when ``frame`` changed
+        either, else None."""
+        now = (frame.speaking, self._caption())
+        if now == self._last:
+            return None
+        self._last = now
+        return {"type": "state", "speaking": now[0], "caption": now[1], "frame": frame.index}
 
 
 def chunk_speech(

@@ -27,7 +27,7 @@ from typing import Annotated, Any
 
 import av
 import cv2
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi import Path as PathParam
@@ -51,11 +51,12 @@ from rtlipsync.face.avatar import (
     NAME_PATTERN,
     avatar_path,
     check_name,
+    face_box,
     list_avatars,
     load_avatar,
 )
 from rtlipsync.media.audio import load_audio, to_int16
-from rtlipsync.media.frames import SAMPLE_RATE
+from rtlipsync.media.frames import SAMPLE_RATE, StateMessages
 from rtlipsync.media.video import IMAGE_EXTS, VIDEO_EXTS, Mp4Writer
 from rtlipsync.metrics import Metrics
 from rtlipsync.paths import (
@@ -88,7 +89,12 @@ from rtlipsync.speech.llm import ChatLLM, LLMConfig
 from rtlipsync.speech.realtime import RealtimeBrain, RealtimeConfig
 from rtlipsync.speech.tts import TTSProvider
 from rtlipsync.transport.recorder import Recorder, RecordingFailed
-from rtlipsync.transport.webrtc import WebRTCSink, listen_promptly, rtc_configuration
+from rtlipsync.transport.webrtc import (
+    EVENTS_CHANNEL,
+    WebRTCSink,
+    listen_promptly,
+    rtc_configuration,
+)
 from rtlipsync.transport.websocket import WebSocketSink, decode_microphone, encode_frame
 from rtlipsync.workers import WorkerPool
 
@@ -521,13 +527,18 @@ class Sessions:
         self, session: Session, offer: Offer, client: str
     ) -> tuple[Session, RTCSessionDescription]:
         pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
-        sink = WebRTCSink()
+        sink = WebRTCSink(StateMessages(lambda: session.caption))
 
         @pc.on("track")  # fired while the offer is applied: registered before it
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "audio":  # the user's microphone
                 listen_promptly(pc, track)
                 self._listeners.append(asyncio.ensure_future(_listen(track, session)))
+
+        @pc.on("datachannel")
+        def on_channel(channel: RTCDataChannel) -> None:
+            if channel.label == EVENTS_CHANNEL:
+                sink.events = channel
 
         try:
             pc.addTrack(sink.video)
@@ -729,19 +740,24 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
 
     @app.get("/avatars")
     async def avatars() -> dict[str, Any]:
-        found = await asyncio.to_thread(list_avatars)
-        data = [
-            {
-                "name": m["name"],
-                "kind": m["kind"],
-                "frames": m["frame_count"],
-                "width": m["width"],
-                "height": m["height"],
-                "still": m["still"],
-            }
-            for m in found
-        ]
-        return {"code": 0, "data": data}
+        """The prepared avatars; ``face`` is where the face usually is (``[x0, y0, x1, y1]``
+        pixels, or null), for a viewer to frame it."""
+
+        def listing() -> list[dict[str, Any]]:
+            return [
+                {
+                    "name": m["name"],
+                    "kind": m["kind"],
+                    "frames": m["frame_count"],
+                    "width": m["width"],
+                    "height": m["height"],
+                    "still": m["still"],
+                    "face": face_box(m["name"]),
+                }
+                for m in list_avatars()
+            ]
+
+        return {"code": 0, "data": await asyncio.to_thread(listing)}
 
     @app.post("/avatars", responses=answers(409, 415, 503))
     async def upload_avatar(
@@ -1246,7 +1262,7 @@ class ClientStalled(Exception):
 async def _send_frames(
     ws: WebSocket, session: Session, sink: WebSocketSink, timeout: float
 ) -> None:
-    state = (False, "")
+    state = StateMessages(lambda: session.caption)
     while (frame := await sink.next()) is not None:
         message = await asyncio.to_thread(encode_frame, frame)
         try:
@@ -1255,10 +1271,9 @@ async def _send_frames(
             await asyncio.wait_for(ws.send_bytes(message), timeout)
         except TimeoutError:
             raise ClientStalled(f"the client read nothing for {timeout:g} s") from None
-        now = (session.is_speaking, session.caption)
-        if now != state:
-            state = now
-            await ws.send_json({"type": "state", "speaking": now[0], "caption": now[1]})
+        changed = state.after(frame)
+        if changed is not None:
+            await ws.send_json(changed)
 
 
 async def check_webhook(url: str, allowed: list[str]) -> None:
@@ -1316,9 +1331,18 @@ def session_id(value: object) -> int:
         raise ApiError(400, f"sessionid must be a whole number, got {value!r:.40}") from None
 
 
+MIC_QUIET = 0.5  # s without a microphone packet: the page turned its microphone off
+
+
 async def _receive_commands(ws: WebSocket, session: Session) -> None:
     while True:
-        message = await ws.receive()
+        try:  # (a receive is safe to cancel: no message is lost)
+            message = await asyncio.wait_for(ws.receive(), MIC_QUIET)
+        except TimeoutError:
+            if session.listening:  # the page turned its microphone off
+                session.listening = False
+                session.microphone_stopped()
+            continue
         if message["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(message.get("code", 1000))
         text = message.get("text")
@@ -1357,12 +1381,23 @@ async def _receive_commands(ws: WebSocket, session: Session) -> None:
 
 
 async def _listen(track: MediaStreamTrack, session: Session) -> None:
-    """Feed a peer's microphone to its session, resampled to 16 kHz mono."""
+    """Feed a peer's microphone to its session, resampled to 16 kHz mono.
+
+    The page keeps its audio sender for the whole session and gives it a track only while
+    the microphone is on (so it can be switched live, without renegotiating): ``listening``
+    says whether packets are arriving, and an utterance cut short by the switch ends there.
+    """
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-    session.listening = True
     try:
         while True:
-            frame = await track.recv()
+            try:
+                frame = await asyncio.wait_for(track.recv(), MIC_QUIET)
+            except TimeoutError:
+                if session.listening:
+                    session.listening = False
+                    session.microphone_stopped()
+                continue
+            session.listening = True
             for out in resampler.resample(frame):
                 session.listen(out.to_ndarray().reshape(-1))
     except (MediaStreamError, asyncio.CancelledError):

@@ -13,15 +13,22 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import json
 from collections import deque
 
 import av
 import cv2
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCIceServer,
+    RTCPeerConnection,
+)
 from aiortc.jitterbuffer import JitterBuffer
 
-from rtlipsync.media.frames import FPS, PACKET_SAMPLES, SAMPLE_RATE, AVFrame
+from rtlipsync.media.frames import FPS, PACKET_SAMPLES, SAMPLE_RATE, AVFrame, StateMessages
 
 VIDEO_CLOCK = 90_000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
@@ -83,12 +90,18 @@ class AvatarAudioTrack(_QueuedTrack):
         return frame
 
 
-class WebRTCSink:
-    """Feeds one peer's video and audio tracks from a session (a `FrameSink`)."""
+EVENTS_CHANNEL = "events"  # the data channel a peer opens to hear `StateMessages`
 
-    def __init__(self) -> None:
+
+class WebRTCSink:
+    """Feeds one peer's video and audio tracks from a session (a `FrameSink`), and its
+    ``events`` data channel, once the peer opens one, with the state each frame changes."""
+
+    def __init__(self, state: StateMessages | None = None) -> None:
         self.video = AvatarVideoTrack()
         self.audio = AvatarAudioTrack()
+        self.state = state
+        self.events: RTCDataChannel | None = None
 
     def put(self, frame: AVFrame) -> None:
         self.video.feed((frame.index, frame.image))
@@ -96,6 +109,10 @@ class WebRTCSink:
         for k in range(2):
             packet = frame.audio[k * PACKET_SAMPLES : (k + 1) * PACKET_SAMPLES]
             self.audio.feed((base + k * PACKET_SAMPLES, np.ascontiguousarray(packet)))
+        if self.state is not None and self.events is not None:
+            message = self.state.after(frame)
+            if message is not None and self.events.readyState == "open":
+                self.events.send(json.dumps(message))
 
     def flush(self) -> None:
         self.video.flush()

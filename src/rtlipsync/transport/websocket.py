@@ -16,7 +16,8 @@ microphone (barge-in, turns).
 Text messages are JSON. Client to server: ``{"type": "say", "text": ..., "interrupt": bool}``,
 ``{"type": "chat", "text": ...}``, ``{"type": "persona", "text": ...}``,
 ``{"type": "interrupt"}``, ``{"type": "close"}``. Server to client: ``{"type": "session", ...}``
-first, ``{"type": "state", "speaking": bool, "caption": str}`` on changes, and
+first, ``{"type": "state", "speaking": bool, "caption": str, "frame": int}`` right after the
+frame that changed either (`StateMessages`), and
 ``{"type": "error", "msg": ...}`` for a bad message (the session carries on).
 """
 
