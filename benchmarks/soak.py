@@ -7,7 +7,7 @@ must receive >= 24.5 fps over the whole run, and the server's resident memory ma
 another: the server's memory and open descriptors must end where they started (within 5 %
 and 4 descriptors). Prints the figures; exits 1 if a goal is missed.
 
-    .venv/bin/python benchmarks/soak.py [--minutes 10] [--sessions 4] [--cycles 50]
+    .venv/bin/python benchmarks/soak.py [--minutes 10] [--sessions 4] [--cycles 50] [--microphones]
 """
 
 from __future__ import annotations
@@ -56,9 +56,12 @@ async def keep_talking(http: httpx.AsyncClient, sid: int, stop: asyncio.Event) -
     return said
 
 
-async def soak(base: str, pid: int, minutes: float, sessions: int) -> bool:
+async def soak(
+    base: str, pid: int, minutes: float, sessions: int, microphones: bool = False
+) -> bool:
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-        receivers = [Receiver(microphone=False) for _ in range(sessions)]  # viewers
+        # Viewers; with ``microphones`` each also sends a silent microphone (a muted one).
+        receivers = [Receiver(microphone=microphones) for _ in range(sessions)]
         ids = [await rx.connect(http) for rx in receivers]
         stop = asyncio.Event()
         talkers = [asyncio.create_task(keep_talking(http, sid, stop)) for sid in ids]
@@ -127,11 +130,14 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--cycles", type=int, default=50)
+    parser.add_argument(
+        "--microphones", action="store_true", help="each viewer also sends a silent microphone"
+    )
     args = parser.parse_args()
     print(machine())
     with tempfile.TemporaryDirectory() as tmp, serve_process(Path(tmp) / "home") as (base, server):
         print(f"server: rtlipsync serve (pid {server.pid}), default settings")
-        ok = asyncio.run(soak(base, server.pid, args.minutes, args.sessions))
+        ok = asyncio.run(soak(base, server.pid, args.minutes, args.sessions, args.microphones))
         ok &= asyncio.run(cycles(base, server.pid, args.cycles))
     return 0 if ok else 1
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from rtlipsync.media.frames import SAMPLE_RATE
+from rtlipsync.speech import vad as vad_module
 from rtlipsync.speech.asr import ASRProvider, OpenAIASR, PocketSphinxASR
 from rtlipsync.speech.espeak import EspeakTTS
 from rtlipsync.speech.vad import VoiceActivity
@@ -54,6 +55,31 @@ def test_a_cough_or_noise_does_not_start_speech() -> None:
     assert kinds == ["onset", "start", "end"]  # it was heard
     noise = (np.random.default_rng(0).normal(0, 0.05, 3 * SAMPLE_RATE) * 32767).astype(np.int16)
     assert events_of(noise) == []
+
+
+def test_digital_silence_is_not_scored_once_the_model_has_settled(monkeypatch) -> None:  # noqa: ANN001
+    """A muted microphone sends zeros; four of them took 8 % of the server in the model.
+    Past the settling windows they are quiet without asking it, and the events stay."""
+    speech = espeak_pcm("Excuse me, could you tell me the way to the station?")
+    pcm = np.concatenate([silence(1.0), speech, silence(4.0), speech, silence(1.0)])
+    vad = VoiceActivity()
+    scored = 0
+    score = vad._model.process_samples
+
+    def counting(samples):  # noqa: ANN001, ANN202 - the model's own call, counted
+        nonlocal scored
+        scored += 1
+        return score(samples)
+
+    vad._model.process_samples = counting
+    events = []
+    for i in range(0, len(pcm), 320):
+        events += vad.push(pcm[i : i + 320])
+    monkeypatch.setattr(vad_module, "SETTLE_WINDOWS", 10**9)  # every window scored
+    every = events_of(pcm)
+    assert [e.kind for e in events].count("start") == 2
+    assert [(e.kind, round(e.at, 2)) for e in events] == [(e.kind, round(e.at, 2)) for e in every]
+    assert scored < 0.6 * len(pcm) / 512  # the silent stretches (~half) were not scored
 
 
 def test_pocketsphinx_recognises_offline() -> None:
