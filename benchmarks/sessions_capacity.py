@@ -27,9 +27,11 @@ import cv2
 from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from rtlipsync.compose import SessionMaker
 from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.face.avatar import ensure_default_avatar, load_avatar
 from rtlipsync.media.frames import PACKET_SAMPLES, SAMPLE_RATE, AVFrame
+from rtlipsync.server import ServerConfig
 from rtlipsync.session import Session
 
 from _common import machine
@@ -87,8 +89,9 @@ class EncodingSink:
 
 async def trial(n: int, seconds: float, avatar) -> list[tuple[float, int]]:  # noqa: ANN001
     sessions, sinks = [], []
+    maker = SessionMaker(ServerConfig())  # sessions wired as the server wires them
     for _ in range(n):
-        s = Session(avatar)
+        s = maker.make(avatar)
         sink = EncodingSink()
         s.add_sink(sink)
         s.start()
@@ -115,6 +118,7 @@ async def trial(n: int, seconds: float, avatar) -> list[tuple[float, int]]:  # n
     for s in sessions:
         await s.close()
     await asyncio.gather(*talkers, return_exceptions=True)
+    await maker.close()
     return out
 
 

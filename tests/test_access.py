@@ -214,7 +214,7 @@ def test_the_token_setting_refuses_a_guessable_token(monkeypatch) -> None:  # no
 
 
 def test_serving_the_network_without_a_token_warns_loudly(caplog) -> None:  # noqa: ANN001
-    from rtlipsync.cli import network_rules
+    from rtlipsync.compose import network_rules
 
     with caplog.at_level(logging.WARNING, logger="rtlipsync"):
         network_rules(load_settings(host="127.0.0.1"))

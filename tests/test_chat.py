@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import httpx
@@ -224,3 +225,66 @@ def test_replies_in_chinese_and_japanese_get_their_voices(default_avatar) -> Non
     with serving_app(fake.app()) as base:
         asyncio.run(scenario(base))
     assert [voice for _, voice in Voices.asked] == ["zh", "ja", None]
+
+
+class Listener:
+    """A `Conversation` that only writes down what a brain asks of it: no session, engine or
+    voice behind it. That a brain runs against it shows it needs nothing more."""
+
+    def __init__(self, heard_up_to: int | None = None) -> None:
+        self.id, self.mode, self.notice, self.heard = 7, "chat", "", ""
+        self.said: list[tuple[str, str | None]] = []
+        self.marks: list[str] = []
+        self.heard_up_to = heard_up_to  # the user cuts in after this many sentences
+
+    queued_samples = played_samples = 0
+
+    def begin_turn(self, mode: str, started: float | None = None) -> None: ...
+
+    def mark(self, name: str) -> None:
+        self.marks.append(name)
+
+    def set_notice(self, text: str) -> None:
+        self.notice = text
+
+    def interrupt(self) -> int:
+        return 0
+
+    async def speak(self, text: str, voice, emotion, generation) -> bool:  # noqa: ANN001
+        if self.heard_up_to is not None and len(self.said) >= self.heard_up_to:
+            return False  # an interruption came first
+        self.said.append((text, emotion))
+        return True
+
+    def push_stream(self, pcm, end=False, emotion=None, text=None) -> None: ...  # noqa: ANN001
+
+    def caption_from(self, sample: int, text: str) -> None: ...
+
+
+def test_the_chat_brain_needs_only_its_narrow_port() -> None:
+    """Brains used to read and write the session from behind; the chat brain now runs
+    against a bare `Conversation`, and remembers only what was heard before a cut."""
+    fake = FakeOpenAI([
+        Reply(["[happy] The first sentence is here. ", "The second one follows it."]),
+        Reply(["[sad] A fourth sentence comes now. The fifth is never heard."]),
+    ])  # fmt: skip
+
+    async def main(base: str) -> tuple[Listener, Listener, ChatBrain]:
+        client = ChatLLM(LLMConfig(base_url=f"{base}/v1", api_key="k", model="m"))
+        brain = ChatBrain(client)
+        whole, cut = Listener(), Listener(heard_up_to=1)
+        await brain.reply(whole, "Count to three.", generation=0)
+        with contextlib.suppress(asyncio.CancelledError):  # (how a cut reply ends)
+            await brain.reply(cut, "And on?", generation=0)
+        await client.close()
+        return whole, cut, brain
+
+    with serving_app(fake.app()) as base:
+        whole, cut, brain = asyncio.run(main(base))
+    assert whole.said == [
+        ("The first sentence is here.", "happy"),
+        ("The second one follows it.", "happy"),
+    ]
+    assert "llm_first_token" in whole.marks
+    assert cut.said == [("A fourth sentence comes now.", "sad")]  # cut in after one
+    assert brain.history[-1]["content"] == "A fourth sentence comes now."  # what was heard

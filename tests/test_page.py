@@ -113,6 +113,7 @@ def test_page_start_speak_stop(default_avatar, tmp_path: Path, mode, query, tran
         assert shot.stat().st_size > 50_000
         if mode == "webrtc":
             page.evaluate(HEARD_AND_CAPTIONED)
+        controls_at = page.locator("#start").bounding_box()["y"]
         page.fill("#text", "Hello from the browser. Can you hear me?")
         page.press("#text", "Enter")
         page.wait_for_selector("#speaking.on", timeout=10_000)
@@ -124,9 +125,17 @@ def test_page_start_speak_stop(default_avatar, tmp_path: Path, mode, query, tran
             page.wait_for_function("window.heardAt !== null", timeout=5000)
             lead = page.evaluate("window.heardAt - window.captionedAt")
             assert -400 < lead < 400, f"the caption came {-lead:.0f} ms after the speech"
+        assert page.locator("#start").bounding_box()["y"] == controls_at  # no jump
         page.wait_for_timeout(1500)
         fps = float(page.inner_text("#readout").split(" fps")[0])
         assert 20 <= fps <= 30, page.inner_text("#readout")
+        # The readout has its own backing and ends before the labelled speaking dot.
+        readout = page.locator("#readout").bounding_box()
+        dot = page.locator("#speaking").bounding_box()
+        assert readout["x"] + readout["width"] <= dot["x"], (readout, dot)
+        backing = page.eval_on_selector("#readout", "e => getComputedStyle(e).backgroundColor")
+        assert backing not in ("rgba(0, 0, 0, 0)", "transparent"), backing
+        assert page.inner_text("#speaking") in ("speaking", "silent")
         page.click("#stop")
         page.wait_for_selector("#poster", state="visible", timeout=5000)
         assert page.locator("#video").is_hidden()

@@ -25,10 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-import av
 import cv2
-from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc import RTCSessionDescription
 from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder as jsonable
@@ -43,6 +41,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.routing import Match
 
 from rtlipsync import __version__
+from rtlipsync.compose import SessionMaker
 from rtlipsync.engines.base import LipSyncEngine
 from rtlipsync.engines.cpu import CpuEngine
 from rtlipsync.errors import InputError
@@ -56,9 +55,8 @@ from rtlipsync.face.avatar import (
     load_avatar,
 )
 from rtlipsync.media.audio import load_audio, to_int16
-from rtlipsync.media.frames import SAMPLE_RATE, StateMessages
+from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.media.video import IMAGE_EXTS, VIDEO_EXTS, Mp4Writer
-from rtlipsync.metrics import Metrics
 from rtlipsync.paths import (
     ID_PATTERN,
     MAX_NAME,
@@ -82,21 +80,14 @@ from rtlipsync.server.access import (
 )
 from rtlipsync.server.tasks import Tasks, TasksFull
 from rtlipsync.session import MAX_PERSONA, MAX_TEXT, MODES, NO_LLM, Session
-from rtlipsync.speech.asr import ASRProvider, PocketSphinxASR, WorkerASR
-from rtlipsync.speech.chat import ChatBrain
+from rtlipsync.speech.asr import ASRProvider, PocketSphinxASR
 from rtlipsync.speech.espeak import EspeakTTS
-from rtlipsync.speech.llm import ChatLLM, LLMConfig
+from rtlipsync.speech.llm import LLMConfig
 from rtlipsync.speech.realtime import RealtimeBrain, RealtimeConfig
 from rtlipsync.speech.tts import TTSProvider
 from rtlipsync.transport.recorder import Recorder, RecordingFailed
-from rtlipsync.transport.webrtc import (
-    EVENTS_CHANNEL,
-    WebRTCSink,
-    listen_promptly,
-    rtc_configuration,
-)
-from rtlipsync.transport.websocket import WebSocketSink, decode_microphone, encode_frame
-from rtlipsync.workers import WorkerPool
+from rtlipsync.transport.webrtc import NegotiationFailed, WebRTCPeer
+from rtlipsync.transport.websocket import ClientStalled, WebSocketSink, receive, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +286,8 @@ ENDED_SECRETS = 256  # ended sessions whose secrets are kept (for their recordin
 @dataclass
 class _Live:
     session: Session
-    pc: RTCPeerConnection | None = None  # None for a WebSocket session
+    peer: WebRTCPeer | None = None  # None for a WebSocket session
     recorder: Recorder | None = None
-    watchdog: asyncio.Task[None] | None = None
     client: str = ""  # the address it was opened from
 
 
@@ -311,25 +301,15 @@ class Sessions:
         # its recording (the newest ENDED_SECRETS ended ones).
         self._secrets: OrderedDict[int, str] = OrderedDict()
         self._opening: Counter[str] = Counter()  # sessions being opened, by client address
-        self._listeners: list[asyncio.Future[None]] = []
-        self.llm = ChatLLM(config.llm) if config.llm is not None else None
-        self.metrics = Metrics()
-        # One recogniser, shared (its model loads once). A local one decodes in a worker
-        # process: in this one it held the interpreter and froze every session's video.
-        self.workers: WorkerPool | None = None
-        if getattr(config.asr, "local", False):
-            self.workers = WorkerPool(1, "rtlipsync-asr")
-            self.asr: ASRProvider = WorkerASR(config.asr, self.workers)
-        else:
-            self.asr = config.asr()
+        self.maker = SessionMaker(config)  # what sessions share: LLM, recogniser, metrics
+        self.metrics = self.maker.metrics
 
     def __len__(self) -> int:
         return len(self._live)
 
     def warm(self) -> None:
         """Start the recogniser's worker and load its model now (in the background)."""
-        if isinstance(self.asr, WorkerASR):
-            self.asr.warm()
+        self.maker.warm()
 
     def get(self, session_id: int) -> Session:
         return self.live(session_id).session
@@ -406,16 +386,8 @@ class Sessions:
             avatar = await asyncio.to_thread(load_avatar, avatar_name or self.config.avatar)
         except InputError as exc:
             raise ApiError(404, str(exc)) from exc
-        session = Session(avatar, self.config.engine(), self.config.tts())
-        while session.id in self._live or session.id in self._secrets:
-            session = Session(avatar, self.config.engine(), self.config.tts())
-        if self.llm is not None:
-            session.chat = ChatBrain(self.llm)
-        if persona:
-            session.set_persona(persona)
-        session.metrics = self.metrics
-        session.asr = self.asr
-        session.vad_options = dict(self.config.vad)
+        taken = self._live.keys() | self._secrets.keys()  # (an ended one's recording keeps its)
+        session = self.maker.make(avatar, persona, taken)
         await self.set_mode(session, mode)
         return session
 
@@ -452,19 +424,17 @@ class Sessions:
         elif session.notice == NO_LLM:
             session.notice = ""
 
-    def _register(
-        self, session: Session, pc: RTCPeerConnection | None = None, client: str = ""
-    ) -> None:
-        live = self._live[session.id] = _Live(session, pc, client=client)
+    def _register(self, session: Session, peer: WebRTCPeer | None = None, client: str = "") -> None:
+        self._live[session.id] = _Live(session, peer, client=client)
         self._secrets[session.id] = secrets.token_urlsafe(24)
         while len(self._secrets) > len(self._live) + ENDED_SECRETS:
             ended = next(s for s in self._secrets if s not in self._live)  # the oldest ended
             del self._secrets[ended]
         self.metrics.sessions.set(len(self._live))
         session.start()
-        if pc is not None:
-            live.watchdog = asyncio.get_running_loop().create_task(self._watch(session.id, pc))
-        kind = "WebRTC" if pc is not None else "WebSocket"
+        if peer is not None:
+            peer.start()
+        kind = "WebRTC" if peer is not None else "WebSocket"
         log.info(
             "%s session opened with avatar %s",
             kind,
@@ -526,73 +496,24 @@ class Sessions:
     async def _negotiate(
         self, session: Session, offer: Offer, client: str
     ) -> tuple[Session, RTCSessionDescription]:
-        pc = RTCPeerConnection(rtc_configuration(self.config.ice_servers))
-        sink = WebRTCSink(StateMessages(lambda: session.caption))
-
-        @pc.on("track")  # fired while the offer is applied: registered before it
-        def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "audio":  # the user's microphone
-                listen_promptly(pc, track)
-                self._listeners.append(asyncio.ensure_future(_listen(track, session)))
-
-        @pc.on("datachannel")
-        def on_channel(channel: RTCDataChannel) -> None:
-            if channel.label == EVENTS_CHANNEL:
-                sink.events = channel
-
+        peer = WebRTCPeer(
+            session,
+            on_gone=lambda: self.close(session.id),
+            ice_servers=self.config.ice_servers,
+            peer_timeout=self.config.peer_timeout,
+        )
         try:
-            pc.addTrack(sink.video)
-            pc.addTrack(sink.audio)
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
-            await pc.setLocalDescription(await pc.createAnswer())
-        except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on a bad SDP
-            with contextlib.suppress(Exception):  # (half-applied, its close can fail too)
-                await pc.close()
+            answer = await peer.answer(offer.sdp)
+        except NegotiationFailed as exc:
             raise ApiError(400, f"cannot negotiate WebRTC with this offer: {exc}") from exc
-
-        @pc.on("connectionstatechange")
-        async def on_state() -> None:
-            log.info("peer connection %s", pc.connectionState, extra={"session": session.id})
-            if pc.connectionState in ("failed", "closed"):
-                await self.close(session.id)
-
-        session.add_sink(sink)
-        self._register(session, pc, client)
-        return session, pc.localDescription
-
-    async def _watch(self, session_id: int, pc: RTCPeerConnection) -> None:
-        """Close the session of a peer that went silent (network gone, laptop shut)."""
-        loop = asyncio.get_running_loop()
-        heard = loop.time()  # the peer gets peer_timeout to connect and report
-        last_reports: dict[int, object] = {}  # per sender: the timestamp of its last report
-        while True:
-            await asyncio.sleep(1.0)
-            for sender in pc.getSenders():
-                try:
-                    report = await sender.getStats()
-                except Exception:  # noqa: BLE001 - a dying transport: judged by silence
-                    continue
-                for stats in report.values():
-                    if stats.type == "remote-inbound-rtp":
-                        if last_reports.get(id(sender)) != stats.timestamp:
-                            last_reports[id(sender)] = stats.timestamp
-                            heard = loop.time()
-            if loop.time() - heard > self.config.peer_timeout:
-                log.info(
-                    "peer silent for %.0f s: closing",
-                    loop.time() - heard,
-                    extra={"session": session_id},
-                )
-                asyncio.get_running_loop().create_task(self.close(session_id))
-                return
+        self._register(session, peer, client)
+        return session, answer
 
     async def close(self, session_id: int) -> bool:
         live = self._live.pop(session_id, None)
         if live is None:
             return False
         self.metrics.sessions.set(len(self._live))
-        if live.watchdog is not None and live.watchdog is not asyncio.current_task():
-            live.watchdog.cancel()
         if live.recorder is not None:  # a session that ends mid-recording keeps what it sent
             live.session.remove_sink(live.recorder)
             try:
@@ -600,20 +521,14 @@ class Sessions:
             except RecordingFailed as exc:
                 log.warning("%s", exc, extra={"session": session_id})
         await live.session.close()
-        if live.pc is not None:
-            await live.pc.close()
+        if live.peer is not None:
+            await live.peer.close()
         return True
 
     async def close_all(self) -> None:
         for session_id in list(self._live):
             await self.close(session_id)
-        for listener in self._listeners:
-            listener.cancel()
-        await asyncio.gather(*self._listeners, return_exceptions=True)
-        if self.llm is not None:
-            await self.llm.close()
-        if self.workers is not None:
-            await asyncio.to_thread(self.workers.close)
+        await self.maker.close()
 
 
 def create_app(config: ServerConfig | None = None) -> FastAPI:
@@ -947,7 +862,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             missing.append("the default avatar is loading")
         if config.warm_workers and not tasks.workers:
             missing.append("the task worker is starting")
-        if config.warm_workers and sessions.workers is not None and not sessions.workers.workers:
+        workers = sessions.maker.workers
+        if config.warm_workers and workers is not None and not workers.workers:
             missing.append("the recognition worker is starting")
         if len(sessions) >= config.max_sessions:
             missing.append(f"the server is full ({config.max_sessions} sessions)")
@@ -1179,8 +1095,10 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
                 "notice": session.notice,
             }
         )
-        sender = asyncio.create_task(_send_frames(ws, session, sink, config.stalled_client_timeout))
-        receiver = asyncio.create_task(_receive_commands(ws, session))
+        sender = asyncio.create_task(send_frames(ws, session, sink, config.stalled_client_timeout))
+        receiver = asyncio.create_task(
+            receive(ws, session, lambda text: _command(ws, session, text))
+        )
         try:
             await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
             stalled = sender.done() and isinstance(sender.exception(), ClientStalled)
@@ -1255,27 +1173,6 @@ def _client(connection: Request | WebSocket) -> str:
     return connection.client.host if connection.client is not None else ""
 
 
-class ClientStalled(Exception):
-    """A WebSocket client stopped reading: its session is ended, not left holding a place."""
-
-
-async def _send_frames(
-    ws: WebSocket, session: Session, sink: WebSocketSink, timeout: float
-) -> None:
-    state = StateMessages(lambda: session.caption)
-    while (frame := await sink.next()) is not None:
-        message = await asyncio.to_thread(encode_frame, frame)
-        try:
-            # The sink drops frames a slow client cannot take, so a send that waits this
-            # long means the client stopped reading (it kept its place indefinitely).
-            await asyncio.wait_for(ws.send_bytes(message), timeout)
-        except TimeoutError:
-            raise ClientStalled(f"the client read nothing for {timeout:g} s") from None
-        changed = state.after(frame)
-        if changed is not None:
-            await ws.send_json(changed)
-
-
 async def check_webhook(url: str, allowed: list[str]) -> None:
     """Refuse a webhook that is not http(s), or whose host resolves to a loopback, private,
     link-local or otherwise non-public address, unless the host is in ``allowed``."""
@@ -1331,76 +1228,28 @@ def session_id(value: object) -> int:
         raise ApiError(400, f"sessionid must be a whole number, got {value!r:.40}") from None
 
 
-MIC_QUIET = 0.5  # s without a microphone packet: the page turned its microphone off
-
-
-async def _receive_commands(ws: WebSocket, session: Session) -> None:
-    while True:
-        try:  # (a receive is safe to cancel: no message is lost)
-            message = await asyncio.wait_for(ws.receive(), MIC_QUIET)
-        except TimeoutError:
-            if session.listening:  # the page turned its microphone off
-                session.listening = False
-                session.microphone_stopped()
-            continue
-        if message["type"] == "websocket.disconnect":
-            raise WebSocketDisconnect(message.get("code", 1000))
-        text = message.get("text")
-        try:
-            if text is None:
-                try:
-                    audio = decode_microphone(message.get("bytes") or b"")
-                except ValueError as exc:
-                    raise ApiError(400, str(exc)) from exc
-                session.listening = True
-                session.listen(audio)
-                continue
-            command = json_object(text)
-            if "type" not in command:
-                raise ApiError(400, 'a message is a JSON object with a "type"')
-            kind = command["type"]
-            if kind == "say":
-                session.say(text_of(command), bool(command.get("interrupt", False)))
-            elif kind == "chat":
-                session.converse(text_of(command), bool(command.get("interrupt", True)))
-            elif kind == "interrupt":
-                session.interrupt()
-            elif kind == "persona":
-                session.set_persona(text_of(command))
-            elif kind == "close":
-                await ws.close()
-                raise WebSocketDisconnect(1000)
-            else:
-                raise ApiError(
-                    400,
-                    f"unknown message type {kind!r}: use say, chat, interrupt, persona or close",
-                )
-        except (ApiError, InputError) as exc:
-            msg = exc.message if isinstance(exc, ApiError) else str(exc)
-            await ws.send_json({"type": "error", "msg": msg})
-
-
-async def _listen(track: MediaStreamTrack, session: Session) -> None:
-    """Feed a peer's microphone to its session, resampled to 16 kHz mono.
-
-    The page keeps its audio sender for the whole session and gives it a track only while
-    the microphone is on (so it can be switched live, without renegotiating): ``listening``
-    says whether packets are arriving, and an utterance cut short by the switch ends there.
-    """
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+async def _command(ws: WebSocket, session: Session, text: str) -> None:
+    """One JSON command from a session's WebSocket (see `rtlipsync.transport.websocket`)."""
     try:
-        while True:
-            try:
-                frame = await asyncio.wait_for(track.recv(), MIC_QUIET)
-            except TimeoutError:
-                if session.listening:
-                    session.listening = False
-                    session.microphone_stopped()
-                continue
-            session.listening = True
-            for out in resampler.resample(frame):
-                session.listen(out.to_ndarray().reshape(-1))
-    except (MediaStreamError, asyncio.CancelledError):
-        return
-    finally:
-        session.listening = False
+        command = json_object(text)
+        if "type" not in command:
+            raise ApiError(400, 'a message is a JSON object with a "type"')
+        kind = command["type"]
+        if kind == "say":
+            session.say(text_of(command), bool(command.get("interrupt", False)))
+        elif kind == "chat":
+            session.converse(text_of(command), bool(command.get("interrupt", True)))
+        elif kind == "interrupt":
+            session.interrupt()
+        elif kind == "persona":
+            session.set_persona(text_of(command))
+        elif kind == "close":
+            await ws.close()
+            raise WebSocketDisconnect(1000)
+        else:
+            raise ApiError(
+                400,
+                f"unknown message type {kind!r}: use say, chat, interrupt, persona or close",
+            )
+    except ApiError as exc:  # (said to the client; the session carries on)
+        raise InputError(exc.message) from exc

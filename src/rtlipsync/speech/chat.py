@@ -17,7 +17,7 @@ from rtlipsync.speech.sentences import SentenceSplitter, language_of, split_emot
 from rtlipsync.speech.tts import TTSError
 
 if TYPE_CHECKING:
-    from rtlipsync.session import Session
+    from rtlipsync.speech.port import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class ChatBrain:
             {"role": "user", "content": user_text},
         ]
 
-    async def reply(self, session: Session, user_text: str, generation: int) -> None:
+    async def reply(self, session: Conversation, user_text: str, generation: int) -> None:
         """Speak the model's answer to ``user_text`` until done or interrupted."""
         messages = self._messages(user_text)
         splitter = SentenceSplitter()

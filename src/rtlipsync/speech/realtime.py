@@ -42,7 +42,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from rtlipsync.speech.sentences import estimate_emotion
 
 if TYPE_CHECKING:
-    from rtlipsync.session import Session
+    from rtlipsync.speech.port import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class RealtimeBrain:
     """One session's conversation with a realtime speech-to-speech service."""
 
     def __init__(
-        self, session: Session, config: RealtimeConfig, instructions: str | None = None
+        self, session: Conversation, config: RealtimeConfig, instructions: str | None = None
     ) -> None:
         self.session = session
         self.config = config

@@ -1,9 +1,13 @@
-"""WebRTC out through aiortc: our own 25 fps video track and a 20 ms audio track.
+"""WebRTC through aiortc: one peer's connection to its session, both ways (`WebRTCPeer`).
 
-aiortc's stock `VideoStreamTrack` paces at 30 fps, so we pace ourselves: both tracks are fed
-by the session's one clock through small queues, and their timestamps come from the frame
-index, so audio and video share one timeline and the browser's RTP/RTCP sync holds. A slow
-peer loses the oldest queued frames, never the timeline.
+Out: our own 25 fps video track and a 20 ms audio track. aiortc's stock `VideoStreamTrack`
+paces at 30 fps, so we pace ourselves: both tracks are fed by the session's one clock
+through small queues, and their timestamps come from the frame index, so audio and video
+share one timeline and the browser's RTP/RTCP sync holds. A slow peer loses the oldest
+queued frames, never the timeline. Beside them, an ``events`` data channel (opened by the
+peer) carries what each frame changes on the page (`StateMessages`).
+
+In: the peer's microphone, resampled to 16 kHz for the session's listener (`listen`).
 
 No STUN server is contacted unless configured (`ice_servers`); on a LAN or loopback, host
 candidates are enough, and TURN servers can be given for NAT traversal.
@@ -12,9 +16,13 @@ candidates are enough, and TURN servers can be given for NAT traversal.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fractions
 import json
+import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import av
 import cv2
@@ -25,10 +33,17 @@ from aiortc import (
     RTCDataChannel,
     RTCIceServer,
     RTCPeerConnection,
+    RTCSessionDescription,
 )
 from aiortc.jitterbuffer import JitterBuffer
+from aiortc.mediastreams import MediaStreamError
 
 from rtlipsync.media.frames import FPS, PACKET_SAMPLES, SAMPLE_RATE, AVFrame, StateMessages
+
+if TYPE_CHECKING:
+    from rtlipsync.session import Session
+
+log = logging.getLogger(__name__)
 
 VIDEO_CLOCK = 90_000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
@@ -160,3 +175,144 @@ def rtc_configuration(ice_servers: list[dict[str, object]] | None = None) -> RTC
         for s in ice_servers or []
     ]
     return RTCConfiguration(iceServers=servers)
+
+
+MIC_QUIET = 0.5  # s without a microphone packet: the page turned its microphone off
+
+
+async def listen(track: MediaStreamTrack, session: Session) -> None:
+    """Feed a peer's microphone to its session, resampled to 16 kHz mono.
+
+    The page keeps its audio sender for the whole session and gives it a track only while
+    the microphone is on (so it can be switched live, without renegotiating): ``listening``
+    says whether packets are arriving, and an utterance cut short by the switch ends there.
+    """
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    try:
+        while True:
+            try:
+                frame = await asyncio.wait_for(track.recv(), MIC_QUIET)
+            except TimeoutError:
+                if session.listening:
+                    session.listening = False
+                    session.microphone_stopped()
+                continue
+            session.listening = True
+            for out in resampler.resample(frame):
+                session.listen(out.to_ndarray().reshape(-1))
+    except (MediaStreamError, asyncio.CancelledError):
+        return
+    finally:
+        session.listening = False
+
+
+class NegotiationFailed(ValueError):
+    """The peer's offer could not be applied or answered (the message says what aiortc said)."""
+
+
+class WebRTCPeer:
+    """One peer's WebRTC connection to its session, both ways, and its signalling.
+
+    `answer` applies the peer's offer: the avatar's video and audio go out through a
+    `WebRTCSink`, a microphone it sends comes in through `listen`, and an ``events`` data
+    channel it opens gets the page's state. `start` joins the session's clock and watches
+    the peer; ``on_gone`` is called once when the connection fails or closes, or when the
+    peer falls silent for ``peer_timeout`` s (network gone, laptop shut).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        on_gone: Callable[[], Awaitable[object]],
+        ice_servers: list[dict[str, object]] | None = None,
+        peer_timeout: float = 10.0,
+    ) -> None:
+        self.session = session
+        self.pc = RTCPeerConnection(rtc_configuration(ice_servers))
+        self.sink = WebRTCSink(StateMessages(lambda: session.caption))
+        self.peer_timeout = peer_timeout
+        self._on_gone = on_gone
+        self._gone = False
+        self._tasks: list[asyncio.Future[Any]] = []  # the microphone's listener, the watchdog
+
+    async def answer(self, sdp: str) -> RTCSessionDescription:
+        """Our answer to the peer's SDP offer; `NegotiationFailed` (and nothing left open)
+        when the two do not negotiate."""
+        pc, session, sink = self.pc, self.session, self.sink
+
+        @pc.on("track")  # fired while the offer is applied: registered before it
+        def on_track(track: MediaStreamTrack) -> None:
+            if track.kind == "audio":  # the user's microphone
+                listen_promptly(pc, track)
+                self._tasks.append(asyncio.ensure_future(listen(track, session)))
+
+        @pc.on("datachannel")
+        def on_channel(channel: RTCDataChannel) -> None:
+            if channel.label == EVENTS_CHANNEL:
+                sink.events = channel
+
+        try:
+            pc.addTrack(sink.video)
+            pc.addTrack(sink.audio)
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on a bad SDP
+            with contextlib.suppress(Exception):  # (half-applied, its close can fail too)
+                await pc.close()
+            raise NegotiationFailed(str(exc)) from exc
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            log.info("peer connection %s", pc.connectionState, extra={"session": session.id})
+            if pc.connectionState in ("failed", "closed"):
+                await self._gone_once()
+
+        return pc.localDescription
+
+    def start(self) -> None:
+        """Send the session's frames to the peer, and watch that it is still there."""
+        self.session.add_sink(self.sink)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch()))
+
+    async def _gone_once(self) -> None:
+        if not self._gone:
+            self._gone = True
+            await self._on_gone()
+
+    async def _watch(self) -> None:
+        """Call ``on_gone`` when the peer went silent: no RTCP receiver report (browsers
+        send one about every second) for ``peer_timeout``; ICE consent alone takes 30 s."""
+        loop = asyncio.get_running_loop()
+        heard = loop.time()  # the peer gets peer_timeout to connect and report
+        last_reports: dict[int, object] = {}  # per sender: the timestamp of its last report
+        while True:
+            await asyncio.sleep(1.0)
+            for sender in self.pc.getSenders():
+                try:
+                    report = await sender.getStats()
+                except Exception:  # noqa: BLE001 - a dying transport: judged by silence
+                    continue
+                for stats in report.values():
+                    if stats.type == "remote-inbound-rtp":
+                        if last_reports.get(id(sender)) != stats.timestamp:
+                            last_reports[id(sender)] = stats.timestamp
+                            heard = loop.time()
+            if loop.time() - heard > self.peer_timeout:
+                log.info(
+                    "peer silent for %.0f s: closing",
+                    loop.time() - heard,
+                    extra={"session": self.session.id},
+                )
+                await self._gone_once()  # (its close leaves this task to end by itself)
+                return
+
+    async def close(self) -> None:
+        """Close the connection and stop its listener and watchdog (the session is not
+        closed here: its owner does that)."""
+        self._gone = True
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.pc.close()

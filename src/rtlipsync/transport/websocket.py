@@ -26,11 +26,19 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from rtlipsync.media.frames import AVFrame
+from rtlipsync.errors import InputError
+from rtlipsync.media.frames import AVFrame, StateMessages
+from rtlipsync.transport.webrtc import MIC_QUIET
+
+if TYPE_CHECKING:
+    from rtlipsync.session import Session
 
 FRAME_MESSAGE = 1
 HEADER = struct.Struct(">BII")
@@ -93,3 +101,55 @@ def decode_microphone(data: bytes) -> np.ndarray:
             f"of bytes up to {MAX_MIC_BYTES} (got {len(data)})"
         )
     return np.frombuffer(data, "<i2").astype(np.int16)
+
+
+class ClientStalled(Exception):
+    """A WebSocket client stopped reading: its session is ended, not left holding a place."""
+
+
+async def send_frames(ws: WebSocket, session: Session, sink: WebSocketSink, timeout: float) -> None:
+    """Send the session's frames as they come, each followed by the state it changed; raise
+    `ClientStalled` when one send waits ``timeout`` s."""
+    state = StateMessages(lambda: session.caption)
+    while (frame := await sink.next()) is not None:
+        message = await asyncio.to_thread(encode_frame, frame)
+        try:
+            # The sink drops frames a slow client cannot take, so a send that waits this
+            # long means the client stopped reading (it kept its place indefinitely).
+            await asyncio.wait_for(ws.send_bytes(message), timeout)
+        except TimeoutError:
+            raise ClientStalled(f"the client read nothing for {timeout:g} s") from None
+        changed = state.after(frame)
+        if changed is not None:
+            await ws.send_json(changed)
+
+
+async def receive(
+    ws: WebSocket, session: Session, on_text: Callable[[str], Awaitable[None]]
+) -> None:
+    """Read the client's messages until it goes (`WebSocketDisconnect`): binary ones are its
+    microphone, heard by the session; text ones go to ``on_text``, and an `InputError` it
+    raises is answered with an error message while the session carries on."""
+    while True:
+        try:  # (a receive is safe to cancel: no message is lost)
+            message = await asyncio.wait_for(ws.receive(), MIC_QUIET)
+        except TimeoutError:
+            if session.listening:  # the page turned its microphone off
+                session.listening = False
+                session.microphone_stopped()
+            continue
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        text = message.get("text")
+        try:
+            if text is None:
+                try:
+                    audio = decode_microphone(message.get("bytes") or b"")
+                except ValueError as exc:
+                    raise InputError(str(exc)) from exc
+                session.listening = True
+                session.listen(audio)
+            else:
+                await on_text(text)
+        except InputError as exc:
+            await ws.send_json({"type": "error", "msg": str(exc)})
