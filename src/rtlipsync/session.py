@@ -65,6 +65,7 @@ NO_LLM = (
     "(set llm.base_url or RTLIPSYNC_LLM_BASE_URL)"
 )
 MAX_PERSONA = 4000  # characters of a persona (system prompt)
+MIC_QUIET = 0.5  # s without a microphone packet: the page turned its microphone off
 DUCK_GAIN = 0.18  # the avatar's level (-15 dB) while a voice may be cutting in
 RESUME_FRAMES = 3  # a ducked voice comes back up over this many frames (120 ms): no click
 DUCK_FADE = SAMPLE_RATE // 100  # samples (10 ms) over which it goes down: quick, no click
@@ -268,8 +269,11 @@ class Session:
                     self._track(self._understand(event.audio, stopped))
 
     def microphone_stopped(self) -> None:
-        """The microphone stopped sending (muted, or its track taken away): an utterance in
-        progress ends here, as if the user fell silent, instead of waiting for more."""
+        """The microphone stopped sending (muted, or its track taken away, for `MIC_QUIET`
+        seconds): the session is no longer listening, and an utterance in progress ends
+        here, as if the user fell silent, instead of waiting for more. Every transport
+        calls this, so what a silent microphone means is decided once."""
+        self.listening = False
         vad = self._vad
         if vad is not None and vad.speaking:
             self.listen(np.zeros((vad.min_silence_windows + 1) * WINDOW, np.int16))

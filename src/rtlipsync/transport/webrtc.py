@@ -39,6 +39,7 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 
 from rtlipsync.media.frames import FPS, PACKET_SAMPLES, SAMPLE_RATE, AVFrame, StateMessages
+from rtlipsync.session import MIC_QUIET
 
 if TYPE_CHECKING:
     from rtlipsync.session import Session
@@ -177,9 +178,6 @@ def rtc_configuration(ice_servers: list[dict[str, object]] | None = None) -> RTC
     return RTCConfiguration(iceServers=servers)
 
 
-MIC_QUIET = 0.5  # s without a microphone packet: the page turned its microphone off
-
-
 async def listen(track: MediaStreamTrack, session: Session) -> None:
     """Feed a peer's microphone to its session, resampled to 16 kHz mono.
 
@@ -194,7 +192,6 @@ async def listen(track: MediaStreamTrack, session: Session) -> None:
                 frame = await asyncio.wait_for(track.recv(), MIC_QUIET)
             except TimeoutError:
                 if session.listening:
-                    session.listening = False
                     session.microphone_stopped()
                 continue
             session.listening = True

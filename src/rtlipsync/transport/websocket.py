@@ -35,7 +35,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from rtlipsync.errors import InputError
 from rtlipsync.media.frames import AVFrame, StateMessages
-from rtlipsync.transport.webrtc import MIC_QUIET
+from rtlipsync.session import MIC_QUIET
 
 if TYPE_CHECKING:
     from rtlipsync.session import Session
@@ -135,7 +135,6 @@ async def receive(
             message = await asyncio.wait_for(ws.receive(), MIC_QUIET)
         except TimeoutError:
             if session.listening:  # the page turned its microphone off
-                session.listening = False
                 session.microphone_stopped()
             continue
         if message["type"] == "websocket.disconnect":
