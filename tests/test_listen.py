@@ -146,23 +146,50 @@ def test_providers_by_name_and_faster_whisper_extra() -> None:
             del os.environ["HF_HUB_OFFLINE"]
 
 
-def test_settings_sections(tmp_path) -> None:  # noqa: ANN001
-    from rtlipsync.config import load_settings
+def test_settings_sections(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from rtlipsync.config import VadSettings, load_settings
     from rtlipsync.errors import InputError
+    from rtlipsync.speech.llm import LLMConfig
+    from rtlipsync.speech.providers import Provider
+
+    for name in ("RTLIPSYNC_REALTIME_URL", "RTLIPSYNC_LLM_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
 
     path = tmp_path / "settings.yaml"
     path.write_text("mode: realtime\nvad: {min_speech: 0.4}\ntts: {provider: espeak}\n")
-    settings = load_settings(path)
-    assert (settings.mode, settings.vad, settings.tts) == (
-        "realtime",
-        {"min_speech": 0.4},
-        {"provider": "espeak"},
+    with pytest.raises(InputError, match="mode is realtime but no realtime service"):
+        load_settings(path)
+    path.write_text(
+        "mode: realtime\nrealtime: {url: 'ws://127.0.0.1:9/v1/realtime'}\n"
+        "vad: {min_speech: 0.4}\ntts: {provider: espeak}\n"
     )
+    settings = load_settings(path)
+    # Each section is the typed object its consumer takes, checked before anything starts.
+    assert settings.mode == "realtime"
+    assert settings.vad == VadSettings(min_speech=0.4) and settings.vad.options() == {
+        "min_speech": 0.4
+    }
+    assert settings.tts == Provider("tts", "espeak")
+    assert settings.realtime.url == "ws://127.0.0.1:9/v1/realtime"
+    path.write_text("llm: {base_url: 'http://127.0.0.1:9/v1', max_turns: '4', temprature: 1}\n")
+    with pytest.raises(InputError, match="unknown llm setting.*temprature"):
+        load_settings(path)
+    path.write_text("llm: {base_url: 'http://127.0.0.1:9/v1', max_turns: many}\n")
+    with pytest.raises(InputError, match="llm.max_turns must be a number"):
+        load_settings(path)
+    path.write_text("llm: {base_url: 'http://127.0.0.1:9/v1', max_turns: '4'}\n")
+    assert load_settings(path).llm == LLMConfig(base_url="http://127.0.0.1:9/v1", max_turns=4)
+    path.write_text("asr: {provider: whisper}\n")
+    with pytest.raises(InputError, match="unknown asr provider 'whisper'"):
+        load_settings(path)
+    path.write_text("vad: {min_silence: 0}\n")
+    with pytest.raises(InputError, match="vad.min_silence must be more than 0"):
+        load_settings(path)
     path.write_text("mode: karaoke\n")
     with pytest.raises(InputError, match="mode must be repeat, chat or realtime"):
         load_settings(path)
     path.write_text("vad: {min_speach: 0.4}\n")
-    with pytest.raises(InputError, match="unknown vad option"):
+    with pytest.raises(InputError, match="unknown vad setting.*min_speach; known: min_speech, min_silence"):
         load_settings(path)
     path.write_text("max_audio_seconds: 120\nwebhook_hosts: [hooks.lan]\n")
     settings = load_settings(path)

@@ -7,6 +7,7 @@ import base64
 import time
 
 import numpy as np
+import pytest
 
 from rtlipsync.media.frames import SAMPLE_RATE
 from rtlipsync.session import Session
@@ -232,22 +233,30 @@ def test_unreachable_service_is_told_at_start(default_avatar) -> None:
     run_realtime(default_avatar, fake, scenario)
 
 
-def test_config_from_env(monkeypatch) -> None:  # noqa: ANN001
+def test_realtime_settings_come_from_yaml_then_environment(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    from rtlipsync.config import load_settings
+    from rtlipsync.errors import InputError
+
     for name in ("RTLIPSYNC_REALTIME_URL", "RTLIPSYNC_REALTIME_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-    assert RealtimeConfig.from_env() is None
+    assert load_settings().realtime is None
+    path = tmp_path / "settings.yaml"
+    path.write_text(
+        "realtime: {url: 'wss://yaml.example/v1/realtime', voice: cedar, silence_ms: '300'}\n"
+    )
     monkeypatch.setenv("RTLIPSYNC_REALTIME_URL", "ws://127.0.0.1:9/v1/realtime")
     monkeypatch.setenv("RTLIPSYNC_REALTIME_MODEL", "local-model")
-    config = RealtimeConfig.from_env(voice="cedar", silence_ms="300")
+    config = load_settings(path).realtime
+    assert isinstance(config, RealtimeConfig)
+    # The environment overrides the file, key by key; what it does not name stays the file's.
     assert config.endpoint() == "ws://127.0.0.1:9/v1/realtime?model=local-model"
     assert (config.voice, config.silence_ms) == ("cedar", 300)
     monkeypatch.setenv("RTLIPSYNC_REALTIME_URL", "http://example.org")
-    try:
-        RealtimeConfig.from_env()
-    except ValueError as exc:
-        assert "ws://" in str(exc)
-    else:
-        raise AssertionError("an http URL was accepted")
+    with pytest.raises(InputError, match="ws://"):
+        load_settings()
+    monkeypatch.delenv("RTLIPSYNC_REALTIME_URL")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert load_settings().realtime.api_key == "sk-test"  # the generic key names the service
 
 
 def test_realtime_session_over_the_server(default_avatar) -> None:

@@ -11,19 +11,16 @@ that the server, the CLI, benchmarks and tests all get sessions wired the same w
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Container
 from typing import TYPE_CHECKING, Any
 
-from rtlipsync.errors import InputError
 from rtlipsync.face.avatar import Avatar
 from rtlipsync.metrics import Metrics
 from rtlipsync.session import Session
 from rtlipsync.speech.asr import ASRProvider, WorkerASR
 from rtlipsync.speech.chat import ChatBrain
-from rtlipsync.speech.llm import ChatLLM, LLMConfig
-from rtlipsync.speech.realtime import RealtimeConfig
+from rtlipsync.speech.llm import ChatLLM
 from rtlipsync.workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -32,40 +29,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LLM_KEYS = {"base_url", "api_key", "model", "system_prompt", "max_turns"}
-
 
 def server_config(settings: Settings, **extra: Any) -> ServerConfig:
-    """The server's configuration from ``settings``; a wrong section is an `InputError` that
-    names it. ``extra`` sets the fields that are not settings (``engine``, the factory of
-    each session's engine; ``warm_workers``, ...)."""
+    """The server's configuration from ``settings`` (already typed and checked by
+    `load_settings`). ``extra`` sets the fields that are not settings (``engine``, the
+    factory of each session's engine; ``warm_workers``, ...)."""
     from rtlipsync.server.app import ServerConfig
-    from rtlipsync.speech.providers import asr_factory, tts_factory
 
-    if unknown := set(settings.llm) - LLM_KEYS:
-        raise InputError(f"unknown llm setting(s): {', '.join(sorted(unknown))}")
-    llm = LLMConfig.from_env(**settings.llm)
-    known = {f.name for f in dataclasses.fields(RealtimeConfig)}
-    if unknown := set(settings.realtime) - known:
-        raise InputError(f"unknown realtime setting(s): {', '.join(sorted(unknown))}")
-    try:
-        realtime = RealtimeConfig.from_env(**settings.realtime)
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"realtime settings: {exc}") from exc
-    if settings.mode == "realtime" and realtime is None:
-        raise InputError("mode is realtime but no realtime service is configured (realtime.url)")
-    tts = tts_factory(settings.tts)
-    tts()  # a bad voice or provider fails now, with its message, not in a session
+    tts = settings.tts
+    tts()  # a bad voice fails now, with its message, not in a session
     fields: dict[str, Any] = {
         "avatar": settings.avatar,
         "max_sessions": settings.max_sessions,
         "ice_servers": settings.ice_servers,
-        "llm": llm,
-        "realtime": realtime,
+        "llm": settings.llm,
+        "realtime": settings.realtime,
         "mode": settings.mode,
         "tts": tts,
-        "asr": asr_factory(settings.asr),
-        "vad": {k: float(v) for k, v in settings.vad.items()},
+        "asr": settings.asr,
+        "vad": settings.vad.options(),
         "max_audio_seconds": settings.max_audio_seconds,
         "max_upload_mb": settings.max_upload_mb,
         "max_avatar_upload_mb": settings.max_avatar_upload_mb,

@@ -40,18 +40,41 @@ asr:                     # pocketsphinx (default, offline) | openai | faster-whi
 vad:                     # the microphone's voice activity detection
   min_speech: 0.25       # s of speech before the avatar is interrupted (a cough is shorter)
   min_silence: 0.5       # s of quiet that ends the user's turn
+
+Every layer overrides the one before it: defaults, the YAML file, ``RTLIPSYNC_*`` variables,
+flags. The tree is typed and checked here, whole, before anything starts: each section
+becomes the object its consumer takes (`LLMConfig`, `RealtimeConfig`, a speech `Provider`,
+`VadSettings`), so no other module reads the environment or re-checks a key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from rtlipsync.errors import InputError
+from rtlipsync.speech.llm import LLMConfig
+from rtlipsync.speech.providers import Provider, asr_factory, tts_factory
+from rtlipsync.speech.realtime import RealtimeConfig
+
+
+@dataclass(frozen=True)
+class VadSettings:
+    """The microphone's voice activity detection; None: `VoiceActivity`'s own default."""
+
+    min_speech: float | None = None  # s of speech before the avatar is interrupted
+    min_silence: float | None = None  # s of quiet that ends the user's turn
+
+    def options(self) -> dict[str, float]:
+        """The values set, as `VoiceActivity` keyword arguments."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 @dataclass
@@ -73,15 +96,29 @@ class Settings:
     allowed_origins: list[str] = field(default_factory=list)
     access_token: str = ""  # "": none (callers on this machine are the operator)
     ice_servers: list[dict[str, Any]] = field(default_factory=list)
-    llm: dict[str, Any] = field(default_factory=dict)
-    realtime: dict[str, Any] = field(default_factory=dict)
-    tts: dict[str, Any] = field(default_factory=dict)
-    asr: dict[str, Any] = field(default_factory=dict)
-    vad: dict[str, Any] = field(default_factory=dict)
+    llm: LLMConfig | None = None  # None: no language model named (chat mode repeats)
+    realtime: RealtimeConfig | None = None  # None: no realtime service named
+    tts: Provider = field(default_factory=lambda: tts_factory({}))
+    asr: Provider = field(default_factory=lambda: asr_factory({}))
+    vad: VadSettings = field(default_factory=VadSettings)
 
 
 MIN_TOKEN = 16
-SECTIONS = ("llm", "realtime", "tts", "asr", "vad")  # mappings, from the YAML file only
+SECTIONS = ("llm", "realtime", "tts", "asr", "vad")  # mappings (see `_sections`)
+# Environment variables of the sections' fields; an API key falls back to OPENAI_API_KEY.
+SECTION_ENV = {
+    "llm": {
+        "base_url": "RTLIPSYNC_LLM_BASE_URL",
+        "model": "RTLIPSYNC_LLM_MODEL",
+        "api_key": "RTLIPSYNC_LLM_API_KEY",
+    },
+    "realtime": {
+        "url": "RTLIPSYNC_REALTIME_URL",
+        "model": "RTLIPSYNC_REALTIME_MODEL",
+        "voice": "RTLIPSYNC_REALTIME_VOICE",
+        "api_key": "RTLIPSYNC_REALTIME_API_KEY",
+    },
+}
 NUMBERS = ("max_audio_seconds", "max_upload_mb", "max_avatar_upload_mb", "max_request_kb")
 # (lists come from the YAML file only)
 LISTS = ("ice_servers", "webhook_hosts", "allowed_hosts", "allowed_origins", "media_roots")
@@ -145,11 +182,62 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
     if values.get("mode", "chat") not in ("repeat", "chat", "realtime"):
         raise InputError(f"mode must be repeat, chat or realtime, got {values['mode']!r}")
     for name in SECTIONS:
-        if not isinstance(values.get(name, {}), dict):
+        if not isinstance(values.get(name) or {}, dict):
             raise InputError(f"{name} must be a mapping of options (see rtlipsync.config)")
-    unknown_vad = sorted(set(values.get("vad", {})) - {"min_speech", "min_silence"})
-    if unknown_vad:
+    values.update(_sections({name: dict(values.get(name) or {}) for name in SECTIONS}))
+    settings = Settings(**values)
+    if settings.mode == "realtime" and settings.realtime is None:
+        raise InputError("mode is realtime but no realtime service is configured (realtime.url)")
+    return settings
+
+
+def _sections(raw: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The YAML sections, with the environment over them, as their consumers' objects."""
+    for section, variables in SECTION_ENV.items():
+        for key, variable in variables.items():
+            if os.environ.get(variable):
+                raw[section][key] = os.environ[variable]
+        if not raw[section].get("api_key") and os.environ.get("OPENAI_API_KEY"):
+            raw[section]["api_key"] = os.environ["OPENAI_API_KEY"]
+    llm = raw["llm"]
+    realtime = raw["realtime"]
+    url = realtime.get("url")
+    if url is not None and urlsplit(str(url)).scheme not in ("ws", "wss"):
+        raise InputError(f"realtime.url must start with ws:// or wss://, got {url!r}")
+    vad = _typed("vad", VadSettings, raw["vad"])
+    for key, value in dataclasses.asdict(vad).items():
+        if value is not None and value <= 0:
+            raise InputError(f"vad.{key} must be more than 0 seconds, got {value:g}")
+    return {
+        # A language model or service is named by its address or its key.
+        "llm": _typed("llm", LLMConfig, llm) if llm.get("base_url") or llm.get("api_key") else None,
+        "realtime": (
+            _typed("realtime", RealtimeConfig, realtime)
+            if realtime.get("url") or realtime.get("api_key")
+            else None
+        ),
+        "tts": tts_factory(raw["tts"]),
+        "asr": asr_factory(raw["asr"]),
+        "vad": vad,
+    }
+
+
+def _typed(section: str, kind: type, options: dict[str, Any]) -> Any:
+    """``kind`` made from ``options``, each converted to its field's type; a key it does not
+    have, or a value that does not convert, is an error naming ``section.key``."""
+    known = {f.name: f for f in fields(kind)}
+    if unknown := sorted(set(options) - set(known)):
         raise InputError(
-            f"unknown vad option(s) {', '.join(unknown_vad)}: use min_speech, min_silence"
+            f"unknown {section} setting(s) {', '.join(unknown)}; known: {', '.join(known)}"
         )
-    return Settings(**values)
+    hints = typing.get_type_hints(kind)
+    converted = {}
+    for key, value in options.items():
+        # The field's type, without its None: ``str | None`` converts with str.
+        want = next(a for a in typing.get_args(hints[key]) or (hints[key],) if a is not type(None))
+        try:
+            converted[key] = None if value is None else want(value)
+        except (TypeError, ValueError):
+            what = "a number" if want in (int, float) else "text"
+            raise InputError(f"{section}.{key} must be {what}, got {value!r}") from None
+    return kind(**converted)

@@ -1,13 +1,11 @@
 """Any OpenAI-compatible chat endpoint, streamed: OpenAI, Ollama, vLLM, llama.cpp's server.
 
-One protocol covers local and hosted models; the base URL, key and model come from config
-or the environment (``RTLIPSYNC_LLM_BASE_URL``, ``RTLIPSYNC_LLM_API_KEY`` or
-``OPENAI_API_KEY``, ``RTLIPSYNC_LLM_MODEL``).
+One protocol covers local and hosted models; the base URL, key and model come from the
+settings' ``llm:`` section or the environment (`rtlipsync.config` reads both).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -33,26 +31,6 @@ class LLMConfig:
     system_prompt: str = DEFAULT_PERSONA
     max_turns: int = 10  # user+assistant pairs kept per session
     timeout: float = 30.0
-
-    @classmethod
-    def from_env(cls, **overrides: object) -> LLMConfig | None:
-        """The configured LLM, or None when nothing names one."""
-        base = overrides.get("base_url") or os.environ.get("RTLIPSYNC_LLM_BASE_URL")
-        key = (
-            overrides.get("api_key")
-            or os.environ.get("RTLIPSYNC_LLM_API_KEY")
-            or os.environ.get("OPENAI_API_KEY")
-        )
-        if not base and not key:
-            return None
-        config = cls(base_url=base or None, api_key=key or "none")  # type: ignore[arg-type]
-        model = overrides.get("model") or os.environ.get("RTLIPSYNC_LLM_MODEL")
-        if model:
-            config.model = str(model)
-        for name in ("system_prompt", "max_turns", "timeout"):
-            if overrides.get(name) is not None:
-                setattr(config, name, overrides[name])
-        return config
 
 
 class ChatLLM:

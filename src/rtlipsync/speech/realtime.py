@@ -28,11 +28,10 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import numpy as np
 import soxr
@@ -77,33 +76,6 @@ class RealtimeConfig:
     prefix_padding_ms: int = 300
     reconnects: int = 3  # attempts after a dropped socket, before giving up
     timeout: float = 10.0  # to connect, and for the answer to session.update
-
-    @classmethod
-    def from_env(cls, **overrides: Any) -> RealtimeConfig | None:
-        """The configured service, or None when nothing names one (YAML ``realtime:`` keys
-        win over ``RTLIPSYNC_REALTIME_URL`` / ``_MODEL`` / ``_VOICE`` / ``_API_KEY``, then
-        ``OPENAI_API_KEY``)."""
-        env = os.environ.get
-        url = overrides.get("url") or env("RTLIPSYNC_REALTIME_URL")
-        key = overrides.get("api_key") or env("RTLIPSYNC_REALTIME_API_KEY") or env("OPENAI_API_KEY")
-        if not url and not key:
-            return None
-        config = cls(api_key=key or None)
-        if url:
-            if urlsplit(str(url)).scheme not in ("ws", "wss"):
-                raise ValueError(f"realtime url must start with ws:// or wss://, got {url!r}")
-            config.url = str(url)
-        for name, variable in (
-            ("model", "RTLIPSYNC_REALTIME_MODEL"),
-            ("voice", "RTLIPSYNC_REALTIME_VOICE"),
-        ):
-            value = overrides.get(name) or env(variable)
-            if value:
-                setattr(config, name, str(value))
-        for name in ("instructions", "silence_ms", "prefix_padding_ms", "reconnects", "timeout"):
-            if overrides.get(name) is not None:
-                setattr(config, name, type(getattr(config, name))(overrides[name]))
-        return config
 
     def endpoint(self) -> str:
         joiner = "&" if "?" in self.url else "?"
