@@ -20,6 +20,7 @@ import time
 import urllib.parse
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -557,6 +558,13 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Each live session keeps worker threads busy every frame: its frame, the I420
+        # conversion, Opus, and VP8, whose thread also holds each frame until its even
+        # departure (`PacedVp8Encoder`, up to 25 ms of 40). asyncio's default pool (cores + 4
+        # threads) would be full at a handful of sessions and delay them all.
+        asyncio.get_running_loop().set_default_executor(
+            ThreadPoolExecutor(8 + 3 * config.max_sessions, thread_name_prefix="asyncio")
+        )
         await asyncio.to_thread(load_avatar, config.avatar)  # prepare/load before the first user
         if config.warm_workers:
             sessions.warm()
