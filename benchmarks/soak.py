@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from rtlipsync.testing.peers import Receiver
 from rtlipsync.testing.serving import serve_process, wait_for
@@ -80,8 +81,14 @@ async def soak(
             frames = [t for t in rx.video if start + 5 <= t <= end]
             fps = len(frames) / (end - start - 5)
             ok &= fps >= 24.5
+            # Per minute too: a rate that sinks over the run is not the same as a slow machine.
+            edges = np.arange(start, end - 30.0, 60.0)  # (the last minute takes the rest)
+            minutes_fps = np.histogram(rx.video, np.append(edges, end))[0] / np.diff(
+                np.append(edges, end)
+            )
             print(
                 f"  session {k + 1}: {fps:5.2f} fps received  {'ok' if fps >= 24.5 else 'MISSED'}"
+                f"  (per minute: {' '.join(f'{f:.1f}' for f in minutes_fps)})"
             )
         at_two = next((mb for t, mb in memory if t >= 120), memory[0][1])
         growth = 100 * (memory[-1][1] - at_two) / at_two

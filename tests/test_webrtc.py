@@ -8,6 +8,7 @@ import fractions
 import av
 import numpy as np
 from aiortc import rtcrtpsender
+from aiortc.codecs.vpx import vp8_depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from rtlipsync.transport.webrtc import PACE_SLACK, PACE_WINDOW, PacedVp8Encoder
@@ -93,3 +94,24 @@ def test_the_server_sends_vp8_through_the_paced_encoder() -> None:
     )
     assert isinstance(rtcrtpsender.get_encoder(vp8), PacedVp8Encoder)
     assert not isinstance(rtcrtpsender.get_encoder(opus), PacedVp8Encoder)
+
+
+def test_vp8_is_encoded_without_the_denoiser_and_decodes() -> None:
+    encoder = PacedVp8Encoder(sleep=lambda s: None)
+    assert encoder.open_codec(64, 64).options["noise-sensitivity"] == "0"
+    decoder = av.CodecContext.create("libvpx", "r")
+    shown, codecs = [], []
+    for k in range(6):
+        if k == 3:
+            encoder.target_bitrate = 1_000_000  # as a receiver's estimate moves it
+        payloads, _ = encoder.encode(frame(k), force_keyframe=k == 4)
+        codecs.append(encoder.codec)
+        data = b"".join(vp8_depayload(p) for p in payloads)
+        shown += decoder.decode(av.Packet(data))
+        if k == 4:
+            assert data[0] & 1 == 0  # a keyframe when the receiver asks for one
+    # aiortc kept the codec opened here, and the new bitrate got one opened here again.
+    assert codecs[0] is codecs[1] is codecs[2] and codecs[3] is codecs[5] is not codecs[0]
+    assert codecs[3].bit_rate == 1_000_000
+    assert len(shown) == 6
+    assert abs(float(shown[-1].to_ndarray(format="rgb24").mean()) - 35) < 4  # frame 5's grey
