@@ -225,7 +225,7 @@ def _sections(raw: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _typed(section: str, kind: type, options: dict[str, Any]) -> Any:
     """``kind`` made from ``options``, each converted to its field's type; a key it does not
     have, or a value that does not convert, is an error naming ``section.key``."""
-    known = {f.name: f for f in fields(kind)}
+    known = [f.name for f in fields(kind)]
     if unknown := sorted(set(options) - set(known)):
         raise InputError(
             f"unknown {section} setting(s) {', '.join(unknown)}; known: {', '.join(known)}"

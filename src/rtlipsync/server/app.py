@@ -560,8 +560,8 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Each live session keeps worker threads busy every frame: its frame, the I420
         # conversion, Opus, and VP8, whose thread also holds each frame until its even
-        # departure (`PacedVp8Encoder`, up to 25 ms of 40). asyncio's default pool (cores + 4
-        # threads) would be full at a handful of sessions and delay them all.
+        # departure (`PacedVp8Encoder`: the encode plus up to its PACE_SLACK). asyncio's
+        # default pool (cores + 4 threads) would be full at a handful of sessions.
         asyncio.get_running_loop().set_default_executor(
             ThreadPoolExecutor(8 + 3 * config.max_sessions, thread_name_prefix="asyncio")
         )

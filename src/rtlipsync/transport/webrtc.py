@@ -129,7 +129,7 @@ class PacedVp8Encoder(Vp8Encoder):
         self._offsets: deque[float] = deque(maxlen=PACE_WINDOW)  # arrival - media time
 
     def encode(self, frame: av.VideoFrame, force_keyframe: bool = False) -> tuple[list[bytes], int]:
-        media = float(frame.pts * frame.time_base) if frame.pts is not None else None
+        media = float(frame.pts * frame.time_base)  # (aiortc needs it for the RTP time)
         arrived = self._clock()
         codec = self.codec
         # Opened here whenever aiortc would open it (first frame, new size, bitrate moved by
@@ -141,11 +141,10 @@ class PacedVp8Encoder(Vp8Encoder):
         ):
             self.codec = self.open_codec(frame.width, frame.height)
         out = super().encode(frame, force_keyframe)
-        if media is not None:
-            self._offsets.append(arrived - media)
-            wait = min(self._offsets) + media + PACE_SLACK - self._clock()
-            if wait > 0:
-                self._sleep(wait)
+        self._offsets.append(arrived - media)
+        wait = min(self._offsets) + media + PACE_SLACK - self._clock()
+        if wait > 0:
+            self._sleep(wait)
         return out
 
     def open_codec(self, width: int, height: int) -> av.video.codeccontext.VideoCodecContext:
