@@ -126,9 +126,14 @@ def test_page_start_speak_stop(default_avatar, tmp_path: Path, mode, query, tran
             lead = page.evaluate("window.heardAt - window.captionedAt")
             assert -400 < lead < 400, f"the caption came {-lead:.0f} ms after the speech"
         assert page.locator("#start").bounding_box()["y"] == controls_at  # no jump
-        page.wait_for_timeout(1500)
-        fps = float(page.inner_text("#readout").split(" fps")[0])
-        assert 20 <= fps <= 30, page.inner_text("#readout")
+        # The readout is the rate over the last second; its median over three seconds is the
+        # rate the page holds (one second can dip on a loaded two-core machine).
+        readings = []
+        for _ in range(3):
+            page.wait_for_timeout(1000)
+            readings.append(page.inner_text("#readout"))
+        fps = sorted(float(r.split(" fps")[0]) for r in readings)[1]
+        assert 20 <= fps <= 30, readings
         # The readout has its own backing and ends before the labelled speaking dot.
         readout = page.locator("#readout").bounding_box()
         dot = page.locator("#speaking").bounding_box()
