@@ -221,6 +221,22 @@ def test_the_mouth_leads_the_sound_within_the_declared_lookahead() -> None:
     assert first_open * 640 < onset  # the frame that first opens starts before the sound
 
 
+def test_the_lips_meet_before_a_bilabial_is_heard() -> None:
+    """A closure leads its sound as every shape does: the frame showing the moment `LEAD`
+    before a bilabial's middle is already shut (real lips meet before the closure sounds)."""
+    from rtlipsync.articulation.track import HOP, LEAD
+
+    speech = spoken("Maybe Bob bought a map of the pub, mum.", "en-us", wpm=150)
+    frames = mouths(speech.pcm, phonemes=speech.phonemes)
+    early = [
+        int((p.start + p.duration / 2 - LEAD * HOP / SAMPLE_RATE) * FPS)
+        for p in speech.phonemes
+        if is_bilabial(p.symbol) and p.duration >= 0.03
+    ]
+    assert len(early) >= 6
+    assert all(frames[f].open == 0.0 for f in early), [frames[f].open for f in early]
+
+
 def test_aligner_handles_text_with_nothing_to_say() -> None:
     aligner = TextAligner()
     aligner.add_text("... !!! ")

@@ -75,3 +75,10 @@ def test_bilabials_cli(tmp_path, capsys) -> None:  # noqa: ANN001
     empty.write_text("\n")
     assert main(["-q", "eval", "bilabials", "--sentences", str(empty)]) == 2
     assert "holds no sentences" in capsys.readouterr().err
+
+
+def test_reverse_is_a_footage_split(tmp_path, capsys) -> None:  # noqa: ANN001
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"")
+    assert main(["-q", "eval", "lips", "--reverse", "--truth", str(clip)]) == 2
+    assert "give it with --footage" in capsys.readouterr().err

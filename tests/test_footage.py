@@ -257,3 +257,16 @@ def test_bad_footage_gets_a_clear_message_and_no_bank(talking_video: Path, tmp_p
     assert found["talking"] is False and "not banked" in found["message"]
     manifest = json.loads((load_avatar("blank").path / "manifest.json").read_text())
     assert manifest["footage"] == found
+
+
+def test_the_footage_measure_holds_out_either_end(talking_video: Path) -> None:
+    """`rtlipsync eval lips --footage [--reverse]`: the avatar learns from one end of the
+    clip and is compared with the other, which it never saw; the built-in face's own talking
+    render is a person whose mouth the bank can follow."""
+    from rtlipsync.eval.lips import TRAIN_SHARE, footage_truth
+
+    n = len(list(read_video_frames(talking_video)))
+    report = footage_truth(talking_video, reverse=True).report
+    assert abs(report.frames - (n - int(n * TRAIN_SHARE))) <= 2  # the start, compared
+    assert report.r > 0.4 and report.closed_agreement is not None, report
+    assert load_avatar(f"footage-rev-{talking_video.stem}").manifest["footage"]["talking"]

@@ -245,8 +245,15 @@ def _eval_lips(args: argparse.Namespace) -> None:
         reports = [ClipReport(args.video.name, measure_lips(args.video, args.truth[0], progress))]
     else:
         engine = _engine(args)
-        method = footage_truth if args.footage else ground_truth
-        reports = [method(t, engine, args.keep, progress=progress) for t in args.truth]
+        if args.reverse and not args.footage:
+            raise InputError("--reverse splits the footage measure: give it with --footage")
+        if args.footage:
+            reports = [
+                footage_truth(t, engine, args.keep, progress=progress, reverse=args.reverse)
+                for t in args.truth
+            ]
+        else:
+            reports = [ground_truth(t, engine, args.keep, progress=progress) for t in args.truth]
     summary = medians(reports)
     if args.json:
         print(json.dumps({
@@ -411,6 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--footage",
         action="store_true",
         help="measure the footage bank: avatar from each clip's first 60 %%, driven by the rest",
+    )
+    lips.add_argument(
+        "--reverse",
+        action="store_true",
+        help="with --footage: learn from the last 60 %% and compare the first 40 %% instead",
     )
     lips.add_argument("--json", action="store_true", help="print one JSON object")
     _engine_flags(lips)

@@ -9,7 +9,8 @@ mouth is built like a person's:
 - **coarticulation**: each hop's shape is the dominance-weighted blend of the targets around
   it (Cohen and Massaro's model): lips that must close or round hold their shape, t/k/s let
   the jaw follow the vowels, and shapes flow into each other instead of stepping;
-- **closures**: a bilabial shuts the lips on its frames even when it is 30 ms long;
+- **closures**: a bilabial shuts the lips on its frames even when it is 30 ms long, from
+  `LEAD` before it is heard (the lips meet before the closure sounds);
 - **anticipation**: the visible shape leads the sound by `LEAD` (real mouths start moving
   40-150 ms before the acoustic onset), inside the declared look-ahead;
 - **silence**: where nothing is said the lips are closed and still.
@@ -374,7 +375,10 @@ class Articulator:
         o = self._inertia_o = (1.0 - INERTIA) * o + INERTIA * self._inertia_o
         w = self._inertia_w = (1.0 - INERTIA) * w + INERTIA * self._inertia_w
         teeth = float(_smoothstep(dist[centre, _FV].mean(), 0.3, 0.6)) * self._gate
-        bilabial = _shut(dist[:, _PBM] > 0.5, PAST - LEAD)
+        # A bilabial shuts the lips from `LEAD` before it is heard (the lips meet before
+        # the closure makes a sound, as every shape leads it) until its sound ends.
+        said = dist[:, _PBM] > 0.5
+        bilabial = _shut(said, PAST) or _shut(said, PAST - LEAD)
         if bilabial:
             o = teeth = 0.0  # a bilabial: the lips meet, however short it is
         cues = np.concatenate(

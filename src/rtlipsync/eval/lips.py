@@ -203,11 +203,14 @@ def footage_truth(
     keep: str | Path | None = None,
     share: float = TRAIN_SHARE,
     progress: bool = False,
+    reverse: bool = False,
 ) -> ClipReport:
     """The footage-bank measure on one real clip: an avatar is prepared from its first
     ``share`` (video and audio, ``footage-<name>`` in the data root), driven by the audio of
     the rest, and compared with the real rest. Nothing of the compared part is seen when
-    the avatar is made."""
+    the avatar is made. ``reverse`` learns from the last ``share`` and compares the start
+    instead: a second held-out part of the same clip, for figures that do not hang on
+    where one split happens to fall."""
     from rtlipsync.media.audio import load_audio, to_int16
     from rtlipsync.media.frames import FPS, SAMPLE_RATE
     from rtlipsync.media.video import Mp4Writer, read_video_frames
@@ -217,27 +220,32 @@ def footage_truth(
     real = opening_curve(truth, progress)
     audio, _ = load_audio(truth, SAMPLE_RATE)
     frames = list(read_video_frames(truth, FPS))
-    cut = int(len(frames) * share)
-    cut_s = cut / FPS
-    if cut < 2 * FPS or len(frames) - cut < FPS:
-        raise InputError(f"{truth.name} is too short to split ({len(frames) / FPS:.1f} s)")
-    name = f"footage-{safe_name(truth.stem)[:48]}"
+    n, learn = len(frames), int(len(frames) * share)
+    if learn < 2 * FPS or n - learn < FPS:
+        raise InputError(f"{truth.name} is too short to split ({n / FPS:.1f} s)")
+    taught, shown = (
+        (range(n - learn, n), range(n - learn)) if reverse else (range(learn), range(learn, n))
+    )
+    per_frame = SAMPLE_RATE // FPS
+    name = f"footage-{'rev-' if reverse else ''}{safe_name(truth.stem)[:44]}"
     with tempfile.TemporaryDirectory() as tmp:
         first = Path(tmp) / f"{name}.mp4"
         h, w = frames[0].shape[:2]
         with Mp4Writer(first, w, h, FPS, SAMPLE_RATE) as writer:
-            for k in range(cut):
+            for k in taught:
                 writer.write_video(frames[k])
-                writer.write_audio(audio[k * SAMPLE_RATE // FPS : (k + 1) * SAMPLE_RATE // FPS])
+                writer.write_audio(audio[k * per_frame : (k + 1) * per_frame])
         prepare_avatar(name, first, progress=progress)
         rest = Path(tmp) / "rest.wav"
-        rest.write_bytes(wav_bytes(to_int16(audio[cut * SAMPLE_RATE // FPS :]), SAMPLE_RATE))
-        out = Path(keep or tmp) / f"{truth.stem}-footage.mp4"
+        heard = audio[shown.start * per_frame : shown.stop * per_frame]
+        rest.write_bytes(wav_bytes(to_int16(heard), SAMPLE_RATE))
+        out = Path(keep or tmp) / f"{truth.stem}-footage{'-reverse' if reverse else ''}.mp4"
         render(name, out, audio=rest, progress=progress, engine=engine)
         rendered = opening_curve(out, progress)
-    later = real.times >= cut_s - 1e-6
-    tail = OpeningCurve(real.times[later] - cut_s, real.values[later])
-    return ClipReport(truth.name, compare(rendered, tail))
+    start, stop = shown.start / FPS, shown.stop / FPS
+    inside = (real.times >= start - 1e-6) & (real.times < stop - 1e-6)
+    part = OpeningCurve(real.times[inside] - start, real.values[inside])
+    return ClipReport(truth.name, compare(rendered, part))
 
 
 def medians(reports: list[ClipReport]) -> dict[str, float | None]:
