@@ -24,7 +24,7 @@ from collections import deque
 
 import av
 import cv2
-from aiortc.codecs import get_encoder
+from aiortc import rtcrtpsender
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from rtlipsync.compose import SessionMaker
@@ -33,6 +33,7 @@ from rtlipsync.face.avatar import ensure_default_avatar, load_avatar
 from rtlipsync.media.frames import PACKET_SAMPLES, SAMPLE_RATE, AVFrame
 from rtlipsync.server import ServerConfig
 from rtlipsync.session import Session
+from rtlipsync.transport.webrtc import media_pool
 
 from _common import machine
 
@@ -45,8 +46,10 @@ class EncodingSink:
     """Encodes what a session sends, like aiortc's sender, and counts it."""
 
     def __init__(self) -> None:
-        self.video = get_encoder(VP8)
-        self.audio = get_encoder(OPUS)
+        # The encoders our WebRTC sender uses: VP8 is `PacedVp8Encoder`, which also holds
+        # each frame on its thread until its even departure (the server's pool allows it).
+        self.video = rtcrtpsender.get_encoder(VP8)
+        self.audio = rtcrtpsender.get_encoder(OPUS)
         self.queue: deque[AVFrame] = deque(maxlen=3)
         self.ready = asyncio.Event()
         self.encoded = 0
@@ -88,6 +91,7 @@ class EncodingSink:
 
 
 async def trial(n: int, seconds: float, avatar) -> list[tuple[float, int]]:  # noqa: ANN001
+    asyncio.get_running_loop().set_default_executor(media_pool(n))  # as the server does
     sessions, sinks = [], []
     maker = SessionMaker(ServerConfig())  # sessions wired as the server wires them
     for _ in range(n):

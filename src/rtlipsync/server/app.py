@@ -20,7 +20,6 @@ import time
 import urllib.parse
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -87,7 +86,7 @@ from rtlipsync.speech.llm import LLMConfig
 from rtlipsync.speech.realtime import RealtimeBrain, RealtimeConfig
 from rtlipsync.speech.tts import TTSProvider
 from rtlipsync.transport.recorder import Recorder, RecordingFailed
-from rtlipsync.transport.webrtc import NegotiationFailed, WebRTCPeer
+from rtlipsync.transport.webrtc import NegotiationFailed, WebRTCPeer, media_pool
 from rtlipsync.transport.websocket import ClientStalled, WebSocketSink, receive, send_frames
 
 log = logging.getLogger(__name__)
@@ -558,13 +557,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Each live session keeps worker threads busy every frame: its frame, the I420
-        # conversion, Opus, and VP8, whose thread also holds each frame until its even
-        # departure (`PacedVp8Encoder`: the encode plus up to its PACE_SLACK). asyncio's
-        # default pool (cores + 4 threads) would be full at a handful of sessions.
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(8 + 3 * config.max_sessions, thread_name_prefix="asyncio")
-        )
+        asyncio.get_running_loop().set_default_executor(media_pool(config.max_sessions))
         await asyncio.to_thread(load_avatar, config.avatar)  # prepare/load before the first user
         if config.warm_workers:
             sessions.warm()

@@ -25,6 +25,7 @@ import multiprocessing
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import av
@@ -185,6 +186,14 @@ def _get_encoder(codec: RTCRtpCodecParameters) -> Any:
 
 
 rtcrtpsender.get_encoder = _get_encoder
+
+
+def media_pool(sessions: int) -> ThreadPoolExecutor:
+    """The event loop's default pool for ``sessions`` live sessions. Each keeps worker threads
+    busy every frame: its frame, the I420 conversion, Opus, and VP8, whose thread also holds
+    each frame until its even departure (`PacedVp8Encoder`: the encode plus up to its
+    `PACE_SLACK`). asyncio's default (cores + 4 threads) would be full at a handful."""
+    return ThreadPoolExecutor(8 + 3 * sessions, thread_name_prefix="asyncio")
 
 
 class AvatarAudioTrack(_QueuedTrack):
