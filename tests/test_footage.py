@@ -235,13 +235,15 @@ def test_bad_footage_gets_a_clear_message_and_no_bank(talking_video: Path, tmp_p
     import cv2
 
     # A cut to a different face for most of the clip: the second shot is the face made
-    # wider (another face geometry), at another place in the frame.
+    # wider (another face geometry) with other skin, at another place in the frame. (Shape
+    # alone does not tell people apart: a jump cut of one person moves it as far.)
     def cut(i: int, frame: np.ndarray) -> np.ndarray:
         if i < 100:
             return frame
         h, w = frame.shape[:2]
         wide = cv2.resize(frame, (int(w * 1.45), h))[:, (int(w * 1.45) - w) // 2 :][:, :w]
-        return np.ascontiguousarray(wide)
+        paler = np.clip(wide.astype(np.float32) * np.array([1.0, 0.9, 0.75]), 0, 255)
+        return np.ascontiguousarray(paler.astype(np.uint8))
 
     other = _rewrite(talking_video, tmp_path / "cut.mp4", cut)
     found = prepare_avatar("cutter", other, progress=False)["footage"]
@@ -257,6 +259,45 @@ def test_bad_footage_gets_a_clear_message_and_no_bank(talking_video: Path, tmp_p
     assert found["talking"] is False and "not banked" in found["message"]
     manifest = json.loads((load_avatar("blank").path / "manifest.json").read_text())
     assert manifest["footage"] == found
+
+
+def _zoomed(frame: np.ndarray, zoom: float, shift: float) -> np.ndarray:
+    """``frame`` framed closer (zoom > 1) and moved sideways by ``shift`` of its width."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    m = np.array([[zoom, 0, (1 - zoom) * w / 2 + shift * w], [0, zoom, (1 - zoom) * h / 2]])
+    return cv2.warpAffine(frame, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+
+
+def test_a_jump_cut_of_the_same_person_is_banked_and_another_face_is_not(
+    talking_video: Path, tmp_path: Path
+) -> None:
+    """An edited talking video cuts between framings of one person: every shot is banked.
+    A cut to another face of nearly the same proportions (here: the face reframed and with
+    other skin and lips) is not."""
+    from rtlipsync.engines.cpu.footage import FootageBank
+
+    closer = _rewrite(
+        talking_video, tmp_path / "jump.mp4",
+        lambda i, f: f if i < 90 else _zoomed(f, 1.25, 0.05),
+    )  # fmt: skip
+    found = prepare_avatar("jumper", closer, progress=False)["footage"]
+    assert found["talking"] and found["message"].startswith("talking footage:"), found
+    bank = FootageBank(footage_path(load_avatar("jumper")))
+    frames = np.asarray(bank.source_frames)
+    assert (frames < 90).sum() >= 30 and (frames >= 90).sum() >= 60  # both shots banked
+    assert found["mouths"] >= 150
+
+    def other(i: int, frame: np.ndarray) -> np.ndarray:
+        if i < 60:
+            return frame
+        tinted = frame.astype(np.float32) * np.array([0.7, 0.8, 1.0])  # BGR: warmer, darker
+        return _zoomed(np.clip(tinted, 0, 255).astype(np.uint8), 1.1, -0.03)
+
+    found = prepare_avatar("switcher", _rewrite(talking_video, tmp_path / "o.mp4", other),
+                           progress=False)["footage"]  # fmt: skip
+    assert found["talking"] is False and "another face or shot" in found["message"], found
 
 
 def test_the_footage_measure_holds_out_either_end(talking_video: Path) -> None:

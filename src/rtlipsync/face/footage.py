@@ -14,8 +14,9 @@ with optical flow and pastes the result through one feathered lower-face mask.
 
 File: ``<avatar>/footage.npz``, written inside the avatar's temporary folder during
 preparation, so it appears with the avatar or not at all. ``FOOTAGE_VERSION`` changes when
-its layout does; an avatar with an older bank is served with the drawn mouth until it is
-prepared again.
+its layout or what goes into it does (2: same-person jump cuts are banked); an avatar with an
+older bank is served with the drawn mouth until it is prepared again, which preparation then
+does even from an unchanged source.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from rtlipsync.media.frames import FPS
 
 log = logging.getLogger(__name__)
 
-FOOTAGE_VERSION = 1
+FOOTAGE_VERSION = 2
 FILE = "footage.npz"
 # Points that do not move when the mouth does: eye corners, nose bridge, nose tip and wings.
 STABLE = np.array([33, 133, 362, 263, 168, 6, 197, 195, 4, 98, 327])
@@ -55,11 +56,26 @@ MAX_MOUTHS = 600
 # Stable-point misfit (in eye-corner distances) above which a frame is unusable: a similarity
 # cannot follow a head turned far from the reference, and its mouth would land askew.
 FIT_RESIDUAL = 0.08
-# A cut: in one frame (40 ms) the face jumps by this share of its size, or changes shape by
-# this much; no head moves that fast. Shots after a cut whose face differs from the first
-# shot's by more than SAME_FACE are another person (or another angle) and are not banked.
+# A cut: in one frame (40 ms) the face jumps by CUT_JUMP of its size, is resized by
+# CUT_RESIZE (log ratio), changes shape by CUT_SHAPE or its aligned lower face changes colour
+# by CUT_COLOUR (CIELAB); no head moves that fast. Within shots of the talking clips the
+# largest steps were 0.22, 0.067, 0.037 and 4.9; the real jump cut in latentsync-demo3 moves
+# the face by 0.31. A shot after a cut shows the first shot's person when
+# its face's shape (landmark proportions) is within SAME_SHAPE of the first shot's and its
+# aligned lower face has the same colour: CIELAB distance of the mask-weighted means within
+# SAME_COLOUR. Shape alone cannot tell: a jump cut (the same person zoomed or reframed) moves
+# the proportions as far as another face does. Measured on the talking clips with a real and
+# synthetic jump cuts vs every ordered pair of different people (benchmarks/RESULTS.md): same
+# person shape <= 0.041, colour <= 1.8; different people shape >= 0.018, colour >= 4.2 where
+# the shapes are close. Where a shot has no aligned patch to measure, its shape must be within
+# SAME_FACE. Other shots are not banked. A cut to someone else framed alike, with nearly the
+# same proportions and colouring, is not seen.
 CUT_JUMP = 0.3
+CUT_RESIZE = 0.12
 CUT_SHAPE = 0.03
+CUT_COLOUR = 8.0
+SAME_SHAPE = 0.045
+SAME_COLOUR = 3.0
 SAME_FACE = 0.02
 JPEG_QUALITY = 93
 FEATURES = ("opening", "width", "teeth", "yaw", "pitch")
@@ -148,8 +164,9 @@ class FootageCollector:
         self.patches: dict[int, bytes] = {}
         self.features: dict[int, np.ndarray] = {}
         self._shot_shapes: list[list[np.ndarray]] = []  # per shot, each face's shape
+        self._colours: dict[int, np.ndarray] = {}  # per banked frame, its patch's mean Lab
         self._shot_of: dict[int, int] = {}
-        self._last: tuple[np.ndarray, float, np.ndarray] | None = None
+        self._last: tuple[np.ndarray, float, np.ndarray, np.ndarray | None] | None = None
 
     def add(self, index: int, frame: np.ndarray, points: np.ndarray | None) -> None:
         self.frames += 1
@@ -158,15 +175,19 @@ class FootageCollector:
         if self.reference is None:
             self._set_reference(points, frame.shape)
         assert self.reference is not None
-        self._track(index, points)
+        self._track(index, points, self._bank(index, frame, points))
+
+    def _bank(self, index: int, frame: np.ndarray, points: np.ndarray) -> np.ndarray | None:
+        """Keep the frame's aligned lower face and features; its mean colour, or None when
+        the frame cannot be aligned."""
+        assert self.reference is not None and self.box is not None
         try:
             to_ref = _similarity(points[STABLE], self.reference[STABLE])
         except ValueError:
-            return
+            return None
         misfit = np.linalg.norm(_apply(to_ref, points[STABLE]) - self.reference[STABLE], axis=1)
         if misfit.mean() / face_scale(self.reference) > FIT_RESIDUAL:
-            return
-        assert self.box is not None
+            return None
         x, y, w, h = self.box
         shift = to_ref.copy()
         shift[:, 2] -= (x, y)
@@ -174,11 +195,20 @@ class FootageCollector:
                                borderMode=cv2.BORDER_REPLICATE)  # fmt: skip
         ok, jpeg = cv2.imencode(".jpg", patch, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
-            return
+            return None
         self.patches[index] = jpeg.tobytes()
         self.features[index] = mouth_features(points, frame)
+        colour = self._colours[index] = self._mean_colour(patch)
+        return colour
 
-    def _track(self, index: int, points: np.ndarray) -> None:
+    def _mean_colour(self, patch: np.ndarray) -> np.ndarray:
+        """The lower face's mean colour (CIELAB, 0-100 lightness) under the blend mask."""
+        assert self.mask is not None
+        lab = cv2.cvtColor(patch.astype(np.float32) / 255.0, cv2.COLOR_BGR2Lab)
+        weights = self.mask.astype(np.float32)
+        return (lab * weights[..., None]).sum(axis=(0, 1)) / max(float(weights.sum()), 1e-6)
+
+    def _track(self, index: int, points: np.ndarray, colour: np.ndarray | None) -> None:
         """Follow the face from frame to frame and start a new shot at a cut."""
         shape = _shape(points)
         centre = points[STABLE].mean(axis=0)
@@ -186,12 +216,22 @@ class FootageCollector:
         if self._last is None:
             self._shot_shapes.append([])
         else:
-            c0, s0, sh0 = self._last
+            c0, s0, sh0, col0 = self._last
             jump = float(np.linalg.norm(centre - c0)) / max(s0, 1e-6)
             resized = abs(np.log(max(scale, 1e-6) / max(s0, 1e-6)))
-            if jump > CUT_JUMP or resized > CUT_JUMP or np.abs(shape - sh0).mean() > CUT_SHAPE:
+            recoloured = (
+                float(np.linalg.norm(colour - col0))
+                if colour is not None and col0 is not None
+                else 0.0
+            )
+            if (
+                jump > CUT_JUMP
+                or resized > CUT_RESIZE
+                or np.abs(shape - sh0).mean() > CUT_SHAPE
+                or recoloured > CUT_COLOUR
+            ):
                 self._shot_shapes.append([])
-        self._last = (centre, scale, shape)
+        self._last = (centre, scale, shape, colour)
         self._shot_shapes[-1].append(shape)
         self._shot_of[index] = len(self._shot_shapes) - 1
 
@@ -200,10 +240,26 @@ class FootageCollector:
         if not self._shot_shapes:
             return set()
         medians = [np.median(np.stack(s), axis=0) for s in self._shot_shapes]
-        good = {k for k, m in enumerate(medians) if np.abs(m - medians[0]).mean() <= SAME_FACE}
+        colours: dict[int, list[np.ndarray]] = {}
+        for i, c in self._colours.items():
+            colours.setdefault(self._shot_of[i], []).append(c)
+        colour = {k: np.median(np.stack(v), axis=0) for k, v in colours.items()}
+
+        def same(k: int) -> bool:
+            shape = float(np.abs(medians[k] - medians[0]).mean())
+            if k not in colour or 0 not in colour:
+                return shape <= SAME_FACE
+            dist = float(np.linalg.norm(colour[k] - colour[0]))
+            return shape <= SAME_SHAPE and dist <= SAME_COLOUR
+
+        good = {k for k in range(len(medians)) if same(k)}
         frames = {i for i, k in self._shot_of.items() if k in good}
         self.other_face = sum(1 for k in self._shot_of.values() if k not in good)
         return frames
+
+    def shot_of(self, index: int, default: int = -1) -> int:
+        """The shot (0 the first, counting cuts) that frame ``index`` belongs to."""
+        return self._shot_of.get(index, default)
 
     def _set_reference(self, points: np.ndarray, shape: tuple[int, ...]) -> None:
         self.reference = points.copy()
@@ -430,12 +486,25 @@ def _placements(
     poses = np.full((n, 2), np.nan, np.float32)
     if valid.sum() == 0:
         return out, poses
-    idx = np.arange(n)
-    filled = stable.copy()
-    for k in range(stable.shape[1]):
-        for c in range(2):
-            filled[:, k, c] = np.interp(idx, idx[valid], stable[valid, k, c])
-    smooth = gaussian_filter1d(filled, sigma=1.0, axis=0, mode="nearest")
+    # Smoothed within each shot, never across a cut (that would smear the mouth between two
+    # framings); frames without a face take the shot of the face before them.
+    shot = np.full(n, -1, np.int64)
+    last = -1
+    for i in range(n):
+        last = collector.shot_of(i, last) if valid[i] else last
+        shot[i] = last
+    smooth = np.empty_like(stable)
+    for k in np.unique(shot):
+        part = np.flatnonzero(shot == k)
+        good = valid[part]
+        if not good.any():
+            smooth[part] = np.nan
+            continue
+        filled = stable[part].copy()
+        for p in range(stable.shape[1]):
+            for c in range(2):
+                filled[:, p, c] = np.interp(part, part[good], stable[part[good], p, c])
+        smooth[part] = gaussian_filter1d(filled, sigma=1.0, axis=0, mode="nearest")
     for i in np.flatnonzero(valid):
         if int(i) not in person:
             continue
