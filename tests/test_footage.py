@@ -288,6 +288,11 @@ def test_a_jump_cut_of_the_same_person_is_banked_and_another_face_is_not(
     frames = np.asarray(bank.source_frames)
     assert (frames < 90).sum() >= 30 and (frames >= 90).sum() >= 60  # both shots banked
     assert found["mouths"] >= 150
+    # Placements are smoothed within a shot, not across the cut: the frames on either side
+    # each paste the mouth at their own shot's size (the second shot is 1.25x closer).
+    size = np.sqrt(np.abs(np.linalg.det(bank.placements[:, :, :2].astype(np.float64))))
+    assert abs(size[89] / size[86] - 1) < 0.03 and abs(size[90] / size[93] - 1) < 0.03
+    assert 1.15 < size[90] / size[89] < 1.35
 
     def other(i: int, frame: np.ndarray) -> np.ndarray:
         if i < 60:
