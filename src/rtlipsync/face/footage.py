@@ -164,7 +164,7 @@ class FootageCollector:
         self.patches: dict[int, bytes] = {}
         self.features: dict[int, np.ndarray] = {}
         self._shot_shapes: list[list[np.ndarray]] = []  # per shot, each face's shape
-        self._colours: dict[int, np.ndarray] = {}  # per banked frame, its patch's mean Lab
+        self._shot_colours: list[list[np.ndarray]] = []  # per shot, each aligned face's colour
         self._shot_of: dict[int, int] = {}
         self._last: tuple[np.ndarray, float, np.ndarray, np.ndarray | None] | None = None
 
@@ -198,8 +198,7 @@ class FootageCollector:
             return None
         self.patches[index] = jpeg.tobytes()
         self.features[index] = mouth_features(points, frame)
-        colour = self._colours[index] = self._mean_colour(patch)
-        return colour
+        return self._mean_colour(patch)
 
     def _mean_colour(self, patch: np.ndarray) -> np.ndarray:
         """The lower face's mean colour (CIELAB, 0-100 lightness) under the blend mask."""
@@ -213,9 +212,8 @@ class FootageCollector:
         shape = _shape(points)
         centre = points[STABLE].mean(axis=0)
         scale = face_scale(points)
-        if self._last is None:
-            self._shot_shapes.append([])
-        else:
+        cut = self._last is None
+        if self._last is not None:
             c0, s0, sh0, col0 = self._last
             jump = float(np.linalg.norm(centre - c0)) / max(s0, 1e-6)
             resized = abs(np.log(max(scale, 1e-6) / max(s0, 1e-6)))
@@ -224,15 +222,19 @@ class FootageCollector:
                 if colour is not None and col0 is not None
                 else 0.0
             )
-            if (
+            cut = (
                 jump > CUT_JUMP
                 or resized > CUT_RESIZE
                 or np.abs(shape - sh0).mean() > CUT_SHAPE
                 or recoloured > CUT_COLOUR
-            ):
-                self._shot_shapes.append([])
+            )
+        if cut:
+            self._shot_shapes.append([])
+            self._shot_colours.append([])
         self._last = (centre, scale, shape, colour)
         self._shot_shapes[-1].append(shape)
+        if colour is not None:
+            self._shot_colours[-1].append(colour)
         self._shot_of[index] = len(self._shot_shapes) - 1
 
     def same_person(self) -> set[int]:
@@ -240,10 +242,7 @@ class FootageCollector:
         if not self._shot_shapes:
             return set()
         medians = [np.median(np.stack(s), axis=0) for s in self._shot_shapes]
-        colours: dict[int, list[np.ndarray]] = {}
-        for i, c in self._colours.items():
-            colours.setdefault(self._shot_of[i], []).append(c)
-        colour = {k: np.median(np.stack(v), axis=0) for k, v in colours.items()}
+        colour = {k: np.median(np.stack(c), axis=0) for k, c in enumerate(self._shot_colours) if c}
 
         def same(k: int) -> bool:
             shape = float(np.abs(medians[k] - medians[0]).mean())
