@@ -3,7 +3,9 @@
 ``footage-NAME.png``: for a real talking clip, an avatar is prepared from its first 60 %
 (`rtlipsync eval lips --footage` does the same) and driven by the audio of the last 40 %;
 each row is one moment of that last 40 %: the real frame (left) and ours (right), the face
-at the source's own resolution, every 0.4 s.
+at the source's own resolution, every 0.4 s. ``--reverse`` learns from the last 60 % and
+shows the first 40 % instead (``footage-reverse-NAME.png``), the split that
+`rtlipsync eval lips --footage --reverse` measures.
 
     python docs/make_footage_sheet.py --clip ../shared/media/talking/latentsync-demo3.mp4
 """
@@ -41,13 +43,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clip", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+    parser.add_argument("--reverse", action="store_true", help="learn from the end, show the start")
     args = parser.parse_args()
+    tag = "-reverse" if args.reverse else ""
     os.environ.setdefault("RTLIPSYNC_HOME", tempfile.mkdtemp(prefix="rtlipsync-sheet-"))
     with tempfile.TemporaryDirectory() as tmp:
-        footage_truth(args.clip, keep=tmp)
-        ours = list(read_video_frames(Path(tmp) / f"{args.clip.stem}-footage.mp4"))
+        footage_truth(args.clip, keep=tmp, reverse=args.reverse)
+        ours = list(read_video_frames(Path(tmp) / f"{args.clip.stem}-footage{tag}.mp4"))
     real = list(read_video_frames(args.clip))
-    cut = int(len(real) * 0.6)
+    cut = 0 if args.reverse else int(len(real) * 0.6)
     rows = []
     with FaceLandmarker() as lm:
         scale = None
@@ -67,7 +71,7 @@ def main() -> None:
     width = min(r.shape[1] for r in rows)
     gap = np.full((6, width, 3), 255, np.uint8)
     sheet = np.vstack([np.vstack([r[:, :width], gap]) for r in rows])
-    out = args.out / f"footage-{args.clip.stem}.png"
+    out = args.out / f"footage{tag}-{args.clip.stem}.png"
     cv2.imwrite(str(out), sheet)
     print(out)
 
