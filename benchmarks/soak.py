@@ -3,7 +3,8 @@
 ``rtlipsync serve`` runs in its own process with default settings. Four real aiortc
 receivers each open a WebRTC session that speaks without pause for ``--minutes``; each
 must receive >= 24.5 fps over the whole run, and the server's resident memory may grow
-< 5 % from minute 2 to the end. Then ``--cycles`` sessions are opened and closed one after
+< 5 % from minute 2 to the end (medians of minute 2's samples and the last minute's: the
+heap swings between single samples). Then ``--cycles`` sessions are opened and closed one after
 another: the server's memory and open descriptors must end where they started (within 5 %
 and 4 descriptors). Prints the figures; exits 1 if a goal is missed.
 
@@ -92,12 +93,27 @@ async def soak(
             )
         at_two = next((mb for t, mb in memory if t >= 120), memory[0][1])
         growth = 100 * (memory[-1][1] - at_two) / at_two
-        ok &= growth < 5
+        # glibc's heap swings by +-15 MB from one sample to the next as frames are freed and
+        # reused (4 sessions, 10 s apart: 327-363 MB within five minutes, no trend), so two
+        # single samples can show "growth" either way. A leak is a trend: the goal is read
+        # on the median of the samples of minute 2 against those of the last minute.
+        last = memory[-1][0]
+        early = float(np.median([mb for t, mb in memory if 120 <= t < 180] or [at_two]))
+        late = float(np.median([mb for t, mb in memory if t >= last - 60]))
+        trend = 100 * (late - early) / early
+        ok &= trend < 5
         print(
             f"  server memory: {memory[0][1]:.0f} MB at start, {at_two:.0f} MB at minute 2, "
-            f"{memory[-1][1]:.0f} MB at the end: {growth:+.1f} %  "
-            f"{'ok' if growth < 5 else 'MISSED'}"
+            f"{memory[-1][1]:.0f} MB at the end ({growth:+.1f} %); median of minute 2 "
+            f"{early:.0f} MB, of the last minute {late:.0f} MB: {trend:+.1f} %  "
+            f"{'ok' if trend < 5 else 'MISSED'}"
         )
+        per_minute = [
+            np.median([mb for t, mb in memory if m * 60 <= t < (m + 1) * 60] or [np.nan])
+            for m in range(int(np.ceil(last / 60)))
+        ]
+        shown = " ".join(f"{v:.0f}" for v in per_minute)
+        print(f"  server memory per minute (median, MB): {shown}")
         for rx in receivers:
             await rx.close()
         for sid in ids:
