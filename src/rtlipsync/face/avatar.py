@@ -514,7 +514,7 @@ def default_avatar_source() -> Path:
     x0 = (w - side) // 2
     square = image[0:side, x0 : x0 + side]
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.png")
+    tmp = out.with_suffix(f".{os.getpid()}.tmp.png")  # (processes starting together)
     cv2.imwrite(str(tmp), square)
     os.replace(tmp, out)
     return out
