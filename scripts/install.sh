@@ -4,7 +4,7 @@
 # the voice inside espeakng-loader, the default face inside matplotlib.
 #
 #   bash scripts/install.sh         the server and the offline tools (no torch)
-#   bash scripts/install.sh test    also what the whole test suite needs (the MuseTalk extra)
+#   bash scripts/install.sh test    also what the whole test suite needs (the MuseTalk and cluster extras)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +23,7 @@ PY
 python -m pip install -q --upgrade pip
 EXTRAS="${EXTRAS:-dev}"
 if [ "${1:-}" = "test" ]; then
-  EXTRAS="$EXTRAS,musetalk"
+  EXTRAS="$EXTRAS,musetalk,cluster"
   # One exact torch, installed first so the extra's range is already met: CI machines carry
   # this version's CPU build locally, where an open range would fetch the newest CUDA build
   # (several GB). Any torch >= 2.1 works for the tests.

@@ -307,6 +307,10 @@ class Sessions:
     def __len__(self) -> int:
         return len(self._live)
 
+    def ids(self) -> list[int]:
+        """The live sessions' ids, oldest first."""
+        return list(self._live)
+
     def warm(self) -> None:
         """Start the recogniser's worker and load its model now (in the background)."""
         self.maker.warm()
