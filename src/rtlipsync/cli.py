@@ -19,7 +19,7 @@ from rtlipsync.errors import InputError
 from rtlipsync.logs import configure_logging, native_logs_hidden
 
 if TYPE_CHECKING:
-    pass
+    from rtlipsync.config import Settings
 
 log = logging.getLogger("rtlipsync")
 
@@ -162,6 +162,9 @@ def _serve(args: argparse.Namespace) -> None:
         engine=args.engine,
     )
     load_avatar(settings.avatar)  # prepare the default avatar now, or fail with a clear line
+    if args.cluster:
+        _serve_gateway(args, settings)
+        return
     config = server_config(settings, warm_workers=True)  # (a wrong setting is said first)
     engine = make_engine(settings.engine, args.musetalk_version, args.device, args.compile)
     config = dataclasses.replace(config, engine=lambda: engine)  # one, shared: weights load once
@@ -190,6 +193,44 @@ def _serve(args: argparse.Namespace) -> None:
         ws_ping_interval=5.0,
         ws_ping_timeout=5.0,
     )
+
+
+def _serve_gateway(args: argparse.Namespace, settings: Settings) -> None:
+    """``serve --cluster``: this process is the gateway; sessions live on Ray workers."""
+    import uvicorn
+
+    try:
+        from rtlipsync.cluster.gateway import Cluster, WorkerSpec, create_gateway
+    except ImportError as exc:
+        raise InputError(
+            f'--cluster needs Ray ({exc.name} is missing): pip install -e ".[cluster]"'
+        ) from None
+    if args.workers < 1:
+        raise InputError(f"--workers must be at least 1, not {args.workers}")
+    sessions = args.worker_sessions or settings.max_sessions
+    specs = [
+        WorkerSpec(f"worker-{k + 1}", sessions=sessions, gpus=args.worker_gpus)
+        for k in range(args.workers)
+    ]
+    local = args.cluster == "auto"
+    cluster = Cluster(
+        specs,
+        address=args.cluster,
+        config=str(args.config) if args.config else None,
+        engine=settings.engine,
+        worker_host="127.0.0.1" if local else "0.0.0.0",
+    )
+    log.info(
+        "gateway on http://%s:%d/ for %d session workers of %d sessions on Ray at %s",
+        settings.host,
+        settings.port,
+        len(specs),
+        sessions,
+        args.cluster,
+    )
+    # Each relayed request would be logged by the relay's client too: the access line is kept.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    uvicorn.run(create_gateway(cluster), host=settings.host, port=settings.port, log_config=None)
 
 
 def _eval_sync(args: argparse.Namespace) -> None:
@@ -330,6 +371,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--config", type=Path, help="YAML settings file")
     _engine_flags(serve, engine=None)  # None: the settings file's choice (default cpu)
+    cluster = serve.add_argument_group("cluster (the cluster extra: sessions on Ray workers)")
+    cluster.add_argument(
+        "--cluster",
+        metavar="ADDRESS",
+        help="serve as the gateway of session workers on Ray: auto (start a local Ray) or "
+        "ray://HOST:PORT",
+    )
+    cluster.add_argument("--workers", type=int, default=1, help="session workers (default 1)")
+    cluster.add_argument(
+        "--worker-sessions", type=int, help="sessions per worker (default: --max-sessions)"
+    )
+    cluster.add_argument(
+        "--worker-gpus",
+        type=float,
+        default=0.0,
+        help="GPUs each worker claims (1 on GPU hosts: one worker per GPU; default 0)",
+    )
     serve.set_defaults(func=_serve)
 
     avatar = sub.add_parser("avatar", help="prepare and list avatars")
