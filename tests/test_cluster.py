@@ -75,7 +75,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory):
 
     before = set(_ray_processes())
     home = tmp_path_factory.mktemp("cluster-home")
-    os.environ["RTLIPSYNC_HOME"] = str(home)
+    env = pytest.MonkeyPatch()
+    env.setenv("RTLIPSYNC_HOME", str(home))  # (the gateway prepares the avatar there)
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     cluster = Cluster(
         [
@@ -89,6 +90,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory):
             yield base, cluster
     finally:
         ray.shutdown()
+        env.undo()  # the other tests' data root again
     deadline = time.monotonic() + 20
     while set(_ray_processes()) - before and time.monotonic() < deadline:
         time.sleep(0.2)
