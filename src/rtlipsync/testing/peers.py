@@ -75,6 +75,14 @@ def on_received_audio(
     return tasks
 
 
+class OfferRefused(Exception):
+    """The server answered an offer with an error (``status``, ``msg``)."""
+
+    def __init__(self, status: int, msg: str) -> None:
+        super().__init__(f"offer refused ({status}): {msg}")
+        self.status, self.msg = status, msg
+
+
 class Receiver:
     """An aiortc peer that stamps each video frame and audio packet as it arrives; with
     ``microphone`` it also sends one (silence, or what ``mic.say`` queues)."""
@@ -108,7 +116,10 @@ class Receiver:
     async def connect(self, http: httpx.AsyncClient) -> int:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         offer = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
-        answer = (await http.post("/offer", json=offer)).json()
+        reply = await http.post("/offer", json=offer)
+        if reply.status_code != 200:
+            raise OfferRefused(reply.status_code, reply.json().get("msg", reply.text))
+        answer = reply.json()
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
         return int(answer["sessionid"])
 
