@@ -49,6 +49,21 @@ def test_capacity_is_declared_in_sessions_or_a_frame_budget() -> None:
         capacity_for()
 
 
+def test_the_gateway_asks_for_the_access_token_as_a_server_does() -> None:
+    from fastapi.testclient import TestClient
+
+    from rtlipsync.cluster.gateway import Cluster, WorkerSpec, create_gateway
+
+    token = "a-token-of-sixteen-or-more"
+    cluster = Cluster([WorkerSpec("cpu", sessions=1)])  # (not started: no worker needed)
+    with TestClient(create_gateway(cluster, started=True, access_token=token)) as client:
+        assert client.get("/cluster").status_code == 401
+        assert client.post("/offer", json={"sdp": "v=0", "type": "offer"}).status_code == 401
+        assert client.get("/health").status_code == 200  # the probe stays open
+        shown = client.get("/cluster", headers={"Authorization": f"Bearer {token}"})
+        assert shown.status_code == 200 and shown.json()["workers"] == []
+
+
 ray = pytest.importorskip("ray", reason="the cluster extra is not installed")
 
 

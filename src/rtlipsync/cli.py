@@ -230,7 +230,8 @@ def _serve_gateway(args: argparse.Namespace, settings: Settings) -> None:
     )
     # Each relayed request would be logged by the relay's client too: the access line is kept.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    uvicorn.run(create_gateway(cluster), host=settings.host, port=settings.port, log_config=None)
+    app = create_gateway(cluster, access_token=settings.access_token or None)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
 
 
 def _eval_sync(args: argparse.Namespace) -> None:

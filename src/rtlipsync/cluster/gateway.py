@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response
 
 from rtlipsync.cluster.placement import ClusterFull, WorkerLoad, capacity_for, choose
 from rtlipsync.cluster.worker import SessionWorker
-from rtlipsync.server.access import from_this_machine
+from rtlipsync.server.access import Access, from_this_machine
 
 log = logging.getLogger("rtlipsync.cluster")
 
@@ -266,8 +266,12 @@ def _moved(session_id: int, worker: str) -> JSONResponse:
     )
 
 
-def create_gateway(cluster: Cluster, started: bool = False) -> FastAPI:
-    """The gateway's app over ``cluster`` (started here unless ``started``)."""
+def create_gateway(
+    cluster: Cluster, started: bool = False, access_token: str | None = None
+) -> FastAPI:
+    """The gateway's app over ``cluster`` (started here unless ``started``). With
+    ``access_token`` (the workers' own), the gateway's routes need it as a server's do;
+    relayed requests are checked again by their worker."""
     client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
 
     @contextlib.asynccontextmanager
@@ -284,6 +288,7 @@ def create_gateway(cluster: Cluster, started: bool = False) -> FastAPI:
                 await asyncio.to_thread(cluster.shutdown)
 
     app = FastAPI(title="rtlipsync gateway", lifespan=lifespan)
+    app.add_middleware(Access, token=access_token)
 
     async def relay(worker: _Worker, request: Request, body: bytes) -> Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
