@@ -207,3 +207,31 @@ async def until(probe: Callable[[], Awaitable[T]], timeout: float = 15.0) -> T:
         if value or time.monotonic() > deadline:
             return value
         await asyncio.sleep(0.2)
+
+
+def test_a_session_placed_while_the_gateway_asks_its_worker_is_not_forgotten() -> None:
+    from rtlipsync.cluster import gateway
+
+    async def run() -> None:
+        answer: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+
+        class Handle:  # a Ray actor handle's shape: ``handle.sessions.remote()`` is awaitable
+            class sessions:  # noqa: N801 - the method's name
+                @staticmethod
+                def remote() -> asyncio.Future[list[int]]:
+                    return answer
+
+        cluster = gateway.Cluster([gateway.WorkerSpec("a", sessions=2)])
+        worker = gateway.Worker(cluster.specs[0], Handle(), "http://127.0.0.1:1")
+        cluster.workers["a"] = worker
+        cluster.opened(worker, 1)
+        watching = asyncio.get_running_loop().create_task(cluster.watch())
+        await asyncio.sleep(0.05)  # the watcher now waits for the worker's answer
+        cluster.opened(worker, 2)  # placed meanwhile: not in the answer being sent
+        answer.set_result([])  # session 1 has ended there
+        await asyncio.sleep(0.05)
+        watching.cancel()
+        assert cluster.owner(1) is None and cluster.owner(2) is worker
+        assert worker.sessions == {2}
+
+    asyncio.run(run())

@@ -35,6 +35,7 @@ from rtlipsync.server.access import Access, from_this_machine
 log = logging.getLogger("rtlipsync.cluster")
 
 WATCH_INTERVAL = 1.0  # s between the gateway's looks at each worker
+LOST_KEPT = 10_000  # sessions of dead workers remembered, to tell their clients to reconnect
 # Headers that belong to one hop (RFC 9110 7.6.1) or that the relay sets itself.
 HOP_HEADERS = {
     "connection",
@@ -69,7 +70,9 @@ class WorkerSpec:
 
 
 @dataclass
-class _Worker:
+class Worker:
+    """A started worker as the gateway knows it: its actor, address and sessions."""
+
     spec: WorkerSpec
     actor: Any
     url: str
@@ -100,7 +103,7 @@ class Cluster:
         self.specs = list(workers)
         self.address = address
         self.home, self.config, self.engine, self.worker_host = home, config, engine, worker_host
-        self.workers: dict[str, _Worker] = {}
+        self.workers: dict[str, Worker] = {}
         self._owner: dict[int, str] = {}  # session id -> worker name
         self._lost: dict[int, str] = {}  # sessions of a worker that died
         self._started_ray = False
@@ -143,7 +146,7 @@ class Cluster:
         ]
         urls = ray.get([a.address.remote() for a in actors])
         for spec, actor, url in zip(self.specs, actors, urls, strict=True):
-            self.workers[spec.name] = _Worker(spec, actor, url)
+            self.workers[spec.name] = Worker(spec, actor, url)
 
     def shutdown(self) -> None:
         """Stop every worker (their sessions end) and Ray, when this gateway started it."""
@@ -162,15 +165,15 @@ class Cluster:
     def loads(self) -> list[WorkerLoad]:
         return [w.load() for w in self.workers.values()]
 
-    def place(self) -> _Worker:
+    def place(self) -> Worker:
         """The worker a new session goes to (`ClusterFull` when none has room)."""
         return self.workers[choose(self.loads())]
 
-    def opened(self, worker: _Worker, session_id: int) -> None:
+    def opened(self, worker: Worker, session_id: int) -> None:
         worker.sessions.add(session_id)
         self._owner[session_id] = worker.spec.name
 
-    def owner(self, session_id: int) -> _Worker | None:
+    def owner(self, session_id: int) -> Worker | None:
         name = self._owner.get(session_id)
         return self.workers.get(name) if name is not None else None
 
@@ -178,16 +181,18 @@ class Cluster:
         """The worker a session was on, if that worker died."""
         return self._lost.get(session_id)
 
-    def any_live(self) -> _Worker | None:
+    def any_live(self) -> Worker | None:
         return next((w for w in self.workers.values() if w.alive), None)
 
-    def died(self, worker: _Worker) -> None:
+    def died(self, worker: Worker) -> None:
         if not worker.alive:
             return
         worker.alive = False
         for sid in worker.sessions:
             self._owner.pop(sid, None)
             self._lost[sid] = worker.spec.name
+        while len(self._lost) > LOST_KEPT:  # the oldest first
+            del self._lost[next(iter(self._lost))]
         log.warning(
             "session worker %s stopped; its %d sessions must reconnect",
             worker.spec.name,
@@ -205,6 +210,9 @@ class Cluster:
             for worker in list(self.workers.values()):
                 if not worker.alive:
                     continue
+                # Only sessions known before asking can have ended: one placed while the
+                # answer is on its way is not in it yet.
+                known = set(worker.sessions)
                 try:
                     live = await asyncio.wait_for(worker.actor.sessions.remote(), 10)
                 except (RayActorError, ray.exceptions.RaySystemError):
@@ -212,7 +220,7 @@ class Cluster:
                     continue
                 except asyncio.TimeoutError:
                     continue  # busy, not gone: looked at again next round
-                ended = worker.sessions - set(live)
+                ended = known - set(live)
                 worker.sessions -= ended
                 for sid in ended:
                     self._owner.pop(sid, None)
@@ -290,7 +298,7 @@ def create_gateway(
     app = FastAPI(title="rtlipsync gateway", lifespan=lifespan)
     app.add_middleware(Access, token=access_token)
 
-    async def relay(worker: _Worker, request: Request, body: bytes) -> Response:
+    async def relay(worker: Worker, request: Request, body: bytes) -> Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         if not from_this_machine(request.scope) and request.client is not None:
             # The worker sees the gateway's address; a caller from elsewhere must not pass
