@@ -17,8 +17,6 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
-from typing import Any
 
 log = logging.getLogger("rtlipsync.cluster")
 
@@ -88,30 +86,10 @@ class SessionWorker:
         """The ids of the sessions live here now."""
         return self.app.state.sessions.ids()
 
-    def info(self) -> dict[str, Any]:
-        """What `/cluster` shows of this worker."""
-        return {
-            "name": self.name,
-            "url": self.url,
-            "capacity": self.capacity,
-            "sessions": self.sessions(),
-            "pid": os.getpid(),
-            "node": _node(),
-        }
-
     def stop(self) -> None:
         """End every session cleanly and stop the server."""
         self._server.should_exit = True
         self._thread.join(timeout=15)
-
-
-def _node() -> str:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # noqa: BLE001 - outside Ray (a test may host it directly)
-        return Path("/etc/hostname").read_text().strip() if Path("/etc/hostname").exists() else ""
 
 
 def _node_ip() -> str:
