@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from rtlipsync.cluster.placement import ClusterFull, WorkerLoad, capacity_for, choose
+from rtlipsync.testing.fake_openai import FakeOpenAI, Reply
 
 T = TypeVar("T")
 
@@ -64,6 +65,45 @@ def test_the_gateway_asks_for_the_access_token_as_a_server_does() -> None:
         assert shown.status_code == 200 and shown.json()["workers"] == []
 
 
+def test_metrics_merge_every_workers_figures_under_a_worker_label() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from rtlipsync.cluster.gateway import Cluster, Worker, WorkerSpec, cluster_metrics
+    from rtlipsync.metrics import Metrics
+
+    cluster = Cluster([WorkerSpec("a", sessions=2), WorkerSpec("b", sessions=1)])
+    scraped = {}
+    for spec, live in zip(cluster.specs, (2, 1), strict=True):
+        worker = cluster.workers[spec.name] = Worker(spec, None, "http://127.0.0.1:1")
+        for sid in range(live):
+            cluster.opened(worker, sid * 2 + live, "secret")
+        own = Metrics()  # what that worker's /metrics says
+        own.sessions.set(live)
+        own.turns.labels("chat").inc(live)
+        own.first_frame.labels("chat").observe(0.2 * live)
+        scraped[spec.name] = generate_latest(own.registry).decode()
+    scraped["b"] += "garbage {"  # a garbled answer costs at most that worker's figures
+    text = cluster_metrics(cluster, scraped).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}  # (it parses)
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert samples[("rtlipsync_worker_sessions", (("worker", "a"),))] == 2
+    assert samples[("rtlipsync_worker_capacity", (("worker", "b"),))] == 1
+    assert samples[("rtlipsync_worker_alive", (("worker", "b"),))] == 1
+    assert samples[("rtlipsync_sessions", (("worker", "a"),))] == 2
+    assert samples[("rtlipsync_turns_total", (("mode", "chat"), ("worker", "a")))] == 2
+    assert (
+        samples[("rtlipsync_turn_first_frame_seconds_count", (("mode", "chat"), ("worker", "a")))]
+        == 1
+    )
+    assert families["rtlipsync_turn_first_frame_seconds"].type == "histogram"
+    assert text.count("# TYPE rtlipsync_sessions ") == 1  # one family, every worker's samples
+
+
 ray = pytest.importorskip("ray", reason="the cluster extra is not installed")
 
 
@@ -92,17 +132,22 @@ def gateway(tmp_path_factory: pytest.TempPathFactory):
     home = tmp_path_factory.mktemp("cluster-home")
     env = pytest.MonkeyPatch()
     env.setenv("RTLIPSYNC_HOME", str(home))  # (the gateway prepares the avatar there)
+    llm = FakeOpenAI([Reply(["[neutral] Nice to meet you, Ada."])])  # then a default reply
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
-    cluster = Cluster(
-        [
-            WorkerSpec("gpu-a", sessions=2, gpus=1, cpus=0),
-            WorkerSpec("gpu-b", sessions=1, gpus=1, cpus=0),
-        ],
-        home=str(home),
-    )
     try:
-        with serving_app(create_gateway(cluster)) as base:
-            yield base, cluster
+        with serving_app(llm.app()) as llm_url:
+            config = home / "rtlipsync.yaml"  # chat mode: the workers' language model
+            config.write_text(f"llm:\n  base_url: {llm_url}/v1\n  model: fake\n  api_key: x\n")
+            cluster = Cluster(
+                [
+                    WorkerSpec("gpu-a", sessions=2, gpus=1, cpus=0),
+                    WorkerSpec("gpu-b", sessions=1, gpus=1, cpus=0),
+                ],
+                home=str(home),
+                config=str(config),
+            )
+            with serving_app(create_gateway(cluster)) as base:
+                yield base, cluster, llm
     finally:
         ray.shutdown()
         env.undo()  # the other tests' data root again
@@ -114,10 +159,10 @@ def gateway(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_sessions_spread_by_capacity_then_full_then_a_dead_worker_moves_its_client(gateway) -> None:
-    from rtlipsync.testing.peers import Receiver
+    from rtlipsync.testing.peers import OfferRefused, Receiver
     from rtlipsync.testing.serving import wait_for
 
-    base, cluster = gateway
+    base, cluster, llm = gateway
 
     async def run() -> None:
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
@@ -134,6 +179,8 @@ def test_sessions_spread_by_capacity_then_full_then_a_dead_worker_moves_its_clie
             }
             # Most free first: a (2 free), then a or b at 1 free each (b has fewer sessions).
             assert placed == {"gpu-a": sorted([ids[0], ids[2]]), "gpu-b": [ids[1]]}
+            # Each worker draws ids from its own share: two workers never open the same one.
+            assert [i % 2 for i in ids] == [0, 1, 0]
             for rx in receivers:  # media comes from the workers
                 assert await wait_for(lambda rx=rx: len(rx.video) > 10, 20)
 
@@ -142,13 +189,17 @@ def test_sessions_spread_by_capacity_then_full_then_a_dead_worker_moves_its_clie
             assert full.status_code == 503
             assert "every session worker is full (3 sessions on 2 workers)" in full.json()["msg"]
 
-            # A control request reaches the worker that hosts the session.
+            # A control request reaches the worker that hosts the session, and so does one
+            # that names its session in the path (the page's state poll).
             said = await http.post(
                 "/human", json={"sessionid": ids[1], "text": "Hello there.", "type": "echo"}
             )
             assert said.status_code == 200, said.text
             speaking = await http.post("/is_speaking", json={"sessionid": ids[1]})
             assert speaking.status_code == 200 and speaking.json()["data"] is True
+            for sid in ids:
+                state = await http.get(f"/sessions/{sid}")
+                assert state.status_code == 200 and state.json()["sessionid"] == sid
             # A caller from elsewhere is not this machine's operator at the worker either:
             # without the session's secret, its id controls nothing.
             stranger = await http.post(
@@ -158,7 +209,25 @@ def test_sessions_spread_by_capacity_then_full_then_a_dead_worker_moves_its_clie
             )
             assert stranger.status_code == 403, stranger.text
 
+            # A conversation on gpu-a, which the gateway keeps a copy of.
+            chat = {"sessionid": ids[0], "text": "My name is Ada.", "type": "chat"}
+            assert (await http.post("/human", json=chat)).status_code == 200
+
+            async def remembered() -> bool:
+                state = cluster.workers["gpu-a"].states.get(ids[0], {})
+                return len(state.get("memory", [])) == 2
+
+            assert await until(remembered), "the gateway holds no copy of the conversation"
+
+            # Per-worker figures: the gateway's view, and each worker's own, labelled.
+            metrics = (await http.get("/metrics")).text
+            assert 'rtlipsync_worker_sessions{worker="gpu-a"} 2.0' in metrics
+            assert 'rtlipsync_worker_sessions{worker="gpu-b"} 1.0' in metrics
+            assert 'rtlipsync_sessions{worker="gpu-a"} 2.0' in metrics
+            assert 'rtlipsync_sessions{worker="gpu-b"} 1.0' in metrics
+
             # gpu-a dies: its sessions are told to reconnect; gpu-b's session goes on.
+            first_url = cluster.workers["gpu-a"].url
             ray.kill(cluster.workers["gpu-a"].actor)
 
             async def told() -> httpx.Response | None:
@@ -168,18 +237,56 @@ def test_sessions_spread_by_capacity_then_full_then_a_dead_worker_moves_its_clie
             lost = await until(told)
             assert lost is not None, "the dead worker's session was not told to reconnect"
             assert lost.json()["reconnect"] is True and "POST /offer" in lost.json()["msg"]
+            assert (await http.get(f"/sessions/{ids[2]}")).status_code == 410
             state = (await http.get("/cluster")).json()
             alive = {w["name"]: w["alive"] for w in state["workers"]}
             assert alive == {"gpu-a": False, "gpu-b": True}
             before = len(receivers[1].video)
             await asyncio.sleep(1.0)
             assert len(receivers[1].video) - before >= 15  # gpu-b's viewer never noticed
-
-            # gpu-b is full (its one place), so the moved client is refused for now...
             await receivers[0].close()
-            refused = await http.post("/offer", json={"sdp": "v=0\r\nm=video", "type": "offer"})
-            assert refused.status_code == 503
-            # ...and placed on gpu-b once its session has ended there.
+            await receivers[2].close()
+
+            # Only the session's own client may resume it.
+            offer = {"sdp": "v=0\r\nm=video", "type": "offer", "resume": ids[0]}
+            thief = await http.post("/offer", json={**offer, "secret": "not-it"})
+            assert thief.status_code == 403 and "not yours to resume" in thief.json()["msg"]
+
+            # The client resumes: gpu-b is full, so it is placed once gpu-a is started again,
+            # and goes on with the same conversation.
+            again = Receiver(microphone=False)
+            secret = receivers[0].answer["secret"]
+
+            async def resumed() -> int | None:
+                try:
+                    return await again.connect(http, resume=ids[0], secret=secret)
+                except OfferRefused as exc:
+                    assert exc.status == 503, exc  # full until gpu-a is back
+                    return None
+
+            new_id = await until(resumed, 60)
+            assert new_id, "the moved client was never placed again"
+            assert again.answer["resumed"] is True
+            state = {w["name"]: w for w in (await http.get("/cluster")).json()["workers"]}
+            assert state["gpu-a"]["alive"] and state["gpu-a"]["restarts"] == 1
+            assert state["gpu-a"]["url"] != first_url  # a new actor, on a port of its own
+            assert state["gpu-a"]["sessions"] == [new_id] and new_id % 2 == 0
+            assert await wait_for(lambda: len(again.video) > 10, 20)
+            ask = {"sessionid": new_id, "text": "What is my name?", "type": "chat"}
+            assert (await http.post("/human", json=ask)).status_code == 200
+            assert await wait_for(lambda: len(llm.requests) == 2, 20)
+            assert llm.requests[1]["messages"][1:] == [
+                {"role": "user", "content": "My name is Ada."},
+                {"role": "assistant", "content": "Nice to meet you, Ada."},
+                {"role": "user", "content": "What is my name?"},
+            ]
+            # Resumed once: the same id again opens a session of its own.
+            twice = Receiver(microphone=False)
+            await twice.connect(http, resume=ids[0], secret=secret)
+            assert twice.answer["resumed"] is False
+            await twice.close()
+
+            # An ended session frees its place.
             await receivers[1].close()
             await http.post("/close", json={"sessionid": ids[1]})
 
@@ -188,13 +295,7 @@ def test_sessions_spread_by_capacity_then_full_then_a_dead_worker_moves_its_clie
                 return next(w for w in workers if w["name"] == "gpu-b")["free"] == 1
 
             assert await until(b_free), "the ended session's place was not freed"
-            again = Receiver(microphone=False)
-            new_id = await again.connect(http)
-            state = (await http.get("/cluster")).json()
-            assert [w["sessions"] for w in state["workers"] if w["name"] == "gpu-b"] == [[new_id]]
-            assert await wait_for(lambda: len(again.video) > 10, 20)
             await again.close()
-            await receivers[2].close()
 
     asyncio.run(run())
 
@@ -213,22 +314,22 @@ def test_a_session_placed_while_the_gateway_asks_its_worker_is_not_forgotten() -
     from rtlipsync.cluster import gateway
 
     async def run() -> None:
-        answer: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        answer: asyncio.Future[dict[int, dict | None]] = asyncio.get_running_loop().create_future()
 
-        class Handle:  # a Ray actor handle's shape: ``handle.sessions.remote()`` is awaitable
-            class sessions:  # noqa: N801 - the method's name
+        class Handle:  # a Ray actor handle's shape: ``handle.states.remote()`` is awaitable
+            class states:  # noqa: N801 - the method's name
                 @staticmethod
-                def remote() -> asyncio.Future[list[int]]:
+                def remote() -> asyncio.Future[dict[int, dict | None]]:
                     return answer
 
         cluster = gateway.Cluster([gateway.WorkerSpec("a", sessions=2)])
         worker = gateway.Worker(cluster.specs[0], Handle(), "http://127.0.0.1:1")
         cluster.workers["a"] = worker
-        cluster.opened(worker, 1)
+        cluster.opened(worker, 1, "secret-1")
         watching = asyncio.get_running_loop().create_task(cluster.watch())
         await asyncio.sleep(0.05)  # the watcher now waits for the worker's answer
-        cluster.opened(worker, 2)  # placed meanwhile: not in the answer being sent
-        answer.set_result([])  # session 1 has ended there
+        cluster.opened(worker, 2, "secret-2")  # placed meanwhile: not in the answer being sent
+        answer.set_result({})  # session 1 has ended there
         await asyncio.sleep(0.05)
         watching.cancel()
         assert cluster.owner(1) is None and cluster.owner(2) is worker

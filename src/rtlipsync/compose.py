@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from rtlipsync.face.avatar import Avatar
 from rtlipsync.metrics import Metrics
-from rtlipsync.session import Session
+from rtlipsync.session import Session, new_session_id
 from rtlipsync.speech.asr import ASRProvider, WorkerASR
 from rtlipsync.speech.chat import ChatBrain
 from rtlipsync.speech.llm import ChatLLM
@@ -110,9 +110,10 @@ class SessionMaker:
     ) -> Session:
         """A new session on ``avatar``, in repeat mode (its owner chooses the mode: realtime
         opens a socket), with an id not in ``taken``."""
-        session = Session(avatar, self.config.engine(), self.config.tts())
-        while session.id in taken:
-            session = Session(avatar, self.config.engine(), self.config.tts())
+        session_id = new_session_id()
+        while session_id in taken:
+            session_id = new_session_id()
+        session = Session(avatar, self.config.engine(), self.config.tts(), session_id)
         if self.llm is not None:
             session.chat = ChatBrain(self.llm)
         if persona:

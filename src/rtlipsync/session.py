@@ -71,6 +71,11 @@ RESUME_FRAMES = 3  # a ducked voice comes back up over this many frames (120 ms)
 DUCK_FADE = SAMPLE_RATE // 100  # samples (10 ms) over which it goes down: quick, no click
 
 
+def new_session_id() -> int:
+    """A random six-digit session id (the seed's clients expect a number)."""
+    return secrets.randbelow(900_000) + 100_000
+
+
 class FrameSink(Protocol):
     """Anything that takes the session's frames: transports and recorders."""
 
@@ -96,7 +101,7 @@ class Session:
     ) -> None:
         """``clock`` paces the session's frames: the event loop's time by default, a
         `ManualClock` in tests that step the session frame by frame."""
-        self.id = session_id if session_id is not None else secrets.randbelow(900_000) + 100_000
+        self.id = session_id if session_id is not None else new_session_id()
         self.avatar = avatar  # the session's own face
         self.engine = engine or CpuEngine()
         self.stream: EngineStream = self.engine.open_stream(avatar)
@@ -233,6 +238,17 @@ class Session:
             self.chat.system_prompt = text or self.chat.llm.config.system_prompt
         if self.realtime is not None:
             self.realtime.set_instructions(text or self.realtime.config.instructions)
+
+    def continuation(self) -> dict[str, Any]:
+        """What a new session needs to go on where this one is (the fields of an offer): its
+        avatar, mode, persona and the conversation's memory. A cluster's gateway keeps it, so
+        that a session whose worker died continues on another."""
+        return {
+            "avatar": self.avatar.name,
+            "mode": self.mode,
+            "persona": self.persona,
+            "memory": list(self.chat.history) if self.chat is not None else [],
+        }
 
     def listen(self, pcm: np.ndarray) -> None:
         """Take 16 kHz int16 microphone audio: speech interrupts the avatar (barge-in) once it

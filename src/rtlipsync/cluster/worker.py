@@ -12,11 +12,11 @@ resources the worker declares, so this module imports without Ray.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
-import threading
-import time
+from typing import Any
 
 log = logging.getLogger("rtlipsync.cluster")
 
@@ -34,11 +34,10 @@ class SessionWorker:
         config: str | None = None,
         host: str = "127.0.0.1",
         engine: str | None = None,
+        id_share: tuple[int, int] = (0, 1),
     ) -> None:
-        import socket
-
-        import uvicorn
-
+        """``id_share``: this worker's share of session ids (`ServerConfig.id_share`), so no
+        two workers of a cluster open the same one."""
         if home is not None:  # the data root: avatars and recordings of this host
             os.environ["RTLIPSYNC_HOME"] = home
         from rtlipsync.compose import server_config
@@ -46,9 +45,11 @@ class SessionWorker:
         from rtlipsync.engines import make_engine
         from rtlipsync.face.avatar import load_avatar
         from rtlipsync.server import create_app
+        from rtlipsync.server.threaded import ThreadedServer
 
         self.name = name
         self.capacity = capacity
+        self._sent: dict[int, tuple[Any, ...]] = {}  # what `states` last told, per session
         # (``host``: off loopback the worker answers the Host its node is reached by, and
         # warns when it has no access token, as a server serving the network does.)
         settings = load_settings(config, host=host, max_sessions=capacity, engine=engine)
@@ -58,38 +59,42 @@ class SessionWorker:
         # Every request arrives from the gateway, whose address would be every client's: the
         # per-client limit would cap the whole worker, so the worker's capacity is the limit.
         server = dataclasses.replace(
-            server, engine=lambda: shared, max_sessions_per_client=capacity
+            server, engine=lambda: shared, max_sessions_per_client=capacity, id_share=id_share
         )
         self.app = create_app(server)
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
+        self._server = ThreadedServer(self.app, host=host, name=f"worker-{name}")
         # Bound beyond loopback, it is reached at its node's own address.
-        self.url = f"http://{host if host.startswith('127.') else _node_ip()}:{port}"
-        self._server = uvicorn.Server(
-            uvicorn.Config(self.app, host=host, port=port, log_level="warning")
-        )
-        self._thread = threading.Thread(target=self._server.run, name=f"worker-{name}")
-        self._thread.start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not (self._server.started and self.app.state.started):
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"session worker {name} did not start its server")
-            time.sleep(0.05)
+        self.url = f"http://{host if host.startswith('127.') else _node_ip()}:{self._server.port}"
+        try:
+            self._server.start(STARTUP_TIMEOUT, ready=lambda: self.app.state.started)
+        except RuntimeError as exc:
+            raise RuntimeError(f"session worker {name} did not start its server") from exc
         log.info("session worker %s serving %d sessions at %s", name, capacity, self.url)
 
     def address(self) -> str:
         """The base URL of this worker's server."""
         return self.url
 
-    def sessions(self) -> list[int]:
-        """The ids of the sessions live here now."""
-        return self.app.state.sessions.ids()
+    def states(self) -> dict[int, dict[str, Any] | None]:
+        """Every live session here, with what a new session needs to continue it
+        (`Session.continuation`) when that changed since the last ask, else None: the
+        gateway asks every second, and most conversations did not move since."""
+        sessions = self.app.state.sessions
+        answer: dict[int, dict[str, Any] | None] = {}
+        marks: dict[int, tuple[Any, ...]] = {}
+        for sid in sessions.ids():
+            with contextlib.suppress(Exception):  # (ended between the two looks)
+                session = sessions.get(sid)
+                # Read from the actor's thread while the server's loop runs: copies only.
+                mark = (session.mode, session.persona, session.chat.turns if session.chat else 0)
+                marks[sid] = mark
+                answer[sid] = session.continuation() if self._sent.get(sid) != mark else None
+        self._sent = marks
+        return answer
 
     def stop(self) -> None:
         """End every session cleanly and stop the server."""
-        self._server.should_exit = True
-        self._thread.join(timeout=15)
+        self._server.stop()
 
 
 def _node_ip() -> str:

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import cv2
 from aiortc import RTCSessionDescription
@@ -148,6 +148,9 @@ class ServerConfig:
     # first use never starts an interpreter while sessions are live: a worker starting up
     # made a live session's video skip a frame or two. `rtlipsync serve` turns it on.
     warm_workers: bool = False
+    # This server's share of session ids, (k, n): those equal to k modulo n. A cluster's
+    # workers draw from shares that do not overlap, so no two of them open the same id.
+    id_share: tuple[int, int] = (0, 1)
 
 
 class ErrorReply(BaseModel):
@@ -216,6 +219,16 @@ class ApiError(Exception):
         self.message = message
 
 
+MAX_MEMORY = 200  # remembered messages an offer may carry over from an earlier session
+
+
+class Said(BaseModel):
+    """One remembered message of a conversation."""
+
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=MAX_TEXT)
+
+
 class Offer(BaseModel):
     sdp: str = Field(json_schema_extra={"pattern": "^\\s*v=[\\s\\S]*m="})
     type: str = Field("offer", json_schema_extra={"enum": ["offer"]})
@@ -223,6 +236,9 @@ class Offer(BaseModel):
     # repeat | chat | realtime; default: the server's
     mode: str | None = Field(None, json_schema_extra={"enum": list(MODES)})
     persona: str | None = None  # the system prompt (chat) or instructions (realtime)
+    # The conversation so far, to continue one held elsewhere (a cluster's gateway sends the
+    # memory of a session whose worker stopped); the chat brain keeps its last turns.
+    memory: list[Said] | None = Field(None, max_length=MAX_MEMORY)
 
 
 class SessionRequest(BaseModel):
@@ -278,6 +294,20 @@ class AudioTypeRequest(SessionRequest):
 
 class RecordRequest(SessionRequest):
     type: str = Field(json_schema_extra={"enum": ["start_record", "end_record"]})
+
+
+@dataclass
+class _Taken:
+    """The session ids a new session may not have: those in use here, and those outside
+    this server's share (`ServerConfig.id_share`)."""
+
+    used: set[int]
+    share: int
+    shares: int
+
+    def __contains__(self, session_id: object) -> bool:
+        assert isinstance(session_id, int)
+        return session_id in self.used or session_id % self.shares != self.share
 
 
 ENDED_SECRETS = 256  # ended sessions whose secrets are kept (for their recordings)
@@ -382,7 +412,11 @@ class Sessions:
         return recorder.path
 
     async def _new_session(
-        self, avatar_name: str | None, mode: str | None = None, persona: str | None = None
+        self,
+        avatar_name: str | None,
+        mode: str | None = None,
+        persona: str | None = None,
+        memory: list[Said] | None = None,
     ) -> Session:
         mode = mode or self.config.mode
         self._check_mode(mode)
@@ -390,8 +424,11 @@ class Sessions:
             avatar = await asyncio.to_thread(load_avatar, avatar_name or self.config.avatar)
         except InputError as exc:
             raise ApiError(404, str(exc)) from exc
-        taken = self._live.keys() | self._secrets.keys()  # (an ended one's recording keeps its)
-        session = self.maker.make(avatar, persona, taken)
+        used = self._live.keys() | self._secrets.keys()  # (an ended one's recording keeps its)
+        share, shares = self.config.id_share
+        session = self.maker.make(avatar, persona, _Taken(used, share, shares))
+        if memory and session.chat is not None:
+            session.chat.restore([said.model_dump() for said in memory])
         await self.set_mode(session, mode)
         return session
 
@@ -490,7 +527,7 @@ class Sessions:
         if "m=" not in offer.sdp or not offer.sdp.lstrip().startswith("v="):
             raise ApiError(400, "malformed SDP: it must start with v= and hold m= lines")
         with self._slot(client):
-            session = await self._new_session(offer.avatar, offer.mode, offer.persona)
+            session = await self._new_session(offer.avatar, offer.mode, offer.persona, offer.memory)
             try:
                 return await self._negotiate(session, offer, client)
             except BaseException:

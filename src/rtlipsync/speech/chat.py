@@ -29,6 +29,13 @@ class ChatBrain:
         self.llm = llm
         self.system_prompt = system_prompt or llm.config.system_prompt
         self.history: list[dict[str, str]] = []
+        self.turns = 0  # replies remembered so far: a change a copy of the memory can see
+
+    def restore(self, history: list[dict[str, str]]) -> None:
+        """Continue a conversation held elsewhere (a session whose host stopped): its
+        remembered turns, as bounded as this brain's own."""
+        self.history = list(history[-2 * self.llm.config.max_turns :])
+        self.turns += 1
 
     def _messages(self, user_text: str) -> list[dict[str, str]]:
         keep = 2 * self.llm.config.max_turns
@@ -81,3 +88,4 @@ class ChatBrain:
                 {"role": "assistant", "content": " ".join(spoken) or "(interrupted)"},
             ]
             del self.history[: max(0, len(self.history) - 2 * self.llm.config.max_turns)]
+            self.turns += 1

@@ -93,6 +93,7 @@ class Receiver:
         self.video: list[float] = []
         self.audio: list[float] = []
         self._tasks: list[asyncio.Task] = []
+        self.answer: dict[str, Any] = {}  # the server's answer to the offer
         self.pc.addTransceiver("video", direction="recvonly")
         if microphone:
             self.pc.addTrack(self.mic)
@@ -113,13 +114,16 @@ class Receiver:
 
             self._tasks.append(asyncio.ensure_future(pull()))
 
-    async def connect(self, http: httpx.AsyncClient) -> int:
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        offer = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
+    async def connect(self, http: httpx.AsyncClient, **fields: Any) -> int:
+        """Offer a session (``fields`` join the offer: avatar, mode, resume, …); its id. The
+        whole answer is kept in ``answer``."""
+        if self.pc.localDescription is None:  # (a refused offer is sent again as it was)
+            await self.pc.setLocalDescription(await self.pc.createOffer())
+        offer = {"sdp": self.pc.localDescription.sdp, "type": "offer", **fields}
         reply = await http.post("/offer", json=offer)
         if reply.status_code != 200:
             raise OfferRefused(reply.status_code, reply.json().get("msg", reply.text))
-        answer = reply.json()
+        answer = self.answer = reply.json()
         await self.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
         return int(answer["sessionid"])
 

@@ -5,20 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from rtlipsync.server.threaded import ThreadedServer, free_port
 
 
 @contextlib.contextmanager
@@ -34,26 +28,12 @@ def serving(config: Any = None) -> Iterator[str]:
 def serving_app(app: Any, log_level: str = "warning") -> Iterator[str]:
     """Run an ASGI app under uvicorn on a loopback port in a thread; yield its base URL.
     ``log_level`` "info" logs each request through the process's logging, as served."""
-    import uvicorn
-
-    port = free_port()
-    logs = (
-        {"log_level": log_level}
-        if log_level == "warning"
-        else {"log_config": None, "log_level": log_level}
-    )
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **logs))
-    thread = threading.Thread(target=server.run, name="uvicorn-test")
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
+    server = ThreadedServer(app, log_level=log_level, name="uvicorn-test")
+    server.start()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{server.port}"
     finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+        server.stop()
 
 
 async def wait_for(predicate: Callable[[], object], timeout: float) -> bool:
