@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -50,19 +51,35 @@ def test_capacity_is_declared_in_sessions_or_a_frame_budget() -> None:
         capacity_for()
 
 
-def test_the_gateway_asks_for_the_access_token_as_a_server_does() -> None:
+def test_the_gateway_has_a_servers_gates() -> None:
+    """The token, the Host it answers and the pages that may use it are the gateway's to
+    check: it is what clients reach (a worker compares a page's origin with its own address,
+    so the relay does not pass the page's on)."""
     from fastapi.testclient import TestClient
 
     from rtlipsync.cluster.gateway import Cluster, WorkerSpec, create_gateway
+    from rtlipsync.server import ServerConfig
 
     token = "a-token-of-sixteen-or-more"
     cluster = Cluster([WorkerSpec("cpu", sessions=1)])  # (not started: no worker needed)
-    with TestClient(create_gateway(cluster, started=True, access_token=token)) as client:
+    app = create_gateway(cluster, started=True, gates=ServerConfig(access_token=token))
+    with TestClient(app, base_url="http://127.0.0.1:8010") as client:
         assert client.get("/cluster").status_code == 401
         assert client.post("/offer", json={"sdp": "v=0", "type": "offer"}).status_code == 401
         assert client.get("/health").status_code == 200  # the probe stays open
-        shown = client.get("/cluster", headers={"Authorization": f"Bearer {token}"})
+        auth = {"Authorization": f"Bearer {token}"}
+        shown = client.get("/cluster", headers=auth)
         assert shown.status_code == 200 and shown.json()["workers"] == []
+        # Another site's page, and a name rebound to this machine, reach nothing.
+        offer = {"sdp": "v=0\r\nm=video", "type": "offer"}
+        page = {**auth, "Origin": "https://evil.example"}
+        foreign = client.post("/offer", json=offer, headers=page)
+        assert foreign.status_code == 403 and "not allowed here" in foreign.json()["msg"]
+        rebound = client.get("/cluster", headers={**auth, "Host": "evil.example"})
+        assert rebound.status_code == 400
+        # Its own page passes (and finds no worker to place it on).
+        own = client.post("/offer", json=offer, headers={**auth, "Origin": "http://127.0.0.1:8010"})
+        assert own.status_code == 503 and "no session worker" in own.json()["msg"]
 
 
 def test_metrics_merge_every_workers_figures_under_a_worker_label() -> None:
@@ -336,3 +353,62 @@ def test_a_session_placed_while_the_gateway_asks_its_worker_is_not_forgotten() -
         assert worker.sessions == {2}
 
     asyncio.run(run())
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+def test_the_page_goes_on_with_its_conversation_when_its_worker_dies(gateway) -> None:
+    """The page polls its session through the gateway; the 410 of a dead worker makes it
+    open a new session that resumes the old one, with no click."""
+    from playwright.sync_api import sync_playwright
+
+    from test_page import FLAGS
+
+    base, cluster, llm = gateway
+    status = "document.getElementById('status').textContent"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(base)
+        page.select_option("#mode", "chat")
+        page.click("#start")
+        try:
+            page.wait_for_function(f"{status}.startsWith('Connected over WebRTC')", timeout=30_000)
+        except Exception:
+            raise AssertionError(page.inner_text("#status")) from None
+        first = int(page.evaluate("sessionId"))
+        host = next(w for w in cluster.workers.values() if first in w.sessions)
+        asked = len(llm.requests)
+        page.fill("#text", "Remember the word pineapple.")
+        page.press("#text", "Enter")
+        deadline = time.monotonic() + 20
+        while len(host.states.get(first, {}).get("memory", [])) < 2:  # the gateway's copy
+            assert time.monotonic() < deadline, "the gateway holds no copy of the conversation"
+            page.wait_for_timeout(200)
+        assert len(llm.requests) == asked + 1
+
+        ray.kill(host.actor)
+        page.wait_for_function(f"{status}.startsWith('Reconnected')", timeout=30_000)
+        assert "goes on with the same conversation" in page.inner_text("#status")
+        second = int(page.evaluate("sessionId"))
+        assert second != first and page.is_enabled("#stop")
+        page.wait_for_function(  # the new session's video plays
+            "(() => { const v = document.getElementById('video');"
+            " return !v.hidden && v.readyState >= 2 && v.videoWidth > 0; })()",
+            timeout=20_000,
+        )
+        page.fill("#text", "Which word?")
+        page.press("#text", "Enter")
+        deadline = time.monotonic() + 20
+        while len(llm.requests) < asked + 2:
+            assert time.monotonic() < deadline, "the resumed session's question never came"
+            page.wait_for_timeout(200)
+        said = [m["content"] for m in llm.requests[-1]["messages"]]
+        assert "Remember the word pineapple." in said and said[-1] == "Which word?"
+        page.click("#stop")
+        assert errors == []
+        browser.close()

@@ -199,6 +199,8 @@ def _serve_gateway(args: argparse.Namespace, settings: Settings) -> None:
     """``serve --cluster``: this process is the gateway; sessions live on Ray workers."""
     import uvicorn
 
+    from rtlipsync.compose import server_config
+
     try:
         from rtlipsync.cluster.gateway import Cluster, WorkerSpec, create_gateway
     except ImportError as exc:
@@ -230,7 +232,8 @@ def _serve_gateway(args: argparse.Namespace, settings: Settings) -> None:
     )
     # Each relayed request would be logged by the relay's client too: the access line is kept.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    app = create_gateway(cluster, access_token=settings.access_token or None)
+    # The gateway is what clients reach: it has a server's gates, set as the server's are.
+    app = create_gateway(cluster, gates=server_config(settings))
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None)
 
 

@@ -38,7 +38,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rtlipsync.cluster.placement import ClusterFull, WorkerLoad, capacity_for, choose
 from rtlipsync.cluster.worker import SessionWorker
-from rtlipsync.server.access import Access, from_this_machine, presented_secret, same
+from rtlipsync.server.access import from_this_machine, presented_secret, same
+from rtlipsync.server.app import ServerConfig, add_gates
 
 log = logging.getLogger("rtlipsync.cluster")
 
@@ -61,6 +62,9 @@ HOP_HEADERS = {
     "host",
     "content-length",
     "content-encoding",
+    # Checked here (SameOrigin): the worker would compare the page's origin with its own
+    # address, not the gateway's, and refuse every request of the page it serves.
+    "origin",
 }
 
 
@@ -470,11 +474,14 @@ class _Families:
 
 
 def create_gateway(
-    cluster: Cluster, started: bool = False, access_token: str | None = None
+    cluster: Cluster, started: bool = False, gates: ServerConfig | None = None
 ) -> FastAPI:
-    """The gateway's app over ``cluster`` (started here unless ``started``). With
-    ``access_token`` (the workers' own), the gateway's routes need it as a server's do;
-    relayed requests are checked again by their worker."""
+    """The gateway's app over ``cluster`` (started here unless ``started``). It is the
+    public face of its workers, so every request passes the gates a server has, with the
+    settings in ``gates`` (the access token, the workers' own; allowed hosts and origins;
+    body sizes); relayed ones are checked again by their worker."""
+    gates = gates or ServerConfig()
+    access_token = gates.access_token
     client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
 
     @contextlib.asynccontextmanager
@@ -492,7 +499,7 @@ def create_gateway(
                 await asyncio.to_thread(cluster.shutdown)
 
     app = FastAPI(title="rtlipsync gateway", lifespan=lifespan)
-    app.add_middleware(Access, token=access_token)
+    add_gates(app, gates)
 
     async def relay(worker: Worker, request: Request, body: bytes) -> Response:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}

@@ -572,6 +572,34 @@ class Sessions:
         await self.maker.close()
 
 
+def add_gates(app: FastAPI, config: ServerConfig) -> None:
+    """The checks every request passes before a route (see `rtlipsync.server.access`): its
+    page's origin, the access token, the Host it names, the size of its body; and CORS for
+    the other pages allowed. A cluster's gateway, the public face of its workers, has them
+    too."""
+    uploads = {"/humanaudio": config.max_upload_mb, "/jobs": config.max_upload_mb}
+    uploads["/avatars"] = config.max_avatar_upload_mb
+    app.add_middleware(SameOrigin, allowed=config.allowed_origins)
+    app.add_middleware(Access, token=config.access_token)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts)
+    app.add_middleware(
+        BodyLimit,
+        # (the form's other fields and the multipart framing come on top of the file)
+        limits={path: int(mb * 1024 * 1024) + 64 * 1024 for path, mb in uploads.items()},
+        default=int(config.max_request_kb * 1024),
+    )
+    if config.allowed_origins:
+        # The pages allowed to use the server may also read its answers (CORS); outermost,
+        # so a browser's preflight, which carries no token, is answered before the gates.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=config.allowed_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Session-Secret"],
+            allow_credentials=True,
+        )
+
+
 def create_app(config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
     sessions = Sessions(config)
@@ -614,27 +642,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     app.state.sessions = sessions
     app.state.tasks = tasks
     app.state.started = False
-    uploads = {"/humanaudio": config.max_upload_mb, "/jobs": config.max_upload_mb}
-    uploads["/avatars"] = config.max_avatar_upload_mb
-    app.add_middleware(SameOrigin, allowed=config.allowed_origins)
-    app.add_middleware(Access, token=config.access_token)
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=config.allowed_hosts)
-    app.add_middleware(
-        BodyLimit,
-        # (the form's other fields and the multipart framing come on top of the file)
-        limits={path: int(mb * 1024 * 1024) + 64 * 1024 for path, mb in uploads.items()},
-        default=int(config.max_request_kb * 1024),
-    )
-    if config.allowed_origins:
-        # The pages allowed to use the server may also read its answers (CORS); outermost,
-        # so a browser's preflight, which carries no token, is answered before the gates.
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=config.allowed_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "X-Session-Secret"],
-            allow_credentials=True,
-        )
+    add_gates(app, config)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
