@@ -7,6 +7,12 @@ runs it). ``--clients`` aiortc peers open sessions through the gateway one after
 without pause for ``--seconds``, and each one's frame rate is counted at its receiver.
 Clients beyond the cluster's capacity must be refused with a message (503).
 
+Then one worker is killed (``ray.kill``) while its sessions speak. Each of its clients polls
+its session as the page does (every 250 ms) until it is told to reconnect (410), then resumes
+it (``resume`` and its secret; retried while the cluster is full, until the gateway has
+started the worker again); the time from the kill to the resumed session's first frame is
+printed, and the other worker's sessions must hold their rate meanwhile.
+
     .venv/bin/python benchmarks/cluster_load.py [--clients 6] [--capacity 2] [--seconds 30]
 """
 
@@ -31,7 +37,76 @@ from soak import keep_talking
 from _common import machine
 
 
-async def load(base: str, clients: int, seconds: float) -> bool:
+async def resume_after_death(
+    http: httpx.AsyncClient, sid: int, secret: str, killed: float
+) -> tuple[float, float, Receiver]:
+    """A client of a dead worker, as the page is: poll until told, then resume. The ms from
+    the kill to the 410, and to the resumed session's first frame; its receiver."""
+    while (await http.get(f"/sessions/{sid}")).status_code != 410:
+        if time.monotonic() - killed > 30:
+            raise RuntimeError(f"session {sid} was never told to reconnect")
+        await asyncio.sleep(0.25)
+    told = (time.monotonic() - killed) * 1000
+    rx = Receiver(microphone=False)
+    while True:
+        try:
+            await rx.connect(http, resume=sid, secret=secret)
+            break
+        except OfferRefused as exc:
+            if exc.status != 503 or time.monotonic() - killed > 120:
+                raise
+            await asyncio.sleep(0.5)
+    if not rx.answer.get("resumed"):
+        raise RuntimeError(f"session {sid} was not resumed: {rx.answer}")
+    if not await wait_for(lambda: rx.video, 30):
+        raise RuntimeError(f"the resumed session of {sid} sent no frame in 30 s")
+    return told, (rx.video[0] - killed) * 1000, rx
+
+
+async def failover(
+    http: httpx.AsyncClient, cluster: Cluster, placed: list[tuple[Receiver, int, float]]
+) -> bool:
+    """Kill the first worker while everyone speaks; its clients resume, the others go on."""
+    dead = next(iter(cluster.workers.values()))
+    mine = [(rx, sid) for rx, sid, _ in placed if sid in dead.sessions]
+    others = [rx for rx, sid, _ in placed if sid not in dead.sessions]
+    stop = asyncio.Event()
+    talkers = [asyncio.create_task(keep_talking(http, sid, stop)) for _, sid, _ in placed]
+    await asyncio.sleep(2.0)
+    killed = time.monotonic()
+    ray.kill(dead.actor)
+    results = await asyncio.gather(
+        *(resume_after_death(http, sid, rx.answer["secret"], killed) for rx, sid in mine)
+    )
+    end = time.monotonic()
+    talkers += [
+        asyncio.create_task(keep_talking(http, int(rx.answer["sessionid"]), stop))
+        for _, _, rx in results
+    ]
+    await asyncio.sleep(10.0)  # and then: every session, the resumed ones too
+    after = time.monotonic()
+    stop.set()
+    await asyncio.gather(*talkers, return_exceptions=True)  # (the dead ones' fail)
+
+    def rate(rx: Receiver, start: float, stop: float) -> float:
+        return len([t for t in rx.video if start <= t <= stop]) / (stop - start)
+
+    fps = [rate(rx, killed, end) for rx in others]
+    settled = [rate(rx, end + 2, after) for rx in [*others, *(rx for _, _, rx in results)]]
+    print(f"  worker {dead.spec.name} killed with {len(mine)} speaking sessions:")
+    for told, back, _ in results:
+        print(f"    told after {told:.0f} ms, resumed and first frame after {back:.0f} ms")
+    print(f"    the other worker's sessions meanwhile: {' '.join(f'{f:.1f}' for f in fps)} fps")
+    print(f"    every session 2-10 s after: {' '.join(f'{f:.1f}' for f in settled)} fps")
+    for rx, _ in mine:
+        await rx.close()
+    for _, _, rx in results:
+        await http.post("/close", json={"sessionid": int(rx.answer["sessionid"])})
+        await rx.close()
+    return bool(results) and min(settled) >= 24.5
+
+
+async def load(base: str, cluster: Cluster, clients: int, seconds: float) -> bool:
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
         placed: list[tuple[Receiver, int, float]] = []
         refused: list[str] = []
@@ -72,10 +147,11 @@ async def load(base: str, clients: int, seconds: float) -> bool:
         print(
             f"  fps held while speaking: {' '.join(f'{f:.1f}' for f in fps)} (min {min(fps):.1f})"
         )
+        moved = await failover(http, cluster, placed)
         for rx, sid, _ in placed:
             await rx.close()
             await http.post("/close", json={"sessionid": sid})
-    return len(placed) == min(clients, capacity) and min(fps) >= 24.5
+    return len(placed) == min(clients, capacity) and min(fps) >= 24.5 and moved
 
 
 def main() -> int:
@@ -90,8 +166,9 @@ def main() -> int:
         ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
         specs = [WorkerSpec(f"gpu-{k}", sessions=args.capacity, gpus=1, cpus=0) for k in "ab"]
         try:
-            with serving_app(create_gateway(Cluster(specs, home=home))) as base:
-                ok = asyncio.run(load(base, args.clients, args.seconds))
+            cluster = Cluster(specs, home=home)
+            with serving_app(create_gateway(cluster)) as base:
+                ok = asyncio.run(load(base, cluster, args.clients, args.seconds))
         finally:
             ray.shutdown()
     return 0 if ok else 1
