@@ -336,7 +336,7 @@ def test_a_session_placed_while_the_gateway_asks_its_worker_is_not_forgotten() -
         class Handle:  # a Ray actor handle's shape: ``handle.states.remote()`` is awaitable
             class states:  # noqa: N801 - the method's name
                 @staticmethod
-                def remote() -> asyncio.Future[dict[int, dict | None]]:
+                def remote(full: bool = False) -> asyncio.Future[dict[int, dict | None]]:
                     return answer
 
         cluster = gateway.Cluster([gateway.WorkerSpec("a", sessions=2)])

@@ -100,6 +100,8 @@ class Worker:
     started: float = field(default_factory=time.monotonic)
     restarts: int = 0  # times it was started again after dying
     restart_at: float | None = None  # when to start it again (dead, not being started)
+    # Ask for every session's state, not only the changed ones: an answer was lost.
+    resync: bool = True
 
     def load(self) -> WorkerLoad:
         return WorkerLoad(self.spec.name, self.spec.capacity, len(self.sessions), self.alive)
@@ -206,6 +208,8 @@ class Cluster:
         restarts = dead.restarts + 1
         if not self.restart:
             return  # (the gateway is stopping)
+        with contextlib.suppress(Exception):  # (one taken for dead that was only unreachable
+            ray.kill(dead.actor)  # must not hold its GPU against its replacement)
         actor = self._actor(dead.spec, restarts)
         try:
             url = ray.get(actor.address.remote(), timeout=300)
@@ -352,12 +356,16 @@ class Cluster:
                 # answer is on its way is not in it yet.
                 known = set(worker.sessions)
                 try:
-                    live = await asyncio.wait_for(worker.actor.states.remote(), 10)
+                    live = await asyncio.wait_for(worker.actor.states.remote(worker.resync), 10)
                 except (RayActorError, ray.exceptions.RaySystemError):
                     self.died(worker)
                     continue
                 except asyncio.TimeoutError:
-                    continue  # busy, not gone: looked at again next round
+                    # Busy, not gone: looked at again next round. Its answer may still come
+                    # and be lost, so the next asks for everything.
+                    worker.resync = True
+                    continue
+                worker.resync = False
                 # (None: unchanged since the last ask.)
                 worker.states = {
                     sid: state if state is not None else worker.states.get(sid, {})

@@ -75,10 +75,11 @@ class SessionWorker:
         """The base URL of this worker's server."""
         return self.url
 
-    def states(self) -> dict[int, dict[str, Any] | None]:
+    def states(self, full: bool = False) -> dict[int, dict[str, Any] | None]:
         """Every live session here, with what a new session needs to continue it
-        (`Session.continuation`) when that changed since the last ask, else None: the
-        gateway asks every second, and most conversations did not move since."""
+        (`Session.continuation`) when that changed since the last ask (or for all of them,
+        ``full``), else None: the gateway asks every second, and most conversations did not
+        move since."""
         sessions = self.app.state.sessions
         answer: dict[int, dict[str, Any] | None] = {}
         marks: dict[int, tuple[Any, ...]] = {}
@@ -88,7 +89,8 @@ class SessionWorker:
                 # Read from the actor's thread while the server's loop runs: copies only.
                 mark = (session.mode, session.persona, session.chat.turns if session.chat else 0)
                 marks[sid] = mark
-                answer[sid] = session.continuation() if self._sent.get(sid) != mark else None
+                changed = full or self._sent.get(sid) != mark
+                answer[sid] = session.continuation() if changed else None
         self._sent = marks
         return answer
 
