@@ -97,7 +97,6 @@ class Worker:
     alive: bool = True
     secrets: dict[int, str] = field(default_factory=dict)
     states: dict[int, dict[str, Any]] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
     restarts: int = 0  # times it was started again after dying
     restart_at: float | None = None  # when to start it again (dead, not being started)
     # Ask for every session's state, not only the changed ones: an answer was lost.
