@@ -355,13 +355,163 @@ def test_a_session_placed_while_the_gateway_asks_its_worker_is_not_forgotten() -
     asyncio.run(run())
 
 
+class _ServerHandle:
+    """A Ray actor handle's shape over a plain server in this process: ``states.remote()``
+    is the worker's own `SessionWorker.states`, and raises Ray's error once ``dead``."""
+
+    def __init__(self, app: object) -> None:
+        from rtlipsync.cluster.worker import SessionWorker
+
+        self.dead = False
+        worker = SessionWorker.__new__(SessionWorker)  # (its server is already running)
+        worker.app, worker._sent = app, {}
+        handle = self
+
+        class states:  # noqa: N801 - the method's name
+            @staticmethod
+            async def remote(full: bool = False) -> dict:
+                if handle.dead:
+                    raise ray.exceptions.RayActorError()
+                return await asyncio.to_thread(worker.states, full)
+
+        self.states = states
+
+
+def test_websocket_sessions_are_placed_relayed_and_resumed(default_avatar) -> None:
+    """Where UDP is blocked the page's session runs over ``/ws``: through the gateway it is
+    placed like an offer, its frames and commands pass both ways, ``/humanecho`` reaches the
+    session's worker, and when the worker dies the client hears ``reconnect`` and resumes
+    with its memory. The workers are plain servers here, reached as a worker's server is."""
+    import json
+
+    import websockets
+
+    from rtlipsync.cluster.gateway import Cluster, Worker, WorkerSpec, create_gateway
+    from rtlipsync.server import ServerConfig, create_app
+    from rtlipsync.server.threaded import ThreadedServer
+    from rtlipsync.speech.llm import LLMConfig
+    from rtlipsync.testing.serving import serving_app
+    from test_websocket import frames_for, loud
+
+    llm = FakeOpenAI([Reply(["[neutral] Nice to meet you, Ada."])])
+
+    async def next_text(ws, kind: str) -> dict:  # noqa: ANN001
+        while True:
+            message = await asyncio.wait_for(ws.recv(), 10)
+            if isinstance(message, str) and json.loads(message)["type"] == kind:
+                return json.loads(message)
+
+    async def run(base: str, cluster: Cluster, handles: dict[str, _ServerHandle], stop_a) -> None:  # noqa: ANN001
+        url = base.replace("http://", "ws://")
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            async with websockets.connect(f"{url}/ws?mode=chat") as ws:
+                hello = json.loads(await ws.recv())
+                assert hello["type"] == "session" and "resumed" not in hello
+                sid, secret = hello["sessionid"], hello["secret"]
+                assert cluster.workers["a"].sessions == {sid}  # a: the most free places
+                frames = await frames_for(ws, 1.0)  # the worker's frames, relayed
+                assert len(frames) >= 20 and frames[-1][1].shape == (512, 512, 3)
+                await ws.send(json.dumps({"type": "chat", "text": "My name is Ada."}))
+
+                async def remembered() -> bool:
+                    return len(cluster.workers["a"].states.get(sid, {}).get("memory", [])) == 2
+
+                assert await until(remembered), "the gateway holds no copy of the conversation"
+
+                # /humanecho reaches the worker that hosts the session it names.
+                async with websockets.connect(f"{url}/humanecho") as echo:
+                    said = {"sessionid": sid, "secret": secret, "text": "Hi there."}
+                    await echo.send(json.dumps(said))
+
+                    async def speaking() -> bool:
+                        asked = {"sessionid": sid, "secret": secret}
+                        return (await http.post("/is_speaking", json=asked)).json()["data"]
+
+                    assert await until(speaking), "the echo did not reach the session's worker"
+                    # One the gateway does not know goes to a worker, which says what is wrong.
+                    await echo.send(json.dumps({"sessionid": 999_999, "text": "Hello?"}))
+                    refused = json.loads(await asyncio.wait_for(echo.recv(), 10))
+                    assert refused["code"] == -1 and "999999" in refused["msg"], refused
+
+                # Worker a dies: the client is told to reconnect, and how.
+                handles["a"].dead = True
+                stopping = asyncio.create_task(asyncio.to_thread(stop_a))
+                told = await next_text(ws, "reconnect")
+                assert told["sessionid"] == sid and "/ws?resume=" in told["msg"]
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    while True:
+                        await asyncio.wait_for(ws.recv(), 10)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+                await stopping
+            async with websockets.connect(f"{url}/humanecho?sessionid={sid}") as echo:
+                await echo.send("Anyone there?")
+                moved = json.loads(await asyncio.wait_for(echo.recv(), 10))
+                assert moved["reconnect"] is True
+
+            # Only with its secret; then on worker b, with the same conversation.
+            async with websockets.connect(f"{url}/ws?resume={sid}&secret=not-it") as thief:
+                refused = json.loads(await thief.recv())
+                assert refused["type"] == "error" and refused["status"] == 403
+            async with websockets.connect(f"{url}/ws?resume={sid}&secret={secret}") as ws:
+                hello = json.loads(await ws.recv())
+                assert hello["type"] == "session" and hello["resumed"] is True
+                assert hello["mode"] == "chat"  # carried over, not asked for again
+                assert cluster.workers["b"].sessions == {hello["sessionid"]}
+                await ws.send(json.dumps({"type": "chat", "text": "What is my name?"}))
+
+                async def asked() -> bool:
+                    return len(llm.requests) == 2
+
+                assert await until(asked), "the resumed session's question never came"
+                assert llm.requests[1]["messages"][1:] == [
+                    {"role": "user", "content": "My name is Ada."},
+                    {"role": "assistant", "content": "Nice to meet you, Ada."},
+                    {"role": "user", "content": "What is my name?"},
+                ]
+                assert any(loud(a) for _, _, a in await frames_for(ws, 3.0))
+                # Full (b holds its one place): refused with the reason, told to wait.
+                async with websockets.connect(f"{url}/ws") as full:
+                    refused = json.loads(await full.recv())
+                    assert refused["status"] == 503 and "full" in refused["msg"]
+                    with pytest.raises(websockets.ConnectionClosed) as closed:
+                        await full.recv()
+                    assert closed.value.rcvd.code == 1013
+
+            # The client left: its session on b ends, and its place is free.
+            async def freed() -> bool:
+                return not cluster.workers["b"].sessions
+
+            assert await until(freed), "the resumed session's place was not freed"
+
+    with serving_app(llm.app()) as llm_url:
+        config = ServerConfig(llm=LLMConfig(base_url=f"{llm_url}/v1", api_key="k"))
+        app_a, app_b = create_app(config), create_app(config)
+        handles = {"a": _ServerHandle(app_a), "b": _ServerHandle(app_b)}
+        cluster = Cluster([WorkerSpec("a", sessions=2), WorkerSpec("b", sessions=1)])
+        cluster.restart = False  # (no Ray here to start a worker again)
+        server_a = ThreadedServer(app_a, log_level="warning", name="worker-a")
+        server_a.start()
+        try:
+            with serving_app(app_b) as url_b:
+                for spec, worker_url in zip(
+                    cluster.specs, (f"http://127.0.0.1:{server_a.port}", url_b), strict=True
+                ):
+                    cluster.workers[spec.name] = Worker(spec, handles[spec.name], worker_url)
+                with serving_app(create_gateway(cluster, started=True)) as base:
+                    asyncio.run(run(base, cluster, handles, server_a.stop))
+        finally:
+            server_a.stop()
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
-def test_the_page_goes_on_with_its_conversation_when_its_worker_dies(gateway) -> None:
-    """The page polls its session through the gateway; the 410 of a dead worker makes it
-    open a new session that resumes the old one, with no click."""
+@pytest.mark.parametrize("transport", ["WebRTC", "WebSocket"])
+def test_the_page_goes_on_with_its_conversation_when_its_worker_dies(gateway, transport) -> None:
+    """The page polls its session through the gateway; the 410 of a dead worker (or, over
+    the WebSocket, the gateway's ``reconnect``) makes it open a new session that resumes the
+    old one, the same way, with no click."""
     from playwright.sync_api import sync_playwright
 
     from test_page import FLAGS
@@ -373,11 +523,12 @@ def test_the_page_goes_on_with_its_conversation_when_its_worker_dies(gateway) ->
         page = browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(base)
+        page.goto(base + ("/?transport=ws" if transport == "WebSocket" else "/"))
         page.select_option("#mode", "chat")
         page.click("#start")
         try:
-            page.wait_for_function(f"{status}.startsWith('Connected over WebRTC')", timeout=30_000)
+            connected = f"{status}.startsWith('Connected over {transport}')"
+            page.wait_for_function(connected, timeout=30_000)
         except Exception:
             raise AssertionError(page.inner_text("#status")) from None
         first = int(page.evaluate("sessionId"))
@@ -396,11 +547,14 @@ def test_the_page_goes_on_with_its_conversation_when_its_worker_dies(gateway) ->
         assert "goes on with the same conversation" in page.inner_text("#status")
         second = int(page.evaluate("sessionId"))
         assert second != first and page.is_enabled("#stop")
-        page.wait_for_function(  # the new session's video plays
+        assert page.evaluate("transport") == transport.lower()  # (the same way again)
+        plays = (  # the new session's video plays
             "(() => { const v = document.getElementById('video');"
-            " return !v.hidden && v.readyState >= 2 && v.videoWidth > 0; })()",
-            timeout=20_000,
+            " return !v.hidden && v.readyState >= 2 && v.videoWidth > 0; })()"
+            if transport == "WebRTC"
+            else "!document.getElementById('canvas').hidden && wsFrames > 5"
         )
+        page.wait_for_function(plays, timeout=20_000)
         page.fill("#text", "Which word?")
         page.press("#text", "Enter")
         deadline = time.monotonic() + 20

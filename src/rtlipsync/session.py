@@ -239,6 +239,12 @@ class Session:
         if self.realtime is not None:
             self.realtime.set_instructions(text or self.realtime.config.instructions)
 
+    def restore(self, memory: list[dict[str, str]]) -> None:
+        """Go on with a conversation held elsewhere (a session whose host stopped): the chat
+        brain remembers its turns; a session without one has nothing to remember them by."""
+        if self.chat is not None:
+            self.chat.restore(memory)
+
     def continuation(self) -> dict[str, Any]:
         """What a new session needs to go on where this one is (the fields of an offer): its
         avatar, mode, persona and the conversation's memory. A cluster's gateway keeps it, so

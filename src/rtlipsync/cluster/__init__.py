@@ -7,5 +7,8 @@ flows from the worker to the browser directly and is encoded where it is rendere
 - `placement`: which worker takes a new session (pure: no Ray, no network);
 - `worker`: the Ray actor that hosts sessions (a whole rtlipsync server in the actor,
   loading its engine once for all of them);
-- `gateway`: the workers, the table of which session lives where, and the gateway's routes.
+- `cluster`: the workers on Ray, which session lives on which, failover and restarts;
+- `relay`: what a request passed on to a worker names, and the headers the worker gets;
+- `sockets`: the gateway's WebSockets (``/ws`` sessions, ``/humanecho``);
+- `gateway`: the gateway's routes.
 """

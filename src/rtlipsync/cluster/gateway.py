@@ -1,4 +1,4 @@
-"""The gateway of a cluster: session workers on Ray, placement, and the routes in front.
+"""The gateway of a cluster: the routes in front of its session workers.
 
 ``rtlipsync serve --cluster auto`` (a local Ray) or ``--cluster ray://HOST:PORT`` starts the
 declared session workers as Ray actors and serves this gateway where the single server would
@@ -22,422 +22,42 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import re
-import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from rtlipsync.cluster.placement import ClusterFull, WorkerLoad, capacity_for, choose
-from rtlipsync.cluster.worker import SessionWorker
-from rtlipsync.server.access import from_this_machine, presented_secret, same
+from rtlipsync.cluster.cluster import (
+    Cluster,
+    ResumeRefused,
+    SessionMoved,
+    Worker,
+    WorkerSpec,
+)
+from rtlipsync.cluster.placement import ClusterFull
+from rtlipsync.cluster.relay import HOP_HEADERS, as_id, json_object, relayed_headers, session_of
+from rtlipsync.cluster.sockets import relay_echo, relay_websocket
+from rtlipsync.server.access import presented_secret
 from rtlipsync.server.app import ServerConfig, add_gates
 
+__all__ = ["Cluster", "Worker", "WorkerSpec", "cluster_metrics", "create_gateway"]
+
 log = logging.getLogger("rtlipsync.cluster")
-
-WATCH_INTERVAL = 1.0  # s between the gateway's looks at each worker
-LOST_KEPT = 10_000  # sessions of dead workers remembered, to tell their clients to reconnect
-RESUME_WINDOW = 600.0  # s a dead worker's session can be resumed (its memory is kept so long)
-RESTART_BACKOFF = (1.0, 60.0)  # s before starting a dead worker again: first, most
-# Routes that name their session in the path, not in a sessionid field.
-SESSION_PATH = re.compile(r"^/(?:sessions|record)/(\d+)$")
-# Headers that belong to one hop (RFC 9110 7.6.1) or that the relay sets itself.
-HOP_HEADERS = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "content-encoding",
-    # Checked here (SameOrigin): the worker would compare the page's origin with its own
-    # address, not the gateway's, and refuse every request of the page it serves.
-    "origin",
-}
-
-
-@dataclass
-class WorkerSpec:
-    """One session worker to start: its capacity (sessions, or a GPU's fps budget) and the
-    Ray resources it claims (a GPU each, say, or a custom resource naming a host)."""
-
-    name: str
-    sessions: int | None = None
-    fps_budget: float | None = None
-    gpus: float = 0.0
-    cpus: float = 1.0
-    resources: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def capacity(self) -> int:
-        return capacity_for(self.sessions, self.fps_budget)
-
-
-@dataclass
-class Worker:
-    """A started worker as the gateway knows it: its actor, address and sessions, and for
-    each session its secret and what a new session needs to continue it."""
-
-    spec: WorkerSpec
-    actor: Any
-    url: str
-    sessions: set[int] = field(default_factory=set)
-    alive: bool = True
-    secrets: dict[int, str] = field(default_factory=dict)
-    states: dict[int, dict[str, Any]] = field(default_factory=dict)
-    restarts: int = 0  # times it was started again after dying
-    restart_at: float | None = None  # when to start it again (dead, not being started)
-    # Ask for every session's state, not only the changed ones: an answer was lost.
-    resync: bool = True
-
-    def load(self) -> WorkerLoad:
-        return WorkerLoad(self.spec.name, self.spec.capacity, len(self.sessions), self.alive)
-
-    def ended(self, session_id: int) -> None:
-        self.sessions.discard(session_id)
-        self.secrets.pop(session_id, None)
-        self.states.pop(session_id, None)
-
-
-@dataclass
-class Lost:
-    """A session whose worker died: where it was, and what resuming it needs."""
-
-    worker: str
-    secret: str | None
-    state: dict[str, Any] | None
-    at: float = field(default_factory=time.monotonic)
-
-
-class ResumeRefused(Exception):
-    """A resume that names a session without presenting its secret."""
-
-
-class Cluster:
-    """The session workers and the table of which session lives on which."""
-
-    def __init__(
-        self,
-        workers: Sequence[WorkerSpec],
-        address: str = "auto",
-        home: str | None = None,
-        config: str | None = None,
-        engine: str | None = None,
-        worker_host: str = "127.0.0.1",
-    ) -> None:
-        if not workers:
-            raise ValueError("a cluster needs at least one session worker")
-        names = [w.name for w in workers]
-        if len(set(names)) != len(names):
-            raise ValueError(f"session worker names must differ: {names}")
-        self.specs = list(workers)
-        self.address = address
-        self.home, self.config, self.engine, self.worker_host = home, config, engine, worker_host
-        self.workers: dict[str, Worker] = {}
-        self._owner: dict[int, str] = {}  # session id -> worker name
-        self._lost: dict[int, Lost] = {}  # sessions of a worker that died, oldest first
-        self._restarting: dict[str, asyncio.Task[None]] = {}  # by worker name
-        self.restart = True  # start a dead worker again
-        self._started_ray = False
-        self.placing = asyncio.Lock()  # one placement at a time: counts stay true
-
-    def start(self) -> None:
-        """Connect to Ray (``auto``: a local one, started here) and start every worker."""
-        import ray
-
-        if not ray.is_initialized():
-            if self.address == "auto":
-                ray.init(include_dashboard=False, log_to_driver=False)
-            else:
-                ray.init(address=self.address, log_to_driver=False)
-            self._started_ray = True
-        if self.home is None or self.home == os.environ.get("RTLIPSYNC_HOME"):
-            # Workers on this machine share its data root: the avatar is prepared once,
-            # here, not by every worker at once.
-            from rtlipsync.config import load_settings
-            from rtlipsync.face.avatar import load_avatar
-
-            load_avatar(load_settings(self.config).avatar)
-        actors = [self._actor(spec) for spec in self.specs]
-        urls = ray.get([a.address.remote() for a in actors])
-        for spec, actor, url in zip(self.specs, actors, urls, strict=True):
-            self.workers[spec.name] = Worker(spec, actor, url)
-
-    def _actor(self, spec: WorkerSpec, generation: int = 0) -> Any:
-        """Start ``spec``'s worker as a Ray actor (its server starts in its constructor)."""
-        import ray
-
-        share = (self.specs.index(spec), len(self.specs))  # its own session ids
-        return (
-            ray.remote(SessionWorker)
-            .options(
-                name=f"rtlipsync-{spec.name}-{generation}",
-                num_cpus=spec.cpus,
-                num_gpus=spec.gpus,
-                resources=spec.resources or None,
-                max_restarts=0,  # the gateway starts it again, and learns its new address
-            )
-            .remote(
-                spec.name,
-                spec.capacity,
-                home=self.home,
-                config=self.config,
-                host=self.worker_host,
-                engine=self.engine,
-                id_share=share,
-            )
-        )
-
-    def _start_again(self, dead: Worker) -> None:
-        """Start a dead worker's replacement (blocking: its server loads first)."""
-        import ray
-
-        restarts = dead.restarts + 1
-        if not self.restart:
-            return  # (the gateway is stopping)
-        with contextlib.suppress(Exception):  # (one taken for dead that was only unreachable
-            ray.kill(dead.actor)  # must not hold its GPU against its replacement)
-        actor = self._actor(dead.spec, restarts)
-        try:
-            url = ray.get(actor.address.remote(), timeout=300)
-        except Exception:
-            with contextlib.suppress(Exception):
-                ray.kill(actor)
-            raise
-        self.workers[dead.spec.name] = Worker(dead.spec, actor, url, restarts=restarts)
-        log.info("session worker %s started again at %s", dead.spec.name, url)
-
-    async def _restart_due(self) -> None:
-        """Start again every dead worker whose time has come; one that fails to start is
-        tried again later, waiting twice as long each time."""
-        now = time.monotonic()
-        for worker in list(self.workers.values()):
-            due = worker.restart_at
-            if worker.alive or due is None or due > now or worker.spec.name in self._restarting:
-                continue
-
-            async def again(dead: Worker = worker) -> None:
-                try:
-                    await asyncio.to_thread(self._start_again, dead)
-                except Exception as exc:  # noqa: BLE001 - Ray's or the worker's own failure
-                    dead.restarts += 1
-                    wait = min(RESTART_BACKOFF[0] * 2**dead.restarts, RESTART_BACKOFF[1])
-                    dead.restart_at = time.monotonic() + wait
-                    log.warning(
-                        "session worker %s did not start again (%s); next try in %.0f s",
-                        dead.spec.name,
-                        exc,
-                        wait,
-                    )
-                finally:
-                    self._restarting.pop(dead.spec.name, None)
-
-            self._restarting[worker.spec.name] = asyncio.get_running_loop().create_task(again())
-
-    async def stop_restarts(self) -> None:
-        """No more restarts; wait for those under way (their workers are then stopped with
-        the others by `shutdown`)."""
-        self.restart = False
-        if self._restarting:
-            await asyncio.wait(list(self._restarting.values()), timeout=300)
-
-    def shutdown(self) -> None:
-        """Stop every worker (their sessions end) and Ray, when this gateway started it."""
-        import ray
-
-        for worker in self.workers.values():
-            if worker.alive:
-                with contextlib.suppress(Exception):
-                    ray.get(worker.actor.stop.remote(), timeout=20)
-            with contextlib.suppress(Exception):
-                ray.kill(worker.actor)
-        self.workers.clear()
-        if self._started_ray:
-            ray.shutdown()
-
-    def loads(self) -> list[WorkerLoad]:
-        return [w.load() for w in self.workers.values()]
-
-    def place(self) -> Worker:
-        """The worker a new session goes to (`ClusterFull` when none has room)."""
-        return self.workers[choose(self.loads())]
-
-    def opened(self, worker: Worker, session_id: int, secret: str) -> None:
-        worker.sessions.add(session_id)
-        worker.secrets[session_id] = secret
-        self._owner[session_id] = worker.spec.name
-        self._lost.pop(session_id, None)  # (its id was a dead session's once)
-
-    def owner(self, session_id: int) -> Worker | None:
-        name = self._owner.get(session_id)
-        return self.workers.get(name) if name is not None else None
-
-    def lost(self, session_id: int) -> str | None:
-        """The worker a session was on, if that worker died."""
-        lost = self._lost.get(session_id)
-        return lost.worker if lost is not None else None
-
-    def continuation(self, session_id: int, secret: str | None) -> dict[str, Any] | None:
-        """What a dead worker's session needs to go on elsewhere (avatar, mode, persona,
-        memory), for the client that presents its secret; None when no such session is held
-        here (never heard of, ended, resumed already, or longer ago than RESUME_WINDOW).
-        `ResumeRefused` for a wrong or missing secret."""
-        lost = self._lost.get(session_id)
-        if lost is None or lost.state is None or lost.secret is None:
-            return None
-        if not same(secret, lost.secret):
-            raise ResumeRefused(
-                f"session {session_id} is not yours to resume: send the secret that opened it "
-                "(X-Session-Secret, or a secret field)"
-            )
-        return lost.state
-
-    def resumed(self, session_id: int) -> None:
-        """A dead worker's session went on as another: it cannot be resumed twice."""
-        lost = self._lost.get(session_id)
-        if lost is not None:
-            lost.state = lost.secret = None
-
-    def any_live(self) -> Worker | None:
-        return next((w for w in self.workers.values() if w.alive), None)
-
-    def died(self, worker: Worker) -> None:
-        if not worker.alive:
-            return
-        worker.alive = False
-        for sid in worker.sessions:
-            self._owner.pop(sid, None)
-            self._lost[sid] = Lost(
-                worker.spec.name, worker.secrets.get(sid), worker.states.get(sid)
-            )
-        while len(self._lost) > LOST_KEPT:  # the oldest first
-            del self._lost[next(iter(self._lost))]
-        log.warning(
-            "session worker %s stopped; its %d sessions must reconnect",
-            worker.spec.name,
-            len(worker.sessions),
-        )
-        worker.sessions, worker.secrets, worker.states = set(), {}, {}
-        if self.restart:
-            worker.restart_at = time.monotonic() + RESTART_BACKOFF[0]
-
-    def _forget_old(self) -> None:
-        """Dead sessions' memories go after RESUME_WINDOW (their 410 stays)."""
-        too_old = time.monotonic() - RESUME_WINDOW
-        for lost in self._lost.values():
-            if lost.at > too_old:
-                break  # (oldest first)
-            lost.state = lost.secret = None
-
-    async def watch(self) -> None:
-        """Follow each worker: its live sessions (ended ones free their places) and what
-        each needs to be continued, and whether it is still there; start dead ones again."""
-        import ray
-        from ray.exceptions import RayActorError
-
-        while True:
-            for worker in list(self.workers.values()):
-                if not worker.alive:
-                    continue
-                # Only sessions known before asking can have ended: one placed while the
-                # answer is on its way is not in it yet.
-                known = set(worker.sessions)
-                try:
-                    live = await asyncio.wait_for(worker.actor.states.remote(worker.resync), 10)
-                except (RayActorError, ray.exceptions.RaySystemError):
-                    self.died(worker)
-                    continue
-                except asyncio.TimeoutError:
-                    # Busy, not gone: looked at again next round. Its answer may still come
-                    # and be lost, so the next asks for everything.
-                    worker.resync = True
-                    continue
-                worker.resync = False
-                # (None: unchanged since the last ask.)
-                worker.states = {
-                    sid: state if state is not None else worker.states.get(sid, {})
-                    for sid, state in live.items()
-                }
-                for sid in known - set(live):
-                    worker.ended(sid)
-                    self._owner.pop(sid, None)
-            self._forget_old()
-            await self._restart_due()
-            await asyncio.sleep(WATCH_INTERVAL)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "workers": [
-                {
-                    "name": w.spec.name,
-                    "url": w.url,
-                    "alive": w.alive,
-                    "capacity": w.spec.capacity,
-                    "free": w.load().free,
-                    "sessions": sorted(w.sessions),
-                    "gpus": w.spec.gpus,
-                    "restarts": w.restarts,
-                }
-                for w in self.workers.values()
-            ],
-            "sessions": len(self._owner),
-            "capacity": sum(w.spec.capacity for w in self.workers.values() if w.alive),
-        }
-
-
-def _as_id(raw: object) -> int | None:
-    try:
-        return int(raw) if raw is not None and not isinstance(raw, bool) else None  # type: ignore[call-overload]
-    except (TypeError, ValueError, OverflowError):
-        return None
-
-
-def _json_object(body: bytes) -> dict[str, Any] | None:
-    with contextlib.suppress(ValueError, RecursionError):
-        data = json.loads(body)
-        return data if isinstance(data, dict) else None
-    return None
-
-
-async def _session_of(request: Request, body: bytes) -> int | None:
-    """The session a request names, if any: in its path (``/sessions/ID``), its query, or
-    the ``sessionid`` field of its JSON or form body."""
-    if found := SESSION_PATH.match(request.url.path):
-        return _as_id(found.group(1))
-    raw: Any = request.query_params.get("sessionid")
-    kind = request.headers.get("content-type", "")
-    if raw is None and body and kind.startswith("application/json"):
-        raw = (_json_object(body) or {}).get("sessionid")
-    elif raw is None and body and kind.startswith(("multipart/form-data", "application/x-www")):
-        with contextlib.suppress(Exception):  # (a malformed form: the worker says what)
-            raw = (await request.form()).get("sessionid")
-    return _as_id(raw)
 
 
 def _error(status: int, msg: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"code": -1, "msg": msg, **extra}, status_code=status)
 
 
-def _moved(session_id: int, worker: str) -> JSONResponse:
+def _moved(moved: SessionMoved) -> JSONResponse:
     """What a session's client hears once its worker has died."""
-    return _error(
-        410,
-        f"session {session_id} ended with its worker {worker}: open a new session with "
-        "POST /offer (it goes to a live worker)",
-        reconnect=True,
-    )
+    return _error(410, str(moved), reconnect=True)
 
 
 def cluster_metrics(cluster: Cluster, scraped: dict[str, str]) -> bytes:
@@ -509,17 +129,13 @@ def create_gateway(
     add_gates(app, gates)
 
     async def relay(worker: Worker, request: Request, body: bytes) -> Response:
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
-        if not from_this_machine(request.scope) and request.client is not None:
-            # The worker sees the gateway's address; a caller from elsewhere must not pass
-            # for this machine's operator there.
-            seen = headers.pop("x-forwarded-for", None)
-            headers["x-forwarded-for"] = ", ".join(filter(None, [seen, request.client.host]))
         url = f"{worker.url}{request.url.path}"
         if request.url.query:
             url += f"?{request.url.query}"
         try:
-            answer = await client.request(request.method, url, content=body, headers=headers)
+            answer = await client.request(
+                request.method, url, content=body, headers=relayed_headers(request)
+            )
         except httpx.TransportError:
             cluster.died(worker)
             raise
@@ -560,11 +176,11 @@ def create_gateway(
         session's secret, the new one goes on with its avatar, mode, persona and memory;
         the answer says ``resumed`` (false: nothing of it is held here any more)."""
         body = await request.body()
-        asked = _json_object(body) or {}
+        asked = json_object(body) or {}
         resume = asked.get("resume")
         carried: dict[str, Any] | None = None
         if resume is not None:
-            old = _as_id(resume)
+            old = as_id(resume)
             if old is None:
                 return _error(400, "resume must be the id of the session to continue")
             field_secret = asked.get("secret") if isinstance(asked.get("secret"), str) else None
@@ -599,23 +215,36 @@ def create_gateway(
             log.info("session continues session %s", old, extra={"session": sid})
         return JSONResponse({**data, "resumed": carried is not None})
 
+    @app.websocket("/ws")
+    async def websocket_session(ws: WebSocket) -> None:
+        """A whole session over one WebSocket, placed as an offer is and relayed both ways
+        to its worker. With ``?resume=ID`` (and its secret: ``?secret=`` or the
+        X-Session-Secret header) it goes on with a dead worker's session, as an offer's
+        ``resume`` does, and its ``session`` message says ``resumed``. When the worker dies,
+        the client hears ``{"type": "reconnect"}`` before the socket closes."""
+        await relay_websocket(cluster, ws, relayed_headers(ws))
+
+    @app.websocket("/humanecho")
+    async def human_echo(ws: WebSocket) -> None:
+        """Seed 002's echo socket: each message goes to the worker of the session it names
+        (``?sessionid=``, or the message's ``sessionid``; none: the oldest session's)."""
+        await relay_echo(cluster, ws, relayed_headers(ws))
+
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD"])
     async def forward(path: str, request: Request) -> Response:
         body = await request.body()
-        sid = await _session_of(request, body)
-        worker = cluster.owner(sid) if sid is not None else cluster.any_live()
-        if sid is not None and worker is None:
-            gone = cluster.lost(sid)
-            if gone is not None:
-                return _moved(sid, gone)
-            worker = cluster.any_live()  # unknown here: the worker says what is wrong
+        sid = await session_of(request, body)
+        try:
+            worker = cluster.host_of(sid)
+        except SessionMoved as moved:
+            return _moved(moved)
         if worker is None:
             return _error(503, "no session worker is running")
         try:
             return await relay(worker, request, body)
         except httpx.TransportError:
             if sid is not None:
-                return _moved(sid, worker.spec.name)
+                return _moved(SessionMoved(sid, worker.spec.name))
             return _error(503, f"session worker {worker.spec.name} stopped; try again")
 
     return app

@@ -34,7 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -241,6 +241,10 @@ class Offer(BaseModel):
     memory: list[Said] | None = Field(None, max_length=MAX_MEMORY)
 
 
+# A WebSocket session's ``memory`` message: the same conversation an offer may carry.
+MEMORY = TypeAdapter(Annotated[list[Said], Field(max_length=MAX_MEMORY)])
+
+
 class SessionRequest(BaseModel):
     """A request about one session: its id (0: the oldest, for the operator) and, from
     anyone but the operator, its secret (here or in the X-Session-Secret header)."""
@@ -427,8 +431,8 @@ class Sessions:
         used = self._live.keys() | self._secrets.keys()  # (an ended one's recording keeps its)
         share, shares = self.config.id_share
         session = self.maker.make(avatar, persona, _Taken(used, share, shares))
-        if memory and session.chat is not None:
-            session.chat.restore([said.model_dump() for said in memory])
+        if memory:
+            session.restore([said.model_dump() for said in memory])
         await self.set_mode(session, mode)
         return session
 
@@ -1128,7 +1132,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         try:
             session = await sessions.open_websocket(avatar, sink, mode, _client(ws))
         except ApiError as exc:
-            await ws.send_json({"type": "error", "msg": exc.message})
+            await ws.send_json({"type": "error", "msg": exc.message, "status": exc.status})
             await ws.close(code=1008)
             return
         w, h = session.avatar.size
@@ -1293,13 +1297,24 @@ async def _command(ws: WebSocket, session: Session, text: str) -> None:
             session.interrupt()
         elif kind == "persona":
             session.set_persona(text_of(command))
+        elif kind == "memory":
+            try:
+                said = MEMORY.validate_python(command.get("messages"))
+            except ValidationError as exc:
+                raise ApiError(
+                    400,
+                    f"messages must be at most {MAX_MEMORY} of "
+                    f'{{"role": "user" | "assistant", "content": text}}: {exc.errors()[0]["msg"]}',
+                ) from None
+            session.restore([m.model_dump() for m in said])
         elif kind == "close":
             await ws.close()
             raise WebSocketDisconnect(1000)
         else:
             raise ApiError(
                 400,
-                f"unknown message type {kind!r}: use say, chat, interrupt, persona or close",
+                f"unknown message type {kind!r}: use say, chat, interrupt, persona, memory or "
+                "close",
             )
     except ApiError as exc:  # (said to the client; the session carries on)
         raise InputError(exc.message) from exc

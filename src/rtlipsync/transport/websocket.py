@@ -15,10 +15,15 @@ microphone (barge-in, turns).
 
 Text messages are JSON. Client to server: ``{"type": "say", "text": ..., "interrupt": bool}``,
 ``{"type": "chat", "text": ...}``, ``{"type": "persona", "text": ...}``,
-``{"type": "interrupt"}``, ``{"type": "close"}``. Server to client: ``{"type": "session", ...}``
+``{"type": "memory", "messages": [{"role": "user" | "assistant", "content": ...}, ...]}`` (the
+conversation so far, to continue one held elsewhere), ``{"type": "interrupt"}``,
+``{"type": "close"}``. Server to client: ``{"type": "session", ...}``
 first, ``{"type": "state", "speaking": bool, "caption": str, "frame": int}`` right after the
 frame that changed either (`StateMessages`), and
-``{"type": "error", "msg": ...}`` for a bad message (the session carries on).
+``{"type": "error", "msg": ...}`` for a bad message (the session carries on; one that refuses
+the session has a ``status``, as HTTP would, and the socket closes). Behind a cluster's
+gateway, ``{"type": "reconnect", ...}`` says the worker hosting the session stopped: open
+``/ws?resume=ID&secret=SECRET`` to go on with the same avatar and conversation.
 """
 
 from __future__ import annotations
