@@ -355,6 +355,58 @@ def test_a_session_placed_while_the_gateway_asks_its_worker_is_not_forgotten() -
     asyncio.run(run())
 
 
+def test_a_full_cluster_queues_new_sessions_in_order_when_asked() -> None:
+    """With a queue wait, a session that finds every worker full waits for a place, first
+    come first placed, and is refused with the reason once the wait is over."""
+    from rtlipsync.cluster import gateway
+
+    async def run() -> None:
+        live: dict[int, None] = {}  # the sessions the worker reports
+
+        class Handle:  # a Ray actor handle's shape: ``handle.states.remote()`` is awaitable
+            class states:  # noqa: N801 - the method's name
+                @staticmethod
+                async def remote(full: bool = False) -> dict[int, None]:
+                    return dict(live)
+
+        cluster = gateway.Cluster([gateway.WorkerSpec("a", sessions=1)], queue_wait=10)
+        worker = gateway.Worker(cluster.specs[0], Handle(), "http://127.0.0.1:1")
+        cluster.workers["a"] = worker
+        order: list[int] = []
+
+        async def place(sid: int) -> None:
+            async with cluster.placement() as host:
+                order.append(sid)
+                live[sid] = None
+                cluster.opened(host, sid, f"secret-{sid}")
+
+        await place(1)
+        watching = asyncio.get_running_loop().create_task(cluster.watch())
+        try:
+            waiting = [asyncio.get_running_loop().create_task(place(sid)) for sid in (2, 3)]
+            await asyncio.sleep(1.5)  # (a look at the worker in between: nothing ended)
+            assert order == [1] and cluster.describe()["placing"] == 2
+            del live[1]  # session 1 ends: the first to come gets its place
+            await asyncio.wait_for(waiting[0], 5)
+            assert order == [1, 2] and not waiting[1].done()
+            del live[2]
+            await asyncio.wait_for(waiting[1], 5)
+            assert order == [1, 2, 3] and cluster.describe()["placing"] == 0
+
+            cluster.queue_wait = 0.3  # now the wait runs out
+            with pytest.raises(ClusterFull, match=r"every session worker is full .*waited 0.3 s"):
+                await place(4)
+            cluster.queue_wait = 0  # no queue: refused at once
+            started = time.monotonic()
+            with pytest.raises(ClusterFull, match="full") as refused:
+                await place(4)
+            assert time.monotonic() - started < 0.1 and "waited" not in str(refused.value)
+        finally:
+            watching.cancel()
+
+    asyncio.run(run())
+
+
 class _ServerHandle:
     """A Ray actor handle's shape over a plain server in this process: ``states.remote()``
     is the worker's own `SessionWorker.states`, and raises Ray's error once ``dead``."""

@@ -209,11 +209,18 @@ def _serve_gateway(args: argparse.Namespace, settings: Settings) -> None:
         ) from None
     if args.workers < 1:
         raise InputError(f"--workers must be at least 1, not {args.workers}")
-    sessions = args.worker_sessions or settings.max_sessions
-    specs = [
-        WorkerSpec(f"worker-{k + 1}", sessions=sessions, gpus=args.worker_gpus)
-        for k in range(args.workers)
-    ]
+    if args.queue_wait < 0:
+        raise InputError(f"--queue-wait is 0 or more seconds, not {args.queue_wait:g}")
+    budget = args.worker_fps_budget
+    sessions = None if budget else args.worker_sessions or settings.max_sessions
+    try:
+        specs = [
+            WorkerSpec(f"worker-{k + 1}", sessions, fps_budget=budget, gpus=args.worker_gpus)
+            for k in range(args.workers)
+        ]
+        capacity = specs[0].capacity
+    except ValueError as exc:
+        raise InputError(f"{exc} (--worker-sessions, --worker-fps-budget)") from None
     local = args.cluster == "auto"
     cluster = Cluster(
         specs,
@@ -221,13 +228,14 @@ def _serve_gateway(args: argparse.Namespace, settings: Settings) -> None:
         config=str(args.config) if args.config else None,
         engine=settings.engine,
         worker_host="127.0.0.1" if local else "0.0.0.0",
+        queue_wait=args.queue_wait,
     )
     log.info(
         "gateway on http://%s:%d/ for %d session workers of %d sessions on Ray at %s",
         settings.host,
         settings.port,
         len(specs),
-        sessions,
+        capacity,
         args.cluster,
     )
     # Each relayed request would be logged by the relay's client too: the access line is kept.
@@ -391,6 +399,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="GPUs each worker claims (1 on GPU hosts: one worker per GPU; default 0)",
+    )
+    cluster.add_argument(
+        "--worker-fps-budget",
+        type=float,
+        help="frames per second each worker renders over all its sessions (a GPU's measured "
+        "rate): its capacity is that over 25, in place of --worker-sessions",
+    )
+    cluster.add_argument(
+        "--queue-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="when every worker is full, a new session waits this long for a place, first "
+        "come first placed (default 0: refused at once with 503)",
     )
     serve.set_defaults(func=_serve)
 

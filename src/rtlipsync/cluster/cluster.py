@@ -15,11 +15,11 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rtlipsync.cluster.placement import WorkerLoad, capacity_for, choose
+from rtlipsync.cluster.placement import ClusterFull, WorkerLoad, capacity_for, choose
 from rtlipsync.cluster.worker import SessionWorker
 from rtlipsync.server.access import same
 
@@ -28,6 +28,7 @@ log = logging.getLogger("rtlipsync.cluster")
 WATCH_INTERVAL = 1.0  # s between the gateway's looks at each worker
 LOST_KEPT = 10_000  # sessions of dead workers remembered, to tell their clients to reconnect
 RESUME_WINDOW = 600.0  # s a dead worker's session can be resumed (its memory is kept so long)
+QUEUE_MAX = 1000  # new sessions that may wait for a place at once (with a queue wait)
 RESTART_BACKOFF = (1.0, 60.0)  # s before starting a dead worker again: first, most
 
 
@@ -111,7 +112,10 @@ class Cluster:
         config: str | None = None,
         engine: str | None = None,
         worker_host: str = "127.0.0.1",
+        queue_wait: float = 0.0,
     ) -> None:
+        """``queue_wait``: seconds a new session may wait for a place when every worker is
+        full (0: refused at once)."""
         if not workers:
             raise ValueError("a cluster needs at least one session worker")
         names = [w.name for w in workers]
@@ -127,6 +131,11 @@ class Cluster:
         self.restart = True  # start a dead worker again
         self._started_ray = False
         self.placing = asyncio.Lock()  # one placement at a time: counts stay true
+        if queue_wait < 0:
+            raise ValueError(f"a queue wait is 0 or more seconds, not {queue_wait:g}")
+        self.queue_wait = queue_wait
+        self.waiting = 0  # new sessions being placed, or waiting for a place
+        self._room = asyncio.Event()  # set when a place may have come free
 
     def start(self) -> None:
         """Connect to Ray (``auto``: a local one, started here) and start every worker."""
@@ -206,6 +215,7 @@ class Cluster:
             async def again(dead: Worker = worker) -> None:
                 try:
                     await asyncio.to_thread(self._start_again, dead)
+                    self._room.set()
                 except Exception as exc:  # noqa: BLE001 - Ray's or the worker's own failure
                     dead.restarts += 1
                     wait = min(RESTART_BACKOFF[0] * 2**dead.restarts, RESTART_BACKOFF[1])
@@ -248,6 +258,43 @@ class Cluster:
     def place(self) -> Worker:
         """The worker a new session goes to (`ClusterFull` when none has room)."""
         return self.workers[choose(self.loads())]
+
+    @contextlib.asynccontextmanager
+    async def placement(self) -> AsyncIterator[Worker]:
+        """The worker a new session goes to, held for it until it is opened there (one
+        placement at a time, so the counts stay true). When every worker is full it waits
+        up to ``queue_wait`` s for a place, first come first placed; `ClusterFull` when
+        none came, or when QUEUE_MAX sessions wait already."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.queue_wait
+        self.waiting += 1
+        try:
+            if self.waiting > QUEUE_MAX:
+                raise ClusterFull(f"{QUEUE_MAX} new sessions wait for a place already")
+            # (Those ahead came earlier, so they give up earlier: this one is not kept past
+            # its own wait but for the relay of the offer ahead.)
+            await self.placing.acquire()
+            try:
+                yield await self._free_place(deadline)
+            finally:
+                self.placing.release()
+        finally:
+            self.waiting -= 1
+
+    async def _free_place(self, deadline: float) -> Worker:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                return self.place()
+            except ClusterFull as full:
+                left = deadline - loop.time()
+                if left <= 0:
+                    if self.queue_wait > 0:
+                        raise ClusterFull(f"{full} (waited {self.queue_wait:g} s)") from None
+                    raise
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), left)
 
     def opened(self, worker: Worker, session_id: int, secret: str) -> None:
         worker.sessions.add(session_id)
@@ -358,6 +405,7 @@ class Cluster:
                 for sid in known - set(live):
                     worker.ended(sid)
                     self._owner.pop(sid, None)
+                    self._room.set()
             self._forget_old()
             await self._restart_due()
             await asyncio.sleep(WATCH_INTERVAL)
@@ -378,5 +426,7 @@ class Cluster:
                 for w in self.workers.values()
             ],
             "sessions": len(self._owner),
+            "placing": self.waiting,  # new sessions being placed or waiting for a place
+            "queue_wait": self.queue_wait,
             "capacity": sum(w.spec.capacity for w in self.workers.values() if w.alive),
         }

@@ -193,20 +193,19 @@ def create_gateway(
                 if fields.get(key) is None and value:  # what the client says wins
                     fields[key] = value
             body = json.dumps(fields).encode()
-        async with cluster.placing:
-            try:
-                worker = cluster.place()
-            except ClusterFull as exc:
-                return _error(503, str(exc))
-            try:
-                answer = await relay(worker, request, body)
-            except httpx.TransportError:
-                return _error(503, f"session worker {worker.spec.name} stopped; try again")
-            if answer.status_code != 200:
-                return answer
-            data = json.loads(answer.body)
-            sid = int(data["sessionid"])
-            cluster.opened(worker, sid, str(data["secret"]))
+        try:
+            async with cluster.placement() as worker:
+                try:
+                    answer = await relay(worker, request, body)
+                except httpx.TransportError:
+                    return _error(503, f"session worker {worker.spec.name} stopped; try again")
+                if answer.status_code != 200:
+                    return answer
+                data = json.loads(answer.body)
+                sid = int(data["sessionid"])
+                cluster.opened(worker, sid, str(data["secret"]))
+        except ClusterFull as exc:
+            return _error(503, str(exc))
         log.info("session placed on worker %s", worker.spec.name, extra={"session": sid})
         if resume is None:
             return answer

@@ -75,24 +75,23 @@ async def relay_websocket(cluster: Cluster, ws: WebSocket, headers: dict[str, st
         for key in ("avatar", "mode"):  # (what the client says wins)
             if not query.get(key) and carried and carried.get(key):
                 query[key] = str(carried[key])
-    async with cluster.placing:  # (one placement at a time: counts stay true)
-        try:
-            worker = cluster.place()
-        except ClusterFull as exc:
-            return await _refuse(ws, 503, str(exc), code=1013)
-        try:
-            upstream = await connect(
-                _url(worker, "/ws", query), additional_headers=headers, **UPSTREAM
-            )
-            first = await asyncio.wait_for(upstream.recv(), 60)
-        except UNREACHABLE as exc:
-            return await _refuse(
-                ws, 503, f"session worker {worker.spec.name} did not open it ({exc}); try again"
-            )
-        opened = json_object(first) if isinstance(first, str) else None
-        sid = as_id(opened.get("sessionid")) if opened and opened.get("type") == "session" else None
-        if opened is not None and sid is not None:
-            cluster.opened(worker, sid, str(opened.get("secret")))
+    try:
+        async with cluster.placement() as worker:
+            try:
+                upstream = await connect(
+                    _url(worker, "/ws", query), additional_headers=headers, **UPSTREAM
+                )
+                first = await asyncio.wait_for(upstream.recv(), 60)
+            except UNREACHABLE as exc:
+                msg = f"session worker {worker.spec.name} did not open it ({exc}); try again"
+                return await _refuse(ws, 503, msg)
+            opened = json_object(first) if isinstance(first, str) else None
+            is_session = opened is not None and opened.get("type") == "session"
+            sid = as_id(opened.get("sessionid")) if opened and is_session else None
+            if opened is not None and sid is not None:
+                cluster.opened(worker, sid, str(opened.get("secret")))
+    except ClusterFull as exc:
+        return await _refuse(ws, 503, str(exc), code=1013)
     try:
         if opened is not None and sid is not None:
             log.info(
