@@ -30,6 +30,7 @@ import numpy as np
 import ray
 
 from rtlipsync.cluster.gateway import Cluster, WorkerSpec, create_gateway
+from rtlipsync.server import ServerConfig
 from rtlipsync.testing.peers import OfferRefused, Receiver
 from rtlipsync.testing.serving import serving_app, wait_for
 from soak import keep_talking
@@ -167,7 +168,9 @@ def main() -> int:
         specs = [WorkerSpec(f"gpu-{k}", sessions=args.capacity, gpus=1, cpus=0) for k in "ab"]
         try:
             cluster = Cluster(specs, home=home)
-            with serving_app(create_gateway(cluster)) as base:
+            # Every simulated client comes from this machine's one address.
+            gates = ServerConfig(max_sessions_per_client=2 * args.clients)
+            with serving_app(create_gateway(cluster, gates=gates)) as base:
                 ok = asyncio.run(load(base, cluster, args.clients, args.seconds))
         finally:
             ray.shutdown()

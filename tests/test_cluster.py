@@ -404,6 +404,19 @@ def test_a_full_cluster_queues_new_sessions_in_order_when_asked() -> None:
         finally:
             watching.cancel()
 
+        # One client address cannot take every place of the cluster (a worker cannot tell
+        # clients apart: all of them reach it from the gateway).
+        roomy = gateway.Cluster([gateway.WorkerSpec("a", sessions=3)])
+        roomy.workers["a"] = gateway.Worker(roomy.specs[0], Handle(), "http://127.0.0.1:1")
+        roomy.per_client = 1
+        async with roomy.placement("203.0.113.9") as host:
+            roomy.opened(host, 5, "secret-5", "203.0.113.9")
+        with pytest.raises(gateway.TooManySessions, match="1 sessions are open from your"):
+            async with roomy.placement("203.0.113.9"):
+                pass
+        async with roomy.placement("198.51.100.7") as host:  # another client has room
+            assert host is roomy.workers["a"]
+
     asyncio.run(run())
 
 

@@ -90,6 +90,10 @@ class ResumeRefused(Exception):
     """A resume that names a session without presenting its secret."""
 
 
+class TooManySessions(Exception):
+    """A client address that holds as many sessions as one may (HTTP's 429)."""
+
+
 class SessionMoved(Exception):
     """A request about a session whose worker died: its client must open a new one."""
 
@@ -126,6 +130,10 @@ class Cluster:
         self.home, self.config, self.engine, self.worker_host = home, config, engine, worker_host
         self.workers: dict[str, Worker] = {}
         self._owner: dict[int, str] = {}  # session id -> worker name
+        self._clients: dict[int, str] = {}  # session id -> the address it came from
+        # Sessions one client address may hold over the whole cluster (None: any number): a
+        # worker cannot count them, as every request reaches it from the gateway.
+        self.per_client: int | None = None
         self._lost: dict[int, Lost] = {}  # sessions of a worker that died, oldest first
         self._restarting: dict[str, asyncio.Task[None]] = {}  # by worker name
         self.restart = True  # start a dead worker again
@@ -260,11 +268,12 @@ class Cluster:
         return self.workers[choose(self.loads())]
 
     @contextlib.asynccontextmanager
-    async def placement(self) -> AsyncIterator[Worker]:
+    async def placement(self, client: str = "") -> AsyncIterator[Worker]:
         """The worker a new session goes to, held for it until it is opened there (one
         placement at a time, so the counts stay true). When every worker is full it waits
         up to ``queue_wait`` s for a place, first come first placed; `ClusterFull` when
-        none came, or when QUEUE_MAX sessions wait already."""
+        none came, or when QUEUE_MAX sessions wait already; `TooManySessions` when
+        ``client`` holds `per_client` sessions already."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.queue_wait
         self.waiting += 1
@@ -275,6 +284,12 @@ class Cluster:
             # its own wait but for the relay of the offer ahead.)
             await self.placing.acquire()
             try:
+                held = sum(c == client for c in self._clients.values())
+                if self.per_client is not None and held >= self.per_client:
+                    raise TooManySessions(
+                        f"{held} sessions are open from your address, the most one client "
+                        "may hold; close one first"
+                    )
                 yield await self._free_place(deadline)
             finally:
                 self.placing.release()
@@ -296,7 +311,10 @@ class Cluster:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), left)
 
-    def opened(self, worker: Worker, session_id: int, secret: str) -> None:
+    def opened(self, worker: Worker, session_id: int, secret: str, client: str = "") -> None:
+        """A session placed on ``worker`` is open there (``client``: the address it came
+        from, which `per_client` counts)."""
+        self._clients[session_id] = client
         worker.sessions.add(session_id)
         worker.secrets[session_id] = secret
         self._owner[session_id] = worker.spec.name
@@ -351,6 +369,7 @@ class Cluster:
         worker.gone.set()
         for sid in worker.sessions:
             self._owner.pop(sid, None)
+            self._clients.pop(sid, None)
             self._lost[sid] = Lost(
                 worker.spec.name, worker.secrets.get(sid), worker.states.get(sid)
             )
@@ -405,6 +424,7 @@ class Cluster:
                 for sid in known - set(live):
                     worker.ended(sid)
                     self._owner.pop(sid, None)
+                    self._clients.pop(sid, None)
                     self._room.set()
             self._forget_old()
             await self._restart_due()

@@ -37,14 +37,21 @@ from rtlipsync.cluster.cluster import (
     Cluster,
     ResumeRefused,
     SessionMoved,
+    TooManySessions,
     Worker,
     WorkerSpec,
 )
 from rtlipsync.cluster.placement import ClusterFull
-from rtlipsync.cluster.relay import HOP_HEADERS, as_id, json_object, relayed_headers, session_of
+from rtlipsync.cluster.relay import (
+    HOP_HEADERS,
+    as_id,
+    json_object,
+    relayed_headers,
+    session_of,
+)
 from rtlipsync.cluster.sockets import relay_echo, relay_websocket
 from rtlipsync.server.access import presented_secret
-from rtlipsync.server.app import ServerConfig, add_gates
+from rtlipsync.server.app import ServerConfig, add_gates, client_address
 
 __all__ = ["Cluster", "Worker", "WorkerSpec", "cluster_metrics", "create_gateway"]
 
@@ -108,6 +115,7 @@ def create_gateway(
     settings in ``gates`` (the access token, the workers' own; allowed hosts and origins;
     body sizes); relayed ones are checked again by their worker."""
     gates = gates or ServerConfig()
+    cluster.per_client = gates.max_sessions_per_client
     access_token = gates.access_token
     client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
 
@@ -194,7 +202,7 @@ def create_gateway(
                     fields[key] = value
             body = json.dumps(fields).encode()
         try:
-            async with cluster.placement() as worker:
+            async with cluster.placement(client_address(request)) as worker:
                 try:
                     answer = await relay(worker, request, body)
                 except httpx.TransportError:
@@ -203,9 +211,11 @@ def create_gateway(
                     return answer
                 data = json.loads(answer.body)
                 sid = int(data["sessionid"])
-                cluster.opened(worker, sid, str(data["secret"]))
+                cluster.opened(worker, sid, str(data["secret"]), client_address(request))
         except ClusterFull as exc:
             return _error(503, str(exc))
+        except TooManySessions as exc:
+            return _error(429, str(exc))
         log.info("session placed on worker %s", worker.spec.name, extra={"session": sid})
         if resume is None:
             return answer

@@ -25,10 +25,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from rtlipsync.cluster.cluster import ResumeRefused, SessionMoved
+from rtlipsync.cluster.cluster import ResumeRefused, SessionMoved, TooManySessions
 from rtlipsync.cluster.placement import ClusterFull
 from rtlipsync.cluster.relay import as_id, json_object
 from rtlipsync.server.access import presented_secret
+from rtlipsync.server.app import client_address
 
 if TYPE_CHECKING:
     from rtlipsync.cluster.cluster import Cluster, Worker
@@ -76,7 +77,7 @@ async def relay_websocket(cluster: Cluster, ws: WebSocket, headers: dict[str, st
             if not query.get(key) and carried and carried.get(key):
                 query[key] = str(carried[key])
     try:
-        async with cluster.placement() as worker:
+        async with cluster.placement(client_address(ws)) as worker:
             try:
                 upstream = await connect(
                     _url(worker, "/ws", query), additional_headers=headers, **UPSTREAM
@@ -89,9 +90,11 @@ async def relay_websocket(cluster: Cluster, ws: WebSocket, headers: dict[str, st
             is_session = opened is not None and opened.get("type") == "session"
             sid = as_id(opened.get("sessionid")) if opened and is_session else None
             if opened is not None and sid is not None:
-                cluster.opened(worker, sid, str(opened.get("secret")))
+                cluster.opened(worker, sid, str(opened.get("secret")), client_address(ws))
     except ClusterFull as exc:
         return await _refuse(ws, 503, str(exc), code=1013)
+    except TooManySessions as exc:
+        return await _refuse(ws, 429, str(exc))
     try:
         if opened is not None and sid is not None:
             log.info(

@@ -57,7 +57,8 @@ class SessionWorker:
         server = server_config(settings, warm_workers=True)
         shared = make_engine(settings.engine)  # one per worker: weights load once
         # Every request arrives from the gateway, whose address would be every client's: the
-        # per-client limit would cap the whole worker, so the worker's capacity is the limit.
+        # per-client limit would cap the whole worker, so the worker's capacity is the limit
+        # (the gateway counts each client's sessions over the cluster instead).
         server = dataclasses.replace(
             server, engine=lambda: shared, max_sessions_per_client=capacity, id_share=id_share
         )

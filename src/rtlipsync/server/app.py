@@ -38,6 +38,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import HTTPConnection
 from starlette.routing import Match
 
 from rtlipsync import __version__
@@ -951,7 +952,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
     async def offer(body: Offer, request: Request) -> dict[str, Any]:
         """Open a session over WebRTC. The answer's ``secret`` is what anyone but the
         operator must present to use the session."""
-        session, answer = await sessions.open(body, _client(request))
+        session, answer = await sessions.open(body, client_address(request))
         return {
             "sdp": answer.sdp,
             "type": answer.type,
@@ -1130,7 +1131,7 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
         await ws.accept()
         sink = WebSocketSink()
         try:
-            session = await sessions.open_websocket(avatar, sink, mode, _client(ws))
+            session = await sessions.open_websocket(avatar, sink, mode, client_address(ws))
         except ApiError as exc:
             await ws.send_json({"type": "error", "msg": exc.message, "status": exc.status})
             await ws.close(code=1008)
@@ -1222,7 +1223,7 @@ def _methods(app: FastAPI, scope: dict[str, Any]) -> set[str]:
     return found
 
 
-def _client(connection: Request | WebSocket) -> str:
+def client_address(connection: HTTPConnection) -> str:
     """The address a request came from (one client's sessions are counted together)."""
     return connection.client.host if connection.client is not None else ""
 
