@@ -135,9 +135,19 @@ def _ray_processes() -> dict[int, str]:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
+        if "resource_tracker" in cmd and _parent(int(pid)) == os.getpid():
+            continue  # (this process's own, which lives as long as it does)
         if any(mark in cmd for mark in ("ray::", "raylet", "gcs_server", "multiprocessing")):
             found[int(pid)] = cmd[:120]
     return found
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # (after the command's name: state, ppid)
 
 
 @pytest.fixture(scope="module")
@@ -420,6 +430,28 @@ def test_a_full_cluster_queues_new_sessions_in_order_when_asked() -> None:
     asyncio.run(run())
 
 
+def test_a_session_goes_where_its_avatar_is() -> None:
+    """Hosts with data roots of their own hold different avatars: a session (and a request
+    about an avatar) goes to a worker whose host has it, the freest of those."""
+    from rtlipsync.cluster import gateway
+
+    cluster = gateway.Cluster(
+        [gateway.WorkerSpec("a", sessions=1), gateway.WorkerSpec("b", sessions=4)]
+    )
+    a, b = (gateway.Worker(spec, None, "http://127.0.0.1:1") for spec in cluster.specs)
+    cluster.workers.update(a=a, b=b)
+    a.avatars, b.avatars = frozenset({"default", "grace"}), frozenset({"default"})
+    assert cluster.place("grace") is a  # although b has more room
+    assert cluster.place(None) is b and cluster.place("default") is b  # every host has it
+    assert cluster.place("nobody") is b  # none has it: the freest (it says it is unknown)
+    assert cluster.holder("grace") is a and cluster.holder(None) is b
+    cluster.opened(a, 2, "secret-2")
+    with pytest.raises(ClusterFull, match="full"):
+        cluster.place("grace")  # its one host is full
+    b.avatars = None  # not read yet: taken to have it
+    assert cluster.place("grace") is b
+
+
 class _ServerHandle:
     """A Ray actor handle's shape over a plain server in this process: ``states.remote()``
     is the worker's own `SessionWorker.states`, and raises Ray's error once ``dead``."""
@@ -452,6 +484,7 @@ def test_websocket_sessions_are_placed_relayed_and_resumed(default_avatar) -> No
     import websockets
 
     from rtlipsync.cluster.gateway import Cluster, Worker, WorkerSpec, create_gateway
+    from rtlipsync.face.avatar import default_avatar_source
     from rtlipsync.server import ServerConfig, create_app
     from rtlipsync.server.threaded import ThreadedServer
     from rtlipsync.speech.llm import LLMConfig
@@ -469,11 +502,31 @@ def test_websocket_sessions_are_placed_relayed_and_resumed(default_avatar) -> No
     async def run(base: str, cluster: Cluster, handles: dict[str, _ServerHandle], stop_a) -> None:  # noqa: ANN001
         url = base.replace("http://", "ws://")
         async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-            async with websockets.connect(f"{url}/ws?mode=chat") as ws:
+            # An avatar uploaded through the gateway: its preparation is asked after on the
+            # worker that runs it (each worker has its own tasks), then it is listed.
+            face = default_avatar_source().read_bytes()
+            files = {"file": ("me.png", face, "image/png")}
+            upload = await http.post("/avatars", data={"name": "grace"}, files=files)
+            assert upload.status_code == 200, upload.text
+            task = upload.json()["task"]
+            assert cluster.task_host(task) is cluster.workers["a"]  # (the freest)
+
+            async def prepared() -> dict | None:
+                state = (await http.get(f"/tasks/{task}")).json()
+                return state if state["state"] in ("done", "failed") else None
+
+            assert (await until(prepared, 60) or {}).get("state") == "done"
+            listed = [a["name"] for a in (await http.get("/avatars")).json()["data"]]
+            assert sorted(listed) == ["default", "grace"]  # (each name once)
+            assert cluster.workers["a"].avatars == {"default", "grace"}
+
+            async with websockets.connect(f"{url}/ws?mode=chat&avatar=grace") as ws:
                 hello = json.loads(await ws.recv())
                 assert hello["type"] == "session" and "resumed" not in hello
                 sid, secret = hello["sessionid"], hello["secret"]
                 assert cluster.workers["a"].sessions == {sid}  # a: the most free places
+                state = (await http.get(f"/sessions/{sid}")).json()
+                assert state["avatar"] == "grace"
                 frames = await frames_for(ws, 1.0)  # the worker's frames, relayed
                 assert len(frames) >= 20 and frames[-1][1].shape == (512, 512, 3)
                 await ws.send(json.dumps({"type": "chat", "text": "My name is Ada."}))
@@ -521,6 +574,8 @@ def test_websocket_sessions_are_placed_relayed_and_resumed(default_avatar) -> No
                 hello = json.loads(await ws.recv())
                 assert hello["type"] == "session" and hello["resumed"] is True
                 assert hello["mode"] == "chat"  # carried over, not asked for again
+                state = (await http.get(f"/sessions/{hello['sessionid']}")).json()
+                assert state["avatar"] == "grace"
                 assert cluster.workers["b"].sessions == {hello["sessionid"]}
                 await ws.send(json.dumps({"type": "chat", "text": "What is my name?"}))
 

@@ -28,6 +28,7 @@ log = logging.getLogger("rtlipsync.cluster")
 WATCH_INTERVAL = 1.0  # s between the gateway's looks at each worker
 LOST_KEPT = 10_000  # sessions of dead workers remembered, to tell their clients to reconnect
 RESUME_WINDOW = 600.0  # s a dead worker's session can be resumed (its memory is kept so long)
+TASKS_KEPT = 10_000  # background tasks whose worker is remembered
 QUEUE_MAX = 1000  # new sessions that may wait for a place at once (with a queue wait)
 RESTART_BACKOFF = (1.0, 60.0)  # s before starting a dead worker again: first, most
 
@@ -66,6 +67,13 @@ class Worker:
     # Ask for every session's state, not only the changed ones: an answer was lost.
     resync: bool = True
     gone: asyncio.Event = field(default_factory=asyncio.Event)  # set when it dies
+    # The avatars prepared where it runs (its host's data root); None until first read.
+    avatars: frozenset[str] | None = None
+
+    def has(self, avatar: str | None) -> bool:
+        """Whether it can serve ``avatar`` (None: the default one, which every worker has;
+        a worker whose avatars are not known yet is taken to have it)."""
+        return avatar is None or self.avatars is None or avatar in self.avatars
 
     def load(self) -> WorkerLoad:
         return WorkerLoad(self.spec.name, self.spec.capacity, len(self.sessions), self.alive)
@@ -131,6 +139,7 @@ class Cluster:
         self.workers: dict[str, Worker] = {}
         self._owner: dict[int, str] = {}  # session id -> worker name
         self._clients: dict[int, str] = {}  # session id -> the address it came from
+        self._tasks: dict[str, str] = {}  # background task id -> worker name, oldest first
         # Sessions one client address may hold over the whole cluster (None: any number): a
         # worker cannot count them, as every request reaches it from the gateway.
         self.per_client: int | None = None
@@ -263,12 +272,38 @@ class Cluster:
     def loads(self) -> list[WorkerLoad]:
         return [w.load() for w in self.workers.values()]
 
-    def place(self) -> Worker:
-        """The worker a new session goes to (`ClusterFull` when none has room)."""
-        return self.workers[choose(self.loads())]
+    def place(self, avatar: str | None = None) -> Worker:
+        """The worker a new session goes to: the freest of those whose host has ``avatar``
+        prepared, or of all when none has it (the worker then says it does not know it);
+        `ClusterFull` when none has room."""
+        live = [w for w in self.workers.values() if w.alive]
+        holders = [w for w in live if w.has(avatar)] or live
+        if not holders:
+            return self.workers[choose(self.loads())]  # (says why: none is running)
+        return self.workers[choose([w.load() for w in holders])]
+
+    def holder(self, avatar: str | None) -> Worker | None:
+        """The live worker a request about ``avatar`` goes to (its poster, a render job, a
+        new upload under that name): the freest of those whose host has it, else the freest
+        of all; None when no worker runs."""
+        live = [w for w in self.workers.values() if w.alive]
+        holders = [w for w in live if w.has(avatar)] or live
+        return min(holders, key=lambda w: (-w.load().free, len(w.sessions)), default=None)
+
+    def task_at(self, task: str, worker: Worker) -> None:
+        """A background task (an avatar's preparation, a render job) runs on ``worker``:
+        asking about it goes there."""
+        self._tasks[task] = worker.spec.name
+        while len(self._tasks) > TASKS_KEPT:  # the oldest first
+            del self._tasks[next(iter(self._tasks))]
+
+    def task_host(self, task: str) -> Worker | None:
+        """The live worker running background task ``task``, if known."""
+        worker = self.workers.get(self._tasks.get(task, ""))
+        return worker if worker is not None and worker.alive else None
 
     @contextlib.asynccontextmanager
-    async def placement(self, client: str = "") -> AsyncIterator[Worker]:
+    async def placement(self, client: str = "", avatar: str | None = None) -> AsyncIterator[Worker]:
         """The worker a new session goes to, held for it until it is opened there (one
         placement at a time, so the counts stay true). When every worker is full it waits
         up to ``queue_wait`` s for a place, first come first placed; `ClusterFull` when
@@ -290,17 +325,17 @@ class Cluster:
                         f"{held} sessions are open from your address, the most one client "
                         "may hold; close one first"
                     )
-                yield await self._free_place(deadline)
+                yield await self._free_place(deadline, avatar)
             finally:
                 self.placing.release()
         finally:
             self.waiting -= 1
 
-    async def _free_place(self, deadline: float) -> Worker:
+    async def _free_place(self, deadline: float, avatar: str | None) -> Worker:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                return self.place()
+                return self.place(avatar)
             except ClusterFull as full:
                 left = deadline - loop.time()
                 if left <= 0:
@@ -442,6 +477,7 @@ class Cluster:
                     "sessions": sorted(w.sessions),
                     "gpus": w.spec.gpus,
                     "restarts": w.restarts,
+                    "avatars": sorted(w.avatars) if w.avatars is not None else None,
                 }
                 for w in self.workers.values()
             ],

@@ -45,9 +45,11 @@ from rtlipsync.cluster.placement import ClusterFull
 from rtlipsync.cluster.relay import (
     HOP_HEADERS,
     as_id,
+    avatar_of,
     json_object,
     relayed_headers,
     session_of,
+    task_of,
 )
 from rtlipsync.cluster.sockets import relay_echo, relay_websocket
 from rtlipsync.server.access import presented_secret
@@ -56,6 +58,12 @@ from rtlipsync.server.app import ServerConfig, add_gates, client_address
 __all__ = ["Cluster", "Worker", "WorkerSpec", "cluster_metrics", "create_gateway"]
 
 log = logging.getLogger("rtlipsync.cluster")
+
+AVATARS_INTERVAL = 5.0  # s between the gateway's looks at which avatars each worker has
+
+
+def _name(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _error(status: int, msg: str, **extra: Any) -> JSONResponse:
@@ -115,8 +123,9 @@ def create_gateway(
     settings in ``gates`` (the access token, the workers' own; allowed hosts and origins;
     body sizes); relayed ones are checked again by their worker."""
     gates = gates or ServerConfig()
+    # (The gateway's own requests to its workers: the token they share with it.)
+    auth = {"Authorization": f"Bearer {gates.access_token}"} if gates.access_token else {}
     cluster.per_client = gates.max_sessions_per_client
-    access_token = gates.access_token
     client = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=5.0))
 
     @contextlib.asynccontextmanager
@@ -124,10 +133,12 @@ def create_gateway(
         if not started:
             await asyncio.to_thread(cluster.start)
         watcher = asyncio.get_running_loop().create_task(cluster.watch())
+        avatars = asyncio.get_running_loop().create_task(follow_avatars())
         try:
             yield
         finally:
             watcher.cancel()
+            avatars.cancel()
             await cluster.stop_restarts()
             await client.aclose()
             if not started:
@@ -150,6 +161,47 @@ def create_gateway(
         kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS}
         return Response(answer.content, status_code=answer.status_code, headers=kept)
 
+    async def listing(worker: Worker, headers: dict[str, str]) -> list[dict[str, Any]] | None:
+        """A worker's ``GET /avatars`` list, or None (gone, refused, garbled)."""
+        try:
+            answer = await client.get(f"{worker.url}/avatars", headers=headers, timeout=5.0)
+        except httpx.HTTPError:
+            return None
+        data = (json_object(answer.content) or {}).get("data")
+        if answer.status_code != 200 or not isinstance(data, list):
+            return None
+        return [a for a in data if isinstance(a, dict) and isinstance(a.get("name"), str)]
+
+    async def learn_avatars(worker: Worker, found: list[dict[str, Any]] | None = None) -> None:
+        found = found if found is not None else await listing(worker, auth)
+        if found is not None:
+            worker.avatars = frozenset(a["name"] for a in found)
+
+    async def follow_avatars() -> None:
+        """Which avatars each worker's host has, every few seconds: a session asking for
+        one goes where it is (hosts with data roots of their own hold different ones)."""
+        while True:
+            await asyncio.gather(*(learn_avatars(w) for w in cluster.workers.values() if w.alive))
+            await asyncio.sleep(AVATARS_INTERVAL)
+
+    @app.get("/avatars")
+    async def avatars(request: Request) -> Response:
+        """Every worker's prepared avatars, each name once."""
+        live = [w for w in cluster.workers.values() if w.alive]
+        headers = relayed_headers(request)
+        found = await asyncio.gather(*(listing(w, headers) for w in live))
+        if not any(items is not None for items in found):
+            if not live:
+                return _error(503, "no session worker is running")
+            return await relay(live[0], request, b"")  # (its answer says what is wrong)
+        merged: dict[str, dict[str, Any]] = {}
+        for worker, items in zip(live, found, strict=True):
+            if items is not None:
+                await learn_avatars(worker, items)
+                for item in items:
+                    merged.setdefault(item["name"], item)
+        return JSONResponse({"code": 0, "data": list(merged.values())})
+
     @app.get("/cluster")
     async def describe() -> dict[str, Any]:
         """The session workers, their load and their sessions."""
@@ -163,7 +215,6 @@ def create_gateway(
     async def metrics() -> Response:
         """The gateway's view of each worker (alive, capacity, sessions, restarts), and each
         live worker's own figures with a ``worker`` label."""
-        auth = {"Authorization": f"Bearer {access_token}"} if access_token else {}
         live = [w for w in cluster.workers.values() if w.alive]
 
         async def scrape(worker: Worker) -> str:
@@ -201,8 +252,10 @@ def create_gateway(
                 if fields.get(key) is None and value:  # what the client says wins
                     fields[key] = value
             body = json.dumps(fields).encode()
+        avatar = fields.get("avatar") if resume is not None else asked.get("avatar")
         try:
-            async with cluster.placement(client_address(request)) as worker:
+            place = cluster.placement(client_address(request), _name(avatar))
+            async with place as worker:
                 try:
                     answer = await relay(worker, request, body)
                 except httpx.TransportError:
@@ -241,19 +294,35 @@ def create_gateway(
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD"])
     async def forward(path: str, request: Request) -> Response:
+        """Any other request, to the worker it concerns: its session's, its background
+        task's, or one whose host has the avatar it names (else the freest)."""
         body = await request.body()
         sid = await session_of(request, body)
+        task = task_of(request)
         try:
-            worker = cluster.host_of(sid)
+            if sid is not None:
+                worker = cluster.host_of(sid)
+            elif task is not None and (runs := cluster.task_host(task)) is not None:
+                worker = runs
+            else:
+                worker = cluster.holder(await avatar_of(request, body))
         except SessionMoved as moved:
             return _moved(moved)
         if worker is None:
             return _error(503, "no session worker is running")
         try:
-            return await relay(worker, request, body)
+            answer = await relay(worker, request, body)
         except httpx.TransportError:
             if sid is not None:
                 return _moved(SessionMoved(sid, worker.spec.name))
             return _error(503, f"session worker {worker.spec.name} stopped; try again")
+        if request.method == "POST" and answer.status_code == 200:
+            started = json_object(answer.body) or {}
+            for key in ("task", "job"):  # (asked about later: it runs on this worker)
+                if isinstance(started.get(key), str):
+                    cluster.task_at(started[key], worker)
+        if task is not None or path == "digital_human/preprocess":
+            await learn_avatars(worker)  # (a preparation may have ended: its avatar is new)
+        return answer
 
     return app

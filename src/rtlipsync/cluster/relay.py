@@ -17,6 +17,12 @@ from rtlipsync.server.access import from_this_machine
 
 # Routes that name their session in the path, not in a sessionid field.
 SESSION_PATH = re.compile(r"^/(?:sessions|record)/(\d+)$")
+# Routes about one background task (an avatar's preparation, a render job).
+TASK_PATH = re.compile(r"^/(?:tasks|jobs)/([^/]+)(?:/result)?$")
+# Routes about one avatar, by its name in the path.
+AVATAR_PATH = re.compile(r"^/avatars/([^/]+)/")
+# The fields that name an avatar: an upload's, a render job's, seed 002's.
+AVATAR_FIELDS = ("name", "avatar", "streamer_id")
 # Headers that belong to one hop (RFC 9110 7.6.1) or that the relay sets itself.
 HOP_HEADERS = {
     "connection",
@@ -65,6 +71,31 @@ async def session_of(request: Request, body: bytes) -> int | None:
         with contextlib.suppress(Exception):  # (a malformed form: the worker says what)
             raw = (await request.form()).get("sessionid")
     return as_id(raw)
+
+
+def task_of(request: Request) -> str | None:
+    """The background task a request asks about (``/tasks/ID``, ``/jobs/ID``), if any."""
+    found = TASK_PATH.match(request.url.path)
+    return found.group(1) if found else None
+
+
+async def avatar_of(request: Request, body: bytes) -> str | None:
+    """The avatar a request is about, if any: in its path (``/avatars/NAME/...``) or an
+    avatar field of its JSON or form body (an upload's ``name``, a job's ``avatar``, seed
+    002's ``streamer_id``)."""
+    if found := AVATAR_PATH.match(request.url.path):
+        return found.group(1)
+    if not body:
+        return None
+    fields: Any = {}
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("application/json"):
+        fields = json_object(body) or {}
+    elif kind.startswith(("multipart/form-data", "application/x-www")):
+        with contextlib.suppress(Exception):  # (a malformed form: the worker says what)
+            fields = await request.form()
+    names = [fields.get(key) for key in AVATAR_FIELDS]
+    return next((name for name in names if isinstance(name, str)), None)
 
 
 def relayed_headers(connection: HTTPConnection) -> dict[str, str]:

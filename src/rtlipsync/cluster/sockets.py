@@ -77,7 +77,7 @@ async def relay_websocket(cluster: Cluster, ws: WebSocket, headers: dict[str, st
             if not query.get(key) and carried and carried.get(key):
                 query[key] = str(carried[key])
     try:
-        async with cluster.placement(client_address(ws)) as worker:
+        async with cluster.placement(client_address(ws), query.get("avatar") or None) as worker:
             try:
                 upstream = await connect(
                     _url(worker, "/ws", query), additional_headers=headers, **UPSTREAM
