@@ -204,6 +204,69 @@ def test_dropped_socket_reconnects(default_avatar) -> None:
     run_realtime(default_avatar, fake, scenario)
 
 
+def test_the_conversation_goes_on_over_every_new_connection(default_avatar) -> None:
+    """What was said is kept as text and told to each new connection before anything else:
+    a session continued from elsewhere (restored before it connects) remembers, and so
+    does one whose socket dropped and was reopened."""
+    answer = "Your name is Ada."
+    fake = FakeRealtime(espeak_pcm(answer, 24_000), transcript=answer, speed=4.0)
+    earlier = [
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Nice to meet you, Ada."},
+    ]
+
+    def told(since: int) -> list[dict]:
+        """The items a connection was told right after its session.update."""
+        events = fake.events[since:]
+        assert events[0]["type"] == "session.update"
+        items = []
+        for event in events[1:]:
+            if event["type"] != "conversation.item.create":
+                break
+            (content,) = event["item"]["content"]
+            items.append({"role": event["item"]["role"], "content": content["text"]})
+        return items
+
+    with serving_app(fake.app()) as base:
+
+        async def main() -> None:
+            session = Session(default_avatar)
+            session.mode = "realtime"
+            url = base.replace("http://", "ws://") + "/v1/realtime"
+            config = RealtimeConfig(url=url, api_key="test-key", model="fake-realtime")
+            session.realtime = RealtimeBrain(session, config)
+            session.restore(earlier)
+            session.start()
+            try:
+                assert await session.realtime.start()
+                assert await wait_for(lambda: told(0) == earlier, 5), fake.events
+                session.converse("What is my name?")
+                brain = session.realtime
+                assert await wait_for(lambda: len(brain.history) == 4, 10), brain.history
+                assert brain.history[2:] == [
+                    {"role": "user", "content": "What is my name?"},
+                    {"role": "assistant", "content": answer},
+                ]
+                assert session.continuation()["memory"] == brain.history
+                await asyncio.sleep(0.2)
+                fake.drop_after = len(fake.delta_times) + 2  # the next reply breaks off
+                since = len(fake.events)
+                session.converse("Again?")
+                assert await wait_for(lambda: "reopened" in session.notice, 10), session.notice
+                assert "conversation goes on" in session.notice
+                reopened = since + next(
+                    i for i, e in enumerate(fake.events[since:]) if e["type"] == "session.update"
+                )
+                # (the reply cut off by the drop is not remembered: nobody heard it whole)
+                assert brain.history[-1]["content"] == "Again?" and len(brain.history) == 5
+                assert await wait_for(lambda: told(reopened) == brain.history, 5), fake.events
+                assert fake.errors == []  # every item in the service's own shapes
+            finally:
+                await session.close()
+
+        asyncio.run(main())
+
+
 def test_service_gone_is_a_clear_end_and_the_session_lives(default_avatar) -> None:
     fake = FakeRealtime(espeak_pcm(LONG, 24_000), transcript=LONG, speed=2.0, drop_after=4)
 

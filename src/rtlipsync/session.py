@@ -115,6 +115,7 @@ class Session:
         self._generation = 0  # bumped by interrupt: older speech is dropped
         self.chat: ChatBrain | None = None  # set when a language model is configured
         self.realtime: RealtimeBrain | None = None  # set in realtime mode
+        self.carried: list[dict[str, str]] = []  # a conversation continued from elsewhere
         self.mode = "repeat"  # who answers the user: see MODES
         self.persona: str | None = None  # this session's system prompt, when it has its own
         self.vad_options: dict[str, float] = {}  # min_speech, min_silence for VoiceActivity
@@ -241,19 +242,24 @@ class Session:
 
     def restore(self, memory: list[dict[str, str]]) -> None:
         """Go on with a conversation held elsewhere (a session whose host stopped): the chat
-        brain remembers its turns; a session without one has nothing to remember them by."""
+        brain remembers its turns, and so does the realtime service (now, or when realtime
+        mode opens it); a session with neither has nothing to remember them by."""
+        self.carried = list(memory)
         if self.chat is not None:
             self.chat.restore(memory)
+        if self.realtime is not None:
+            self.realtime.restore(memory)
 
     def continuation(self) -> dict[str, Any]:
         """What a new session needs to go on where this one is (the fields of an offer): its
         avatar, mode, persona and the conversation's memory. A cluster's gateway keeps it, so
         that a session whose worker died continues on another."""
+        brain = self.realtime if self.mode == "realtime" else self.chat
         return {
             "avatar": self.avatar.name,
             "mode": self.mode,
             "persona": self.persona,
-            "memory": list(self.chat.history) if self.chat is not None else [],
+            "memory": list(brain.history) if brain is not None else [],
         }
 
     def listen(self, pcm: np.ndarray) -> None:

@@ -88,7 +88,12 @@ class SessionWorker:
             with contextlib.suppress(Exception):  # (ended between the two looks)
                 session = sessions.get(sid)
                 # Read from the actor's thread while the server's loop runs: copies only.
-                mark = (session.mode, session.persona, session.chat.turns if session.chat else 0)
+                mark = (
+                    session.mode,
+                    session.persona,
+                    session.chat.turns if session.chat else 0,
+                    session.realtime.turns if session.realtime else 0,
+                )
                 marks[sid] = mark
                 changed = full or self._sent.get(sid) != mark
                 answer[sid] = session.continuation() if changed else None

@@ -455,6 +455,11 @@ class Sessions:
         if mode == "realtime" and session.realtime is None:
             assert self.config.realtime is not None
             session.realtime = RealtimeBrain(session, self.config.realtime, session.persona)
+            # The conversation so far goes on: the chat's (which holds what was carried
+            # over), or what was carried over from elsewhere.
+            chat = session.chat.history if session.chat is not None else []
+            if chat or session.carried:
+                session.realtime.restore(chat or session.carried)
             session.mode = mode
             if not await session.realtime.start():
                 await session.realtime.close()

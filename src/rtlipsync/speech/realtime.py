@@ -94,6 +94,9 @@ class _Reply:
     resampler: Any = field(default=None, repr=False)
 
 
+KEPT = 200  # messages of the conversation remembered as text
+
+
 class RealtimeBrain:
     """One session's conversation with a realtime speech-to-speech service."""
 
@@ -117,6 +120,12 @@ class RealtimeBrain:
         self._local_speaking = False
         self._local_at = -1e9  # monotonic time the local VAD last heard speech
         self._closing = False
+        # The conversation as text (typed and transcribed turns, the replies' transcripts):
+        # what a new connection is told, so that neither a dropped socket nor a session
+        # continued elsewhere starts it afresh.
+        self.history: list[dict[str, str]] = []
+        self.turns = 0  # changes to the history: a change a copy of the memory can see
+        self._heard_at: int | None = None  # where the turn being transcribed goes in it
 
     # -- connection -----------------------------------------------------------------------
     async def start(self) -> bool:
@@ -159,6 +168,8 @@ class RealtimeBrain:
             raise RealtimeError(
                 f"the realtime service at {where} did not accept the session"
             ) from exc
+        for event in self._replay():  # (the conversation so far, before anything new)
+            await ws.send(json.dumps(event))
         self._ws = ws
         self.connected = True
         log.info("realtime session open at %s", where, extra={"session": self.session.id})
@@ -195,6 +206,41 @@ class RealtimeBrain:
                 "output": {"format": pcm, "voice": self.config.voice},
             },
         }
+
+    def restore(self, history: list[dict[str, str]]) -> None:
+        """Continue a conversation held elsewhere (a session whose host stopped): told to
+        the service now if connected, else when it connects."""
+        self.history = [dict(m) for m in history[-KEPT:]]
+        self.turns += 1
+        for event in self._replay():
+            self._send(event)
+
+    def _replay(self) -> list[dict[str, Any]]:
+        kinds = {"user": "input_text", "assistant": "output_text"}
+        return [
+            {
+                "type": "conversation.item.create",
+                "item": {
+                    "type": "message",
+                    "role": m["role"],
+                    "content": [{"type": kinds[m["role"]], "text": m["content"]}],
+                },
+            }
+            for m in self.history
+            if m.get("role") in kinds
+        ]
+
+    def _remember(self, role: str, text: str, at: int | None = None) -> None:
+        text = text.strip()
+        if not text:
+            return
+        message = {"role": role, "content": text}
+        if at is None or at > len(self.history):
+            self.history.append(message)
+        else:
+            self.history.insert(at, message)
+        del self.history[:-KEPT]
+        self.turns += 1
 
     def set_instructions(self, text: str) -> None:
         """A new persona, from the next reply on."""
@@ -258,7 +304,8 @@ class RealtimeBrain:
                 continue
             self._up = soxr.ResampleStream(16_000, RATE, 1, dtype="int16")
             self.session.set_notice(
-                "The realtime connection dropped and was reopened; the conversation starts afresh"
+                "The realtime connection dropped and was reopened"
+                + ("; the conversation goes on" if self.history else "")
             )
             return True
         self._give_up(f"The realtime connection dropped and could not be reopened ({last})")
@@ -292,6 +339,7 @@ class RealtimeBrain:
         self.session.interrupt()
         self.session.notice = ""
         self.session.begin_turn("realtime")
+        self._remember("user", text)
         self._send({
             "type": "conversation.item.create",
             "item": {
@@ -372,6 +420,9 @@ class RealtimeBrain:
             self._on_response_done(event.get("response") or {})
         elif kind == "conversation.item.input_audio_transcription.completed":
             self.session.heard = str(event.get("transcript", "")).strip()
+            # (It may come after the reply began: it goes before it in the history.)
+            at, self._heard_at = self._heard_at, None
+            self._remember("user", self.session.heard, at)
         elif kind == "error":
             self._on_error(event.get("error") or {})
 
@@ -387,6 +438,7 @@ class RealtimeBrain:
                 self._send({"type": "conversation.item.delete", "item_id": item})
             return
         self._barge_in()
+        self._heard_at = len(self.history)
         # The service declares the end after silence_ms of quiet: the user stopped that long ago.
         stopped = time.monotonic() - self.config.silence_ms / 1000
         self.session.notice = ""
@@ -444,6 +496,8 @@ class RealtimeBrain:
             self.session.push_stream(np.zeros(0, np.int16), text=delta)
 
     def _on_response_done(self, response: dict[str, Any]) -> None:
+        if response.get("id") not in self._dead:  # (a reply cut off is not remembered)
+            self._remember("assistant", " ".join(t.strip() for t in self._transcripts.values()))
         if response.get("id") == self._response:
             self._response = None
         if self._reply is not None and self._reply.response_id == response.get("id"):

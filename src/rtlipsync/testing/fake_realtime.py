@@ -38,6 +38,7 @@ class FakeRealtime:
     speech_rms: float = 600.0  # the energy gate of the fake's VAD
     events: list[dict[str, Any]] = field(default_factory=list)
     handshakes: list[dict[str, str]] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)  # the errors it sent
     sent_audio_ms: dict[str, int] = field(default_factory=dict)  # per assistant item
     delta_times: list[float] = field(default_factory=list)  # loop time of each delta sent
     open_sockets: int = 0  # clients connected now
@@ -67,6 +68,8 @@ class FakeRealtime:
 
         async def send(event: dict[str, Any]) -> None:
             event.setdefault("event_id", self._id("event"))
+            if event["type"] == "error":
+                self.errors.append(event["error"])
             async with lock:
                 await ws.send_text(json.dumps(event))
 
@@ -91,7 +94,13 @@ class FakeRealtime:
         elif kind == "input_audio_buffer.append":
             await self._vad(np.frombuffer(base64.b64decode(event["audio"]), "<i2"), send, vad)
         elif kind == "conversation.item.create":
+            # As the service does: a user says input_text (or audio), an assistant output_text.
+            allowed = {"user": {"input_text", "input_audio"}, "assistant": {"output_text"}}
             item = {**event["item"], "id": self._id("item")}
+            kinds = {c.get("type") for c in item.get("content", [])}
+            if not kinds or not kinds <= allowed.get(item.get("role"), set()):
+                await send(_error("invalid_value", f"content {kinds} for {item.get('role')}"))
+                return
             await send({"type": "conversation.item.added", "item": item})
         elif kind == "conversation.item.delete":
             await send({"type": "conversation.item.deleted", "item_id": event["item_id"]})
