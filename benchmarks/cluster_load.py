@@ -13,6 +13,9 @@ it (``resume`` and its secret; retried while the cluster is full, until the gate
 started the worker again); the time from the kill to the resumed session's first frame is
 printed, and the other worker's sessions must hold their rate meanwhile.
 
+Last, as many sessions as the cluster holds open over ``/ws`` (the page's transport where
+UDP is blocked), whose every frame the gateway relays; their first frame, rate and worst gap.
+
     .venv/bin/python benchmarks/cluster_load.py [--clients 6] [--capacity 2] [--seconds 30]
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -28,6 +32,7 @@ import time
 import httpx
 import numpy as np
 import ray
+import websockets
 
 from rtlipsync.cluster.gateway import Cluster, WorkerSpec, create_gateway
 from rtlipsync.server import ServerConfig
@@ -107,6 +112,40 @@ async def failover(
     return bool(results) and min(settled) >= 24.5
 
 
+async def over_websockets(http: httpx.AsyncClient, base: str, count: int, seconds: float) -> bool:
+    """``count`` sessions over ``/ws`` through the gateway (the page's way where UDP is
+    blocked: every frame crosses the gateway), speaking without pause: ms from opening to
+    the first frame, and the frame rate and worst gap each client received."""
+    url = base.replace("http://", "ws://") + "/ws"
+    stop = asyncio.Event()
+
+    async def client() -> tuple[float, float, float]:
+        opened = time.monotonic()
+        async with websockets.connect(url, compression=None, max_size=None) as ws:
+            hello = json.loads(await ws.recv())
+            if hello.get("type") != "session":
+                raise RuntimeError(f"no WebSocket session: {hello}")
+            talking = asyncio.create_task(keep_talking(http, int(hello["sessionid"]), stop))
+            frames: list[float] = []
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                message = await asyncio.wait_for(ws.recv(), 5)
+                if isinstance(message, bytes):
+                    frames.append(time.monotonic())
+            stop.set()
+            await talking
+        steady = [t for t in frames if t >= frames[0] + 2]
+        gaps = np.diff(steady) * 1000
+        fps = (len(steady) - 1) / (steady[-1] - steady[0])
+        return (frames[0] - opened) * 1000, fps, float(gaps.max())
+
+    results = await asyncio.gather(*(client() for _ in range(count)))
+    print(f"  {count} sessions over /ws through the gateway, speaking {seconds:.0f} s:")
+    for first, fps, gap in results:
+        print(f"    first frame after {first:.0f} ms, {fps:.1f} fps, worst gap {gap:.0f} ms")
+    return all(fps >= 24.5 for _, fps, _ in results)
+
+
 async def load(base: str, cluster: Cluster, clients: int, seconds: float) -> bool:
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
         placed: list[tuple[Receiver, int, float]] = []
@@ -150,9 +189,11 @@ async def load(base: str, cluster: Cluster, clients: int, seconds: float) -> boo
         )
         moved = await failover(http, cluster, placed)
         for rx, sid, _ in placed:
-            await rx.close()
             await http.post("/close", json={"sessionid": sid})
-    return len(placed) == min(clients, capacity) and min(fps) >= 24.5 and moved
+            await rx.close()
+        relayed = await over_websockets(http, base, min(clients, capacity), seconds)
+    held = len(placed) == min(clients, capacity) and min(fps) >= 24.5
+    return held and moved and relayed
 
 
 def main() -> int:

@@ -383,6 +383,14 @@ class Cluster:
     def any_live(self) -> Worker | None:
         return next((w for w in self.workers.values() if w.alive), None)
 
+    def ended(self, worker: Worker, session_id: int) -> None:
+        """A session ended on ``worker`` (it said so, or a close of it was answered): its
+        place is free at once."""
+        worker.ended(session_id)
+        self._owner.pop(session_id, None)
+        self._clients.pop(session_id, None)
+        self._room.set()
+
     def host_of(self, session_id: int | None) -> Worker | None:
         """The worker a request about ``session_id`` goes to: the one hosting it; for 0 (the
         operator's "oldest session"), the oldest's; for none, or one unknown here, any live
@@ -457,10 +465,7 @@ class Cluster:
                     for sid, state in live.items()
                 }
                 for sid in known - set(live):
-                    worker.ended(sid)
-                    self._owner.pop(sid, None)
-                    self._clients.pop(sid, None)
-                    self._room.set()
+                    self.ended(worker, sid)
             self._forget_old()
             await self._restart_due()
             await asyncio.sleep(WATCH_INTERVAL)

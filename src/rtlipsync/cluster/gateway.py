@@ -316,6 +316,9 @@ def create_gateway(
             if sid is not None:
                 return _moved(SessionMoved(sid, worker.spec.name))
             return _error(503, f"session worker {worker.spec.name} stopped; try again")
+        if path == "close" and answer.status_code in (200, 404) and sid:  # (0: the oldest)
+            # Closed, or gone already: its place is free now, not when the watcher looks.
+            cluster.ended(worker, sid)
         if request.method == "POST" and answer.status_code == 200:
             started = json_object(answer.body) or {}
             for key in ("task", "job"):  # (asked about later: it runs on this worker)
