@@ -115,3 +115,51 @@ def test_vp8_is_encoded_without_the_denoiser_and_decodes() -> None:
     assert codecs[3].bit_rate == 1_000_000
     assert len(shown) == 6
     assert abs(float(shown[-1].to_ndarray(format="rgb24").mean()) - 35) < 4  # frame 5's grey
+
+
+def test_the_page_gets_the_servers_ice_servers_with_turn_credentials_made_now(
+    default_avatar, tmp_path
+) -> None:
+    """A page behind a NAT needs a relay it can reach too, so it is given the server's ICE
+    servers; a TURN secret is never handed out, only a credential that expires by itself,
+    made the way coturn's ``static-auth-secret`` checks it."""
+    import base64
+    import hashlib
+    import hmac
+    import time
+
+    import httpx
+    import pytest
+
+    from rtlipsync.config import load_settings
+    from rtlipsync.errors import InputError
+    from rtlipsync.server import ServerConfig
+    from rtlipsync.transport.webrtc import rtc_configuration
+
+    from conftest import serving
+
+    secret = "a-coturn-static-auth-secret"
+    servers = [
+        {"urls": "stun:stun.example.org:3478"},
+        {"urls": "turn:turn.example.org:3478", "username": "u", "credential": "c"},
+        {"urls": ["turn:relay.example.org:3478"], "auth_secret": secret, "ttl": 600},
+    ]
+    with serving(ServerConfig(ice_servers=servers)) as base:
+        answer = httpx.get(f"{base}/ice_servers")
+    assert answer.status_code == 200 and secret not in answer.text
+    given = answer.json()["ice_servers"]
+    assert given[:2] == servers[:2]
+    turn = given[2]
+    assert set(turn) == {"urls", "username", "credential"}
+    expiry, name = turn["username"].split(":")
+    assert name == "rtlipsync" and 590 <= int(expiry) - time.time() <= 600
+    signed = hmac.new(secret.encode(), turn["username"].encode(), hashlib.sha1).digest()
+    assert turn["credential"] == base64.b64encode(signed).decode()
+    # The server's own side of the call uses such a credential too.
+    own = rtc_configuration(servers).iceServers[2]
+    assert own.username.endswith(":rtlipsync") and own.credential and own.credential != secret
+
+    config = tmp_path / "bad.yaml"
+    config.write_text("ice_servers:\n  - turn:turn.example.org:3478\n")  # (no urls key)
+    with pytest.raises(InputError, match=r"ice_servers must be a list of \{urls"):
+        load_settings(config)

@@ -17,10 +17,12 @@ allowed_hosts: []        # Host headers answered; default: loopback names, or an
 allowed_origins: []      # other sites' pages allowed to use the server from a browser
 access_token: ""         # RTLIPSYNC_ACCESS_TOKEN; required by every route but the page and
                          # the probes when set (16+ characters); set one to serve a network
-ice_servers:             # none by default: no public STUN server is contacted
-  - urls: turn:turn.example.org:3478
+ice_servers:             # none by default: no public STUN server is contacted; the page
+  - urls: turn:turn.example.org:3478     # is given the same (GET /ice_servers)
     username: user
     credential: secret
+  - urls: [turn:turn2.example.org:3478, turns:turn2.example.org:5349]
+    auth_secret: the-coturn-static-auth-secret   # time-limited credentials, made per ask
 llm:                     # chat mode (or RTLIPSYNC_LLM_BASE_URL / _MODEL / _API_KEY)
   base_url: http://localhost:11434/v1
   model: llama3.2
@@ -170,8 +172,14 @@ def load_settings(path: str | Path | None = None, **flags: Any) -> Settings:
     for folder in values.get("media_roots", []):
         if not Path(folder).expanduser().is_dir():
             raise InputError(f"media_roots: {folder} is not a folder")
-    if not isinstance(values.get("ice_servers", []), list):
-        raise InputError("ice_servers must be a list of {urls, username, credential}")
+    servers = values.get("ice_servers", [])
+    if not isinstance(servers, list) or not all(
+        isinstance(s, dict) and isinstance(s.get("urls"), (str, list)) for s in servers
+    ):
+        raise InputError(
+            "ice_servers must be a list of {urls, username, credential} "
+            "(or {urls, auth_secret} for a TURN server's time-limited credentials)"
+        )
     token = values.get("access_token", "")
     if not isinstance(token, str) or (token and len(token.strip()) < MIN_TOKEN):
         raise InputError(

@@ -87,7 +87,12 @@ from rtlipsync.speech.llm import LLMConfig
 from rtlipsync.speech.realtime import RealtimeBrain, RealtimeConfig
 from rtlipsync.speech.tts import TTSProvider
 from rtlipsync.transport.recorder import Recorder, RecordingFailed
-from rtlipsync.transport.webrtc import NegotiationFailed, WebRTCPeer, media_pool
+from rtlipsync.transport.webrtc import (
+    NegotiationFailed,
+    WebRTCPeer,
+    ice_credentials,
+    media_pool,
+)
 from rtlipsync.transport.websocket import ClientStalled, WebSocketSink, receive, send_frames
 
 log = logging.getLogger(__name__)
@@ -712,6 +717,13 @@ def create_app(config: ServerConfig | None = None) -> FastAPI:
             raise ApiError(404, str(exc)) from exc
         ok, jpeg = cv2.imencode(".jpg", avatar.frames[0], [cv2.IMWRITE_JPEG_QUALITY, 90])
         return Response(jpeg.tobytes(), media_type="image/jpeg")
+
+    @app.get("/ice_servers")
+    async def ice_servers() -> dict[str, Any]:
+        """The STUN/TURN servers for the browser's side of the call: the server's own, with
+        TURN credentials made now where the config gives a TURN secret (a page behind a NAT
+        needs a relay it can reach, not only the server)."""
+        return {"code": 0, "ice_servers": ice_credentials(config.ice_servers)}
 
     @app.get("/avatars")
     async def avatars() -> dict[str, Any]:

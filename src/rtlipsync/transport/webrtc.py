@@ -17,8 +17,11 @@ candidates are enough, and TURN servers can be given for NAT traversal.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import fractions
+import hashlib
+import hmac
 import json
 import logging
 import multiprocessing
@@ -267,8 +270,38 @@ def listen_promptly(pc: RTCPeerConnection, track: MediaStreamTrack) -> bool:
 _JITTER = "_RTCRtpReceiver__jitter_buffer"  # aiortc 1.x: RTCRtpReceiver.__jitter_buffer
 
 
+TURN_TTL = 86_400  # s a TURN server's time-limited credential lasts, unless its entry says
+
+
+def ice_credentials(
+    ice_servers: list[dict[str, object]] | None, now: float | None = None
+) -> list[dict[str, object]]:
+    """The configured ICE servers as both ends use them: ``urls`` with ``username`` and
+    ``credential`` as given, or, for an entry with an ``auth_secret`` (coturn's
+    ``static-auth-secret``), a credential made now that expires after ``ttl`` s: username
+    ``EXPIRY:rtlipsync``, credential base64(HMAC-SHA1(secret, username)), the TURN REST
+    convention. So the page can be given a TURN credential that stops working by itself."""
+    now = time.time() if now is None else now
+    servers = []
+    for entry in ice_servers or []:
+        server: dict[str, object] = {"urls": entry["urls"]}
+        secret = entry.get("auth_secret")
+        if isinstance(secret, str) and secret:
+            ttl = entry.get("ttl", TURN_TTL)
+            username = f"{int(now) + int(ttl)}:rtlipsync"  # type: ignore[call-overload]
+            digest = hmac.new(secret.encode(), username.encode(), hashlib.sha1).digest()
+            server.update(username=username, credential=base64.b64encode(digest).decode())
+        else:
+            for key in ("username", "credential"):
+                if entry.get(key) is not None:
+                    server[key] = entry[key]
+        servers.append(server)
+    return servers
+
+
 def rtc_configuration(ice_servers: list[dict[str, object]] | None = None) -> RTCConfiguration:
-    """ICE servers from config: ``[{"urls": "turn:host:3478", "username": .., "credential": ..}]``.
+    """ICE servers from config: ``[{"urls": "turn:host:3478", "username": .., "credential": ..}]``
+    (or ``auth_secret`` in place of the two: see `ice_credentials`).
 
     Empty by default: no public STUN server is contacted unless the operator asks for one.
     """
@@ -278,7 +311,7 @@ def rtc_configuration(ice_servers: list[dict[str, object]] | None = None) -> RTC
             username=s.get("username"),  # type: ignore[arg-type]
             credential=s.get("credential"),  # type: ignore[arg-type]
         )
-        for s in ice_servers or []
+        for s in ice_credentials(ice_servers)
     ]
     return RTCConfiguration(iceServers=servers)
 
