@@ -43,7 +43,7 @@ from rtlipsync.cluster.cluster import (
 )
 from rtlipsync.cluster.placement import ClusterFull
 from rtlipsync.cluster.relay import (
-    HOP_HEADERS,
+    UNRELAYED_HEADERS,
     as_id,
     avatar_of,
     json_object,
@@ -158,7 +158,7 @@ def create_gateway(
         except httpx.TransportError:
             cluster.died(worker)
             raise
-        kept = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS}
+        kept = {k: v for k, v in answer.headers.items() if k.lower() not in UNRELAYED_HEADERS}
         return Response(answer.content, status_code=answer.status_code, headers=kept)
 
     async def listing(worker: Worker, headers: dict[str, str]) -> list[dict[str, Any]] | None:

@@ -23,8 +23,9 @@ TASK_PATH = re.compile(r"^/(?:tasks|jobs)/([^/]+)(?:/result)?$")
 AVATAR_PATH = re.compile(r"^/avatars/([^/]+)/")
 # The fields that name an avatar: an upload's, a render job's, seed 002's.
 AVATAR_FIELDS = ("name", "avatar", "streamer_id")
-# Headers that belong to one hop (RFC 9110 7.6.1) or that the relay sets itself.
-HOP_HEADERS = {
+# Headers not passed on: those of one hop (RFC 9110 7.6.1), those the relay sets itself, and
+# those the gateway checks for its workers.
+UNRELAYED_HEADERS = {
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -105,7 +106,7 @@ def relayed_headers(connection: HTTPConnection) -> dict[str, str]:
     headers = {
         k: v
         for k, v in connection.headers.items()
-        if k.lower() not in HOP_HEADERS and not k.lower().startswith("sec-websocket-")
+        if k.lower() not in UNRELAYED_HEADERS and not k.lower().startswith("sec-websocket-")
     }
     if not from_this_machine(connection.scope) and connection.client is not None:
         seen = headers.pop("x-forwarded-for", None)
