@@ -128,6 +128,38 @@ def test_spoken_turn_is_sent_as_24k_audio_and_answered(default_avatar) -> None:
     run_realtime(default_avatar, fake, scenario)
 
 
+def test_a_transcribed_spoken_turn_is_heard_and_remembered_before_its_reply(
+    default_avatar,
+) -> None:
+    """With a transcription model, what the user said is shown as heard and kept in the
+    conversation's text, before the reply, although its transcript came after the reply."""
+    asked = "What is the weather like today?"
+    fake = FakeRealtime(
+        espeak_pcm("Sunny and warm.", 24_000),
+        transcript="Sunny and warm.",
+        heard=asked,
+        transcription_delay=2.0,  # (after the reply has been remembered)
+    )
+    silence = np.zeros(SAMPLE_RATE, np.int16)
+
+    async def scenario(session: Session, timeline: Timeline, connected: bool) -> None:
+        assert connected
+        update = fake.of_type("session.update")[0]["session"]
+        assert update["audio"]["input"]["transcription"] == {"model": "gpt-4o-mini-transcribe"}
+        await feed(session, np.concatenate([silence, espeak_pcm(asked), silence]), pace=2.0)
+        brain = session.realtime
+        reply = {"role": "assistant", "content": "Sunny and warm."}
+        assert await wait_for(lambda: brain.history == [reply], 10), brain.history
+        assert await wait_for(lambda: len(brain.history) == 2, 10), brain.history
+        assert brain.history == [
+            {"role": "user", "content": asked},
+            {"role": "assistant", "content": "Sunny and warm."},
+        ]
+        assert session.heard == asked
+
+    run_realtime(default_avatar, fake, scenario, transcription_model="gpt-4o-mini-transcribe")
+
+
 def test_barge_in_cancels_and_truncates_to_what_was_heard(default_avatar) -> None:
     reply = espeak_pcm(LONG, 24_000)
     fake = FakeRealtime(reply, transcript=LONG, speed=1.5, late_deltas=3)

@@ -31,6 +31,7 @@ realtime:                # realtime mode (or RTLIPSYNC_REALTIME_URL / _MODEL / _
   url: wss://api.openai.com/v1/realtime
   model: gpt-realtime
   voice: marin
+  transcription_model: gpt-4o-mini-transcribe   # optional: spoken turns heard and remembered
 tts:                     # espeak (default, offline) | openai (any /v1/audio/speech)
   provider: openai
   base_url: http://localhost:8880/v1

@@ -76,6 +76,10 @@ class RealtimeConfig:
     prefix_padding_ms: int = 300
     reconnects: int = 3  # attempts after a dropped socket, before giving up
     timeout: float = 10.0  # to connect, and for the answer to session.update
+    # A transcription model (e.g. gpt-4o-mini-transcribe) for what the user says: shown as
+    # heard, and remembered as text, so a new connection is told the spoken turns too. Off
+    # by default: it costs, and not every compatible service knows the model.
+    transcription_model: str = ""
 
     def endpoint(self) -> str:
         joiner = "&" if "?" in self.url else "?"
@@ -188,6 +192,7 @@ class RealtimeBrain:
 
     def _session(self) -> dict[str, Any]:
         pcm = {"type": "audio/pcm", "rate": RATE}
+        heard = {"model": self.config.transcription_model}
         return {
             "type": "realtime",
             "output_modalities": ["audio"],
@@ -202,6 +207,7 @@ class RealtimeBrain:
                         "create_response": False,
                         "interrupt_response": False,
                     },
+                    **({"transcription": heard} if self.config.transcription_model else {}),
                 },
                 "output": {"format": pcm, "voice": self.config.voice},
             },

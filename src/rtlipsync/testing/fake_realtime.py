@@ -39,6 +39,9 @@ class FakeRealtime:
     events: list[dict[str, Any]] = field(default_factory=list)
     handshakes: list[dict[str, str]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)  # the errors it sent
+    heard: str = ""  # what it transcribes the user's speech as (when asked to transcribe)
+    transcription_delay: float = 0.6  # s after the speech ended
+    _later: set[asyncio.Future[None]] = field(default_factory=set)
     sent_audio_ms: dict[str, int] = field(default_factory=dict)  # per assistant item
     delta_times: list[float] = field(default_factory=list)  # loop time of each delta sent
     open_sockets: int = 0  # clients connected now
@@ -90,6 +93,8 @@ class FakeRealtime:
         kind = event.get("type")
         if kind == "session.update":
             state["config"].update(event["session"])
+            if "audio" in event["session"]:  # (a new persona alone leaves it as it was)
+                vad["transcribe"] = bool(event["session"]["audio"]["input"].get("transcription"))
             await send({"type": "session.updated", "session": state["config"]})
         elif kind == "input_audio_buffer.append":
             await self._vad(np.frombuffer(base64.b64decode(event["audio"]), "<i2"), send, vad)
@@ -153,6 +158,19 @@ class FakeRealtime:
                         "type": "conversation.item.added",
                         "item": {"id": item, "type": "message", "role": "user"},
                     })  # fmt: skip
+                    if vad.get("transcribe"):  # (it comes a while later, as the service's)
+                        later = asyncio.ensure_future(self._transcribed(item, send))
+                        self._later.add(later)
+                        later.add_done_callback(self._later.discard)
+
+    async def _transcribed(self, item: str, send) -> None:  # noqa: ANN001
+        await asyncio.sleep(self.transcription_delay)
+        await send({
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": item,
+            "content_index": 0,
+            "transcript": self.heard,
+        })  # fmt: skip
 
     async def _respond(self, response, send, state) -> None:  # noqa: ANN001
         rid = response["id"]
